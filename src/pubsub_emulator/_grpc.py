@@ -1,0 +1,110 @@
+"""The gRPC adapter: Google's method paths and message types, mapped onto the service core."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from . import _protos
+from ._errors import ApiError
+from ._service import PubSubService
+
+log = logging.getLogger("pubsub_emulator.grpc")
+
+# Requests up to 10 MB must reach the service so it can answer with Google's INVALID_ARGUMENT
+# rather than gRPC's own RESOURCE_EXHAUSTED; allow generous headroom over the limit.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Idle StreamingPull streams stay open: accept the client's keepalive pings.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def _unary(service: PubSubService, method: _protos.Method) -> Callable[..., Any]:
+    call = service.unary[method.name]
+
+    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            response = await call(request)
+        except ApiError as exc:
+            log.debug("%s -> %s: %s", method.name, exc.status.name, exc.message)
+            await context.abort(exc.status.grpc_code, exc.message)
+        log.debug("%s OK in %.1f ms", method.name, (time.perf_counter() - started) * 1000)
+        return response
+
+    return handler
+
+
+def _streaming_pull(service: PubSubService) -> Callable[..., Any]:
+    async def handler(requests: AsyncIterator[Any], context: aio.ServicerContext
+                      ) -> AsyncIterator[Any]:
+        try:
+            async for response in service.streaming_pull(requests.__aiter__()):
+                yield response
+        except ApiError as exc:
+            log.debug("StreamingPull -> %s: %s", exc.status.name, exc.message)
+            await context.abort(exc.status.grpc_code, exc.message)
+
+    return handler
+
+
+def generic_handlers(service: PubSubService) -> list[grpc.GenericRpcHandler]:
+    by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+    for method in _protos.methods().values():
+        decode = method.request_type.FromString
+        encode = method.response_type.SerializeToString
+        if method.client_streaming and method.server_streaming:
+            handler = grpc.stream_stream_rpc_method_handler(
+                _streaming_pull(service), request_deserializer=decode,
+                response_serializer=encode)
+        else:
+            handler = grpc.unary_unary_rpc_method_handler(
+                _unary(service, method), request_deserializer=decode, response_serializer=encode)
+        by_service.setdefault(method.service, {})[method.name] = handler
+    return [grpc.method_handlers_generic_handler(f"{_protos.PROTO_PACKAGE}.{name}", handlers)
+            for name, handlers in by_service.items()]
+
+
+async def create_server(service: PubSubService, host: str = "127.0.0.1", port: int = 0
+                        ) -> tuple[aio.Server, int]:
+    """A started gRPC server for the service; returns it and the port it bound."""
+    server = aio.server(options=CHANNEL_OPTIONS)
+    server.add_generic_rpc_handlers(generic_handlers(service))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, bound
+
+
+class GrpcUpstream:
+    """Calls a Pub/Sub gRPC endpoint (ours or Google's) the way the REST adapter calls the core."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stubs: dict[str, Any] = {}
+        for method in _protos.methods().values():
+            if method.client_streaming or method.server_streaming:
+                continue
+            self._stubs[method.name] = self.channel.unary_unary(
+                method.path, request_serializer=method.request_type.SerializeToString,
+                response_deserializer=method.response_type.FromString)
+
+    async def call(self, name: str, request: Any) -> Any:
+        from ._errors import Status
+
+        try:
+            return await self._stubs[name](request)
+        except aio.AioRpcError as exc:
+            raise ApiError(Status.from_grpc(exc.code()), exc.details() or "") from None
+
+    async def close(self) -> None:
+        await self.channel.close()

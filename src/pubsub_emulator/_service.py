@@ -1,0 +1,686 @@
+"""The Pub/Sub v1 service core: every Publisher and Subscriber RPC, protocol-free.
+
+Adapters (gRPC, REST) hand in request protos and get response protos or an ApiError back. All
+calls run on one asyncio event loop, so the core needs no locks; the store is synchronous and fast
+enough (SQLite, batched) to run inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import empty_pb2, field_mask_pb2
+from google.protobuf.message import Message
+from google.pubsub_v1 import types as t
+
+from . import _limits as limits
+from . import _names as names
+from ._errors import (
+    ApiError,
+    Status,
+    already_exists,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+)
+from ._store import InvalidAckId, Store
+
+log = logging.getLogger("pubsub_emulator.service")
+
+Topic = t.Topic.pb()
+Subscription = t.Subscription.pb()
+Snapshot = t.Snapshot.pb()
+PubsubMessage = t.PubsubMessage.pb()
+ReceivedMessage = t.ReceivedMessage.pb()
+
+TOPICS, SUBSCRIPTIONS, SNAPSHOTS = "topics", "subscriptions", "snapshots"
+
+# Fields UpdateTopic/UpdateSubscription/UpdateSnapshot may change (Google's update_mask paths).
+_TOPIC_MUTABLE = {"labels", "message_storage_policy", "kms_key_name", "schema_settings",
+                  "message_retention_duration", "ingestion_data_source_settings",
+                  "message_transforms"}
+_SUBSCRIPTION_MUTABLE = {"labels", "ack_deadline_seconds", "push_config", "bigquery_config",
+                         "cloud_storage_config", "retain_acked_messages",
+                         "message_retention_duration", "expiration_policy",
+                         "dead_letter_policy", "retry_policy", "enable_exactly_once_delivery",
+                         "message_transforms"}
+_SNAPSHOT_MUTABLE = {"labels", "expire_time"}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(eq=False)  # streams are compared and hashed by identity
+class _Stream:
+    """One open StreamingPull: its lease window and what it holds."""
+
+    subscription: str
+    lease_ms: int
+    max_messages: int
+    max_bytes: int
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    outstanding: dict[str, tuple[int, int]] = field(default_factory=dict)  # ack_id -> (until, size)
+    outstanding_bytes: int = 0
+
+    def release(self, ack_ids: list[str] | Any) -> None:
+        for ack_id in ack_ids:
+            held = self.outstanding.pop(ack_id, None)
+            if held is not None:
+                self.outstanding_bytes -= held[1]
+        self.wakeup.set()
+
+    def extend(self, ack_ids: list[str] | Any, until_ms: int) -> None:
+        for ack_id in ack_ids:
+            held = self.outstanding.get(ack_id)
+            if held is not None:
+                self.outstanding[ack_id] = (until_ms, held[1])
+
+    def expire(self, now: int) -> None:
+        """A lease that ran out is no longer held by this stream: the message is redelivered."""
+        gone = [ack_id for ack_id, (until, _) in self.outstanding.items() if until <= now]
+        if gone:
+            self.release(gone)
+
+    def window(self) -> tuple[int, int]:
+        count = limits.MAX_MESSAGES_PER_STREAM_RESPONSE
+        if self.max_messages > 0:
+            count = min(count, self.max_messages - len(self.outstanding))
+        size = self.max_bytes - self.outstanding_bytes if self.max_bytes > 0 else 0
+        if self.max_bytes > 0 and size <= 0:
+            count = 0
+        return count, size
+
+
+def _duration_s(d: Any) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _check_labels(labels: Any) -> None:
+    if len(labels) > 64:
+        raise invalid_argument("A resource may have at most 64 labels.")
+    for k, v in labels.items():
+        if not k or len(k) > 63 or len(v) > 63:
+            raise invalid_argument(f"Invalid label: {k}={v}")
+
+
+def _check_mask(mask: field_mask_pb2.FieldMask, mutable: set[str], kind: str) -> list[str]:
+    if not mask.paths:
+        raise invalid_argument("The update_mask in the request must be set and non-empty.")
+    for path in mask.paths:
+        root = path.split(".")[0]
+        if root not in mutable:
+            raise invalid_argument(f"Invalid update_mask provided in the Update{kind} request: "
+                                   f"the '{path}' field cannot be updated.")
+    return list(mask.paths)
+
+
+def _apply_mask(target: Message, source: Message, paths: list[str]) -> None:
+    """Copy the masked top-level fields from source to target (unset in source: cleared)."""
+    for path in paths:
+        root = path.split(".")[0]
+        fd = source.DESCRIPTOR.fields_by_name[root]
+        target.ClearField(root)
+        if fd.is_repeated:  # repeated fields and maps
+            getattr(target, root).MergeFrom(getattr(source, root))
+        elif fd.message_type is not None:
+            if source.HasField(root):
+                getattr(target, root).CopyFrom(getattr(source, root))
+        else:
+            setattr(target, root, getattr(source, root))
+
+
+class PubSubService:
+    """Google's Publisher and Subscriber services over a Store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._streams: dict[str, set[_Stream]] = {}
+        self._pull_waiters: dict[str, set[asyncio.Event]] = {}
+        self.unary: dict[str, Callable[[Any], Awaitable[Message]]] = {
+            name: getattr(self, _snake(name)) for name in _UNARY_METHODS
+        }
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _load(self, kind: str, name: str, message_type: Any, resource_id: str) -> Any:
+        raw = self.store.get_resource(kind, name)
+        if raw is None:
+            raise not_found(resource_id)
+        return message_type.FromString(raw)
+
+    def _topic(self, name: str) -> Any:
+        rn = names.topic(name)
+        return self._load(TOPICS, name, Topic, rn.id)
+
+    def _subscription(self, name: str) -> Any:
+        rn = names.subscription(name)
+        return self._load(SUBSCRIPTIONS, name, Subscription, rn.id)
+
+    def _wake(self, subscription: str) -> None:
+        for stream in self._streams.get(subscription, ()):
+            stream.wakeup.set()
+        for event in self._pull_waiters.get(subscription, ()):
+            event.set()
+
+    def _page(self, page_size: int) -> int:
+        if page_size < 0:
+            raise invalid_argument("page_size must not be negative.")
+        return min(page_size or limits.DEFAULT_PAGE_SIZE, limits.MAX_PAGE_SIZE)
+
+    def _list(self, kind: str, prefix: str, page_size: int, token: str) -> Any:
+        try:
+            return self.store.list_resources(kind, prefix, self._page(page_size), token)
+        except ValueError:
+            raise invalid_argument("The page_token is invalid.") from None
+
+    # --- Publisher -------------------------------------------------------------------------
+    def _validate_topic(self, topic: Any) -> None:
+        _check_labels(topic.labels)
+        if topic.HasField("message_retention_duration"):
+            s = _duration_s(topic.message_retention_duration)
+            if not limits.MIN_RETENTION_S <= s <= limits.MAX_TOPIC_RETENTION_S:
+                raise invalid_argument(
+                    "The value for message_retention_duration must be between 10 minutes and "
+                    "31 days.")
+
+    async def create_topic(self, request: Any) -> Any:
+        rn = names.topic(request.name)
+        topic = Topic()
+        topic.CopyFrom(request)
+        self._validate_topic(topic)
+        topic.state = t.Topic.State.ACTIVE
+        if not self.store.create_resource(TOPICS, topic.name, topic.SerializeToString()):
+            raise already_exists(rn.id)
+        log.info("created topic %s", topic.name)
+        return topic
+
+    async def update_topic(self, request: Any) -> Any:
+        current = self._topic(request.topic.name)
+        paths = _check_mask(request.update_mask, _TOPIC_MUTABLE, "Topic")
+        self._validate_topic(request.topic)
+        _apply_mask(current, request.topic, paths)
+        self.store.update_resource(TOPICS, current.name, current.SerializeToString())
+        return current
+
+    async def publish(self, request: Any) -> Any:
+        self._topic(request.topic)
+        if not request.messages:
+            raise invalid_argument("The request contains no messages.")
+        if len(request.messages) > limits.MAX_MESSAGES_PER_PUBLISH:
+            raise invalid_argument(
+                f"The number of messages in the request exceeds the maximum allowed "
+                f"({limits.MAX_MESSAGES_PER_PUBLISH}).")
+        if request.ByteSize() > limits.MAX_REQUEST_BYTES:
+            raise invalid_argument(
+                f"The value for request_size is too large. You passed {request.ByteSize()} "
+                f"bytes in the request, but the maximum value is {limits.MAX_REQUEST_BYTES}.")
+        raws = []
+        for message in request.messages:
+            if not message.data and not message.attributes:
+                raise invalid_argument(
+                    "Some messages are empty. A message must contain data or at least one "
+                    "attribute.")
+            if len(message.attributes) > limits.MAX_ATTRIBUTES:
+                raise invalid_argument(
+                    f"The message has {len(message.attributes)} attributes, more than the "
+                    f"maximum of {limits.MAX_ATTRIBUTES}.")
+            for key, value in message.attributes.items():
+                if not key or len(key.encode()) > limits.MAX_ATTRIBUTE_KEY_BYTES:
+                    raise invalid_argument(
+                        f"The attribute key is empty or longer than "
+                        f"{limits.MAX_ATTRIBUTE_KEY_BYTES} bytes: {key[:64]!r}.")
+                if key.startswith("goog"):
+                    raise invalid_argument(
+                        f"The attribute key {key!r} is reserved (it starts with 'goog').")
+                if len(value.encode()) > limits.MAX_ATTRIBUTE_VALUE_BYTES:
+                    raise invalid_argument(
+                        f"The value of attribute {key!r} is longer than "
+                        f"{limits.MAX_ATTRIBUTE_VALUE_BYTES} bytes.")
+            if len(message.ordering_key.encode()) > limits.MAX_ORDERING_KEY_BYTES:
+                raise invalid_argument(
+                    f"The ordering key is longer than {limits.MAX_ORDERING_KEY_BYTES} bytes.")
+            raws.append(message.SerializeToString())
+        ids = self.store.publish(request.topic, raws, now_ms())
+        for sub in self._streams.keys() | self._pull_waiters.keys():
+            self._wake(sub)
+        return t.PublishResponse.pb()(message_ids=ids)
+
+    async def get_topic(self, request: Any) -> Any:
+        return self._topic(request.topic)
+
+    async def list_topics(self, request: Any) -> Any:
+        project = names.parse_project(request.project)
+        page = self._list(TOPICS, f"projects/{project}/topics/", request.page_size,
+                          request.page_token)
+        return t.ListTopicsResponse.pb()(topics=[Topic.FromString(raw) for _, raw in page.items],
+                                         next_page_token=page.next_token)
+
+    def _by_topic(self, kind: str, request: Any) -> Any:
+        self._topic(request.topic)
+        try:
+            return self.store.list_by_topic(kind, request.topic, self._page(request.page_size),
+                                            request.page_token)
+        except ValueError:
+            raise invalid_argument("The page_token is invalid.") from None
+
+    async def list_topic_subscriptions(self, request: Any) -> Any:
+        page = self._by_topic(SUBSCRIPTIONS, request)
+        return t.ListTopicSubscriptionsResponse.pb()(
+            subscriptions=[name for name, _ in page.items], next_page_token=page.next_token)
+
+    async def list_topic_snapshots(self, request: Any) -> Any:
+        page = self._by_topic(SNAPSHOTS, request)
+        return t.ListTopicSnapshotsResponse.pb()(
+            snapshots=[name for name, _ in page.items], next_page_token=page.next_token)
+
+    async def delete_topic(self, request: Any) -> Any:
+        self._topic(request.topic)
+        # Google keeps the topic's subscriptions, pointing at "_deleted-topic_".
+        page = self.store.list_by_topic(SUBSCRIPTIONS, request.topic, 0, "")
+        for name, raw in page.items:
+            sub = Subscription.FromString(raw)
+            sub.topic = names.DELETED_TOPIC
+            self.store.update_resource(SUBSCRIPTIONS, name, sub.SerializeToString(),
+                                       topic=names.DELETED_TOPIC)
+        self.store.delete_resource(TOPICS, request.topic)
+        log.info("deleted topic %s (%d subscriptions detached)", request.topic, len(page.items))
+        return empty_pb2.Empty()
+
+    async def detach_subscription(self, request: Any) -> Any:
+        sub = self._subscription(request.subscription)
+        sub.detached = True
+        self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(), topic="")
+        self.store.purge(sub.name)
+        self._wake(sub.name)
+        log.info("detached subscription %s", sub.name)
+        return t.DetachSubscriptionResponse.pb()()
+
+    # --- Subscriber: resources -------------------------------------------------------------
+    def _validate_subscription(self, sub: Any, creating: bool) -> None:
+        if creating and sub.ack_deadline_seconds == 0:
+            sub.ack_deadline_seconds = limits.DEFAULT_ACK_DEADLINE_S
+        if not limits.MIN_ACK_DEADLINE_S <= sub.ack_deadline_seconds <= limits.MAX_ACK_DEADLINE_S:
+            raise invalid_argument(
+                f"Invalid ack_deadline_seconds: {sub.ack_deadline_seconds}. It must be between "
+                f"{limits.MIN_ACK_DEADLINE_S} and {limits.MAX_ACK_DEADLINE_S} seconds.")
+        _check_labels(sub.labels)
+        if creating and not sub.HasField("message_retention_duration"):
+            sub.message_retention_duration.seconds = limits.DEFAULT_SUBSCRIPTION_RETENTION_S
+        retention = _duration_s(sub.message_retention_duration)
+        if not limits.MIN_RETENTION_S <= retention <= limits.MAX_SUBSCRIPTION_RETENTION_S:
+            raise invalid_argument("The value for message_retention_duration must be between "
+                                   "10 minutes and 7 days.")
+        if creating and not sub.HasField("expiration_policy"):
+            sub.expiration_policy.ttl.seconds = limits.DEFAULT_EXPIRATION_TTL_S
+        if sub.expiration_policy.HasField("ttl"):
+            ttl = _duration_s(sub.expiration_policy.ttl)
+            if ttl < limits.MIN_EXPIRATION_TTL_S or ttl < retention:
+                raise invalid_argument(
+                    "The expiration_policy ttl must be at least 1 day and at least the "
+                    "message_retention_duration.")
+        if sub.HasField("dead_letter_policy"):
+            policy = sub.dead_letter_policy
+            if policy.max_delivery_attempts == 0:
+                policy.max_delivery_attempts = limits.DEFAULT_DELIVERY_ATTEMPTS
+            if not (limits.MIN_DELIVERY_ATTEMPTS <= policy.max_delivery_attempts
+                    <= limits.MAX_DELIVERY_ATTEMPTS):
+                raise invalid_argument(
+                    "max_delivery_attempts must be between 5 and 100.")
+            if policy.dead_letter_topic:
+                names.topic(policy.dead_letter_topic)
+        if sub.HasField("retry_policy"):
+            policy = sub.retry_policy
+            if not policy.HasField("minimum_backoff"):
+                policy.minimum_backoff.seconds = limits.DEFAULT_MIN_RETRY_BACKOFF_S
+            if not policy.HasField("maximum_backoff"):
+                policy.maximum_backoff.seconds = limits.DEFAULT_MAX_RETRY_BACKOFF_S
+            low, high = _duration_s(policy.minimum_backoff), _duration_s(policy.maximum_backoff)
+            if not 0 <= low <= high <= limits.MAX_RETRY_BACKOFF_S:
+                raise invalid_argument("The retry_policy backoffs must satisfy 0 <= "
+                                       "minimum_backoff <= maximum_backoff <= 600s.")
+        if len(sub.filter.encode()) > limits.MAX_FILTER_BYTES:
+            raise invalid_argument(
+                f"The filter is longer than {limits.MAX_FILTER_BYTES} bytes.")
+        endpoint = sub.push_config.push_endpoint
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise invalid_argument(f"Invalid push_endpoint given: {endpoint}")
+
+    async def create_subscription(self, request: Any) -> Any:
+        rn = names.subscription(request.name)
+        sub = Subscription()
+        sub.CopyFrom(request)
+        if not sub.topic:
+            raise invalid_argument("The topic of the subscription must be set.")
+        if sub.topic != names.DELETED_TOPIC:
+            topic_rn = names.topic(sub.topic)
+            if self.store.get_resource(TOPICS, sub.topic) is None:
+                raise not_found(topic_rn.id)
+        self._validate_subscription(sub, creating=True)
+        sub.state = t.Subscription.State.ACTIVE
+        if not self.store.create_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(),
+                                          topic=sub.topic):
+            raise already_exists(rn.id)
+        log.info("created subscription %s on %s", sub.name, sub.topic)
+        return sub
+
+    async def get_subscription(self, request: Any) -> Any:
+        return self._subscription(request.subscription)
+
+    async def update_subscription(self, request: Any) -> Any:
+        current = self._subscription(request.subscription.name)
+        paths = _check_mask(request.update_mask, _SUBSCRIPTION_MUTABLE, "Subscription")
+        updated = Subscription()
+        updated.CopyFrom(current)
+        _apply_mask(updated, request.subscription, paths)
+        self._validate_subscription(updated, creating=False)
+        self.store.update_resource(SUBSCRIPTIONS, updated.name, updated.SerializeToString())
+        return updated
+
+    async def list_subscriptions(self, request: Any) -> Any:
+        project = names.parse_project(request.project)
+        page = self._list(SUBSCRIPTIONS, f"projects/{project}/subscriptions/", request.page_size,
+                          request.page_token)
+        return t.ListSubscriptionsResponse.pb()(
+            subscriptions=[Subscription.FromString(raw) for _, raw in page.items],
+            next_page_token=page.next_token)
+
+    async def delete_subscription(self, request: Any) -> Any:
+        rn = names.subscription(request.subscription)
+        if not self.store.delete_resource(SUBSCRIPTIONS, request.subscription):
+            raise not_found(rn.id)
+        self._wake(request.subscription)
+        log.info("deleted subscription %s", request.subscription)
+        return empty_pb2.Empty()
+
+    async def modify_push_config(self, request: Any) -> Any:
+        sub = self._subscription(request.subscription)
+        sub.push_config.CopyFrom(request.push_config)
+        self._validate_subscription(sub, creating=False)
+        self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString())
+        return empty_pb2.Empty()
+
+    # --- Subscriber: delivery --------------------------------------------------------------
+    def _check_ack_ids(self, ack_ids: Any) -> None:
+        if not ack_ids:
+            raise invalid_argument("No ack_ids were provided.")
+
+    def _leases(self, subscription: str) -> set[_Stream]:
+        return self._streams.get(subscription, set())
+
+    async def acknowledge(self, request: Any) -> Any:
+        self._subscription(request.subscription)
+        self._check_ack_ids(request.ack_ids)
+        self._acknowledge(request.subscription, list(request.ack_ids))
+        return empty_pb2.Empty()
+
+    def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+        try:
+            self.store.acknowledge(subscription, ack_ids)
+        except InvalidAckId as exc:
+            raise invalid_argument(f"Invalid ack ID: {exc}") from None
+        for stream in self._leases(subscription):
+            stream.release(ack_ids)
+
+    async def modify_ack_deadline(self, request: Any) -> Any:
+        self._subscription(request.subscription)
+        self._check_ack_ids(request.ack_ids)
+        self._modify(request.subscription, list(request.ack_ids), request.ack_deadline_seconds)
+        return empty_pb2.Empty()
+
+    def _modify(self, subscription: str, ack_ids: list[str], seconds: int) -> None:
+        if not 0 <= seconds <= limits.MAX_MODIFY_DEADLINE_S:
+            raise invalid_argument(
+                f"Invalid ack deadline given: {seconds}. It must be between 0 and "
+                f"{limits.MAX_MODIFY_DEADLINE_S} seconds.")
+        now = now_ms()
+        try:
+            self.store.modify_deadline(subscription, ack_ids, seconds * 1000, now)
+        except InvalidAckId as exc:
+            raise invalid_argument(f"Invalid ack ID: {exc}") from None
+        for stream in self._leases(subscription):
+            if seconds == 0:
+                stream.release(ack_ids)
+            else:
+                stream.extend(ack_ids, now + seconds * 1000)
+        if seconds == 0:
+            self._wake(subscription)
+
+    def _receive(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int = 0,
+                 ) -> tuple[list[Any], list[tuple[str, int]]]:
+        deliveries = self.store.pull(sub.name, max_messages, lease_ms, now_ms(), max_bytes)
+        with_attempts = sub.HasField("dead_letter_policy")
+        received = []
+        for d in deliveries:
+            rm = ReceivedMessage(ack_id=d.ack_id)
+            rm.message.MergeFromString(d.message)
+            if with_attempts:
+                rm.delivery_attempt = d.delivery_attempt
+            received.append(rm)
+        return received, [(d.ack_id, d.size) for d in deliveries]
+
+    def _deliverable(self, name: str) -> Any:
+        sub = self._subscription(name)
+        if sub.detached:
+            raise failed_precondition(f"Subscription {name} is detached.")
+        return sub
+
+    async def pull(self, request: Any) -> Any:
+        sub = self._deliverable(request.subscription)
+        if request.max_messages <= 0:
+            raise invalid_argument("max_messages must be greater than 0.")
+        lease_ms = sub.ack_deadline_seconds * 1000
+        received, _ = self._receive(sub, request.max_messages, lease_ms)
+        if not received and not request.return_immediately:
+            event = asyncio.Event()
+            waiters = self._pull_waiters.setdefault(sub.name, set())
+            waiters.add(event)
+            deadline = time.monotonic() + limits.PULL_WAIT_S
+            try:
+                while not received:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    due = self.store.next_due_ms(sub.name)
+                    if due is not None:
+                        remaining = min(remaining, max(0.0, (due - now_ms()) / 1000))
+                    event.clear()
+                    try:
+                        await asyncio.wait_for(event.wait(), remaining)
+                    except TimeoutError:
+                        pass
+                    sub = self._deliverable(request.subscription)
+                    received, _ = self._receive(sub, request.max_messages, lease_ms)
+            finally:
+                waiters.discard(event)
+                if not waiters:
+                    self._pull_waiters.pop(sub.name, None)
+        return t.PullResponse.pb()(received_messages=received)
+
+    async def streaming_pull(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """The StreamingPull RPC: the first request opens it; later ones ack and modack."""
+        first = await anext(requests, None)
+        if first is None:
+            return
+        if not first.subscription:
+            raise invalid_argument("The first StreamingPullRequest must name a subscription.")
+        sub = self._deliverable(first.subscription)
+        if not (limits.MIN_ACK_DEADLINE_S <= first.stream_ack_deadline_seconds
+                <= limits.MAX_ACK_DEADLINE_S):
+            raise invalid_argument(
+                f"Invalid stream_ack_deadline_seconds: {first.stream_ack_deadline_seconds}. It "
+                f"must be between {limits.MIN_ACK_DEADLINE_S} and {limits.MAX_ACK_DEADLINE_S}.")
+        stream = _Stream(sub.name, first.stream_ack_deadline_seconds * 1000,
+                         first.max_outstanding_messages, first.max_outstanding_bytes)
+        self._streams.setdefault(sub.name, set()).add(stream)
+        closed = asyncio.Event()
+        failure: list[ApiError] = []
+
+        async def read_requests(request: Any) -> None:
+            try:
+                while request is not None:
+                    self._stream_request(stream, request)
+                    request = await anext(requests, None)
+            except ApiError as exc:
+                failure.append(exc)
+            except (asyncio.CancelledError, Exception):  # the client went away
+                pass
+            finally:
+                closed.set()
+                stream.wakeup.set()
+
+        reader = asyncio.ensure_future(read_requests(first))
+        properties = t.StreamingPullResponse.SubscriptionProperties.pb()(
+            exactly_once_delivery_enabled=sub.enable_exactly_once_delivery,
+            message_ordering_enabled=sub.enable_message_ordering)
+        log.debug("StreamingPull opened on %s", sub.name)
+        try:
+            while not closed.is_set():
+                now = now_ms()
+                stream.expire(now)
+                sub = self._deliverable(stream.subscription)
+                count, size = stream.window()
+                received: list[Any] = []
+                if count > 0:
+                    received, leased = self._receive(sub, count, stream.lease_ms, size)
+                    for ack_id, nbytes in leased:
+                        stream.outstanding[ack_id] = (now + stream.lease_ms, nbytes)
+                        stream.outstanding_bytes += nbytes
+                if received:
+                    yield t.StreamingPullResponse.pb()(received_messages=received,
+                                                       subscription_properties=properties)
+                    continue
+                stream.wakeup.clear()
+                timeout = 30.0
+                due = self.store.next_due_ms(sub.name)
+                if due is not None and count > 0:
+                    timeout = min(timeout, max(0.001, (due - now_ms()) / 1000))
+                if stream.outstanding:
+                    soonest = min(until for until, _ in stream.outstanding.values())
+                    timeout = min(timeout, max(0.001, (soonest - now_ms()) / 1000))
+                try:
+                    await asyncio.wait_for(stream.wakeup.wait(), timeout)
+                except TimeoutError:
+                    pass
+            if failure:
+                raise failure[0]
+        finally:
+            reader.cancel()
+            streams = self._streams.get(stream.subscription)
+            if streams is not None:
+                streams.discard(stream)
+                if not streams:
+                    self._streams.pop(stream.subscription, None)
+            log.debug("StreamingPull closed on %s", stream.subscription)
+
+    def _stream_request(self, stream: _Stream, request: Any) -> None:
+        if request.ack_ids:
+            self._acknowledge(stream.subscription, list(request.ack_ids))
+        if len(request.modify_deadline_seconds) != len(request.modify_deadline_ack_ids):
+            raise invalid_argument("modify_deadline_seconds and modify_deadline_ack_ids must "
+                                   "have the same length.")
+        by_deadline: dict[int, list[str]] = {}
+        for seconds, ack_id in zip(request.modify_deadline_seconds,
+                                   request.modify_deadline_ack_ids, strict=True):
+            by_deadline.setdefault(seconds, []).append(ack_id)
+        for seconds, ack_ids in by_deadline.items():
+            self._modify(stream.subscription, ack_ids, seconds)
+        if request.stream_ack_deadline_seconds:
+            stream.lease_ms = request.stream_ack_deadline_seconds * 1000
+
+    # --- snapshots and seek ----------------------------------------------------------------
+    def _snapshot(self, name: str) -> Any:
+        rn = names.snapshot(name)
+        return self._load(SNAPSHOTS, name, Snapshot, rn.id)
+
+    async def get_snapshot(self, request: Any) -> Any:
+        return self._snapshot(request.snapshot)
+
+    async def list_snapshots(self, request: Any) -> Any:
+        project = names.parse_project(request.project)
+        page = self._list(SNAPSHOTS, f"projects/{project}/snapshots/", request.page_size,
+                          request.page_token)
+        return t.ListSnapshotsResponse.pb()(
+            snapshots=[Snapshot.FromString(raw) for _, raw in page.items],
+            next_page_token=page.next_token)
+
+    async def create_snapshot(self, request: Any) -> Any:
+        rn = names.snapshot(request.name)
+        sub = self._subscription(request.subscription)
+        if sub.topic == names.DELETED_TOPIC or sub.detached:
+            raise failed_precondition("The subscription's topic was deleted or it is detached.")
+        _check_labels(request.labels)
+        snapshot = Snapshot(name=request.name, topic=sub.topic, labels=request.labels)
+        snapshot.expire_time.FromMilliseconds(now_ms() + limits.SNAPSHOT_LIFETIME_S * 1000)
+        if not self.store.create_resource(SNAPSHOTS, snapshot.name,
+                                          snapshot.SerializeToString(), topic=sub.topic):
+            raise already_exists(rn.id)
+        self.store.save_snapshot(snapshot.name, sub.name)
+        return snapshot
+
+    async def update_snapshot(self, request: Any) -> Any:
+        current = self._snapshot(request.snapshot.name)
+        paths = _check_mask(request.update_mask, _SNAPSHOT_MUTABLE, "Snapshot")
+        _check_labels(request.snapshot.labels)
+        _apply_mask(current, request.snapshot, paths)
+        self.store.update_resource(SNAPSHOTS, current.name, current.SerializeToString())
+        return current
+
+    async def delete_snapshot(self, request: Any) -> Any:
+        rn = names.snapshot(request.snapshot)
+        if not self.store.delete_resource(SNAPSHOTS, request.snapshot):
+            raise not_found(rn.id)
+        return empty_pb2.Empty()
+
+    async def seek(self, request: Any) -> Any:
+        sub = self._deliverable(request.subscription)
+        target = request.WhichOneof("target")
+        if target == "time":
+            self.store.seek_to_time(sub.name, request.time.ToMilliseconds(), now_ms())
+        elif target == "snapshot":
+            snapshot = self._snapshot(request.snapshot)
+            if snapshot.topic != sub.topic:
+                raise failed_precondition(
+                    "The snapshot's topic is not the subscription's topic.")
+            self.store.seek_to_snapshot(sub.name, snapshot.name, now_ms())
+        else:
+            raise invalid_argument("A seek target (time or snapshot) must be given.")
+        for stream in self._leases(sub.name):
+            stream.release(list(stream.outstanding))
+        self._wake(sub.name)
+        return t.SeekResponse.pb()()
+
+    # --- housekeeping ----------------------------------------------------------------------
+    async def sweep_forever(self, every_s: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                gone = self.store.sweep(now_ms())
+                if gone:
+                    log.debug("swept %d messages no subscription needs", gone)
+            except Exception:  # keep sweeping; the next round may succeed
+                log.exception("sweep failed")
+
+
+def _snake(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+_UNARY_METHODS = (
+    "CreateTopic", "UpdateTopic", "Publish", "GetTopic", "ListTopics", "ListTopicSubscriptions",
+    "ListTopicSnapshots", "DeleteTopic", "DetachSubscription", "CreateSubscription",
+    "GetSubscription", "UpdateSubscription", "ListSubscriptions", "DeleteSubscription",
+    "ModifyAckDeadline", "Acknowledge", "Pull", "ModifyPushConfig", "GetSnapshot",
+    "ListSnapshots", "CreateSnapshot", "UpdateSnapshot", "DeleteSnapshot", "Seek",
+)
+
+__all__ = ["PubSubService", "ApiError", "Status"]

@@ -1,0 +1,118 @@
+"""The storage interface; every backend passes the same contract tests (test_store_contract).
+
+Resources (topics, subscriptions, snapshots) are stored as serialized protos; the service core owns
+their meaning. Messages and their per-subscription delivery state are the store's: it assigns
+message ids, fans a published message out to the topic's subscriptions, leases messages to pullers
+and forgets them once acknowledged.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class InvalidAckId(ValueError):
+    """An ack id that this store never issued (malformed, or for another subscription)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message leased to a puller."""
+
+    ack_id: str
+    message: bytes  # a serialized google.pubsub.v1.PubsubMessage, message_id and publish_time set
+    delivery_attempt: int  # 1 on first delivery
+    size: int  # bytes of data + attributes, for flow control
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[tuple[str, bytes]]  # (name, serialized proto)
+    next_token: str  # "" when this is the last page
+
+
+class Store(abc.ABC):
+    """Durable state behind the Pub/Sub API. Methods are called from one thread at a time."""
+
+    # --- resources -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_resource(self, kind: str, name: str, proto: bytes, topic: str = "") -> bool:
+        """Store a new topic/subscription/snapshot. False if the name exists.
+
+        `topic` links a subscription or snapshot to its topic.
+        """
+
+    @abc.abstractmethod
+    def update_resource(self, kind: str, name: str, proto: bytes, topic: str | None = None) -> bool:
+        """Replace a stored resource (and its topic link when given). False if absent."""
+
+    @abc.abstractmethod
+    def get_resource(self, kind: str, name: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def delete_resource(self, kind: str, name: str) -> bool:
+        """Delete a resource; for a subscription, its backlog too. False if absent."""
+
+    @abc.abstractmethod
+    def list_resources(self, kind: str, prefix: str, page_size: int, page_token: str) -> Page:
+        """Resources whose names start with `prefix`, in name order."""
+
+    @abc.abstractmethod
+    def list_by_topic(self, kind: str, topic: str, page_size: int, page_token: str) -> Page:
+        """Subscriptions or snapshots linked to `topic`, in name order."""
+
+    # --- messages --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def publish(self, topic: str, messages: Sequence[bytes], now_ms: int) -> list[str]:
+        """Append serialized PubsubMessages (without id and time) to a topic.
+
+        Assigns each a message id and `now_ms` as publish time, and makes it available to every
+        subscription of the topic that is not detached. Durable when it returns.
+        """
+
+    @abc.abstractmethod
+    def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
+             max_bytes: int = 0) -> list[Delivery]:
+        """Lease up to `max_messages` available messages (at least one even past `max_bytes`)."""
+
+    @abc.abstractmethod
+    def acknowledge(self, subscription: str, ack_ids: Sequence[str]) -> None:
+        """Forget acknowledged messages. Raises InvalidAckId for ids it never issued."""
+
+    @abc.abstractmethod
+    def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
+                        now_ms: int) -> None:
+        """Set the lease of still-current ack ids to end at now + deadline (0: available now)."""
+
+    @abc.abstractmethod
+    def next_due_ms(self, subscription: str) -> int | None:
+        """When the next message of the subscription becomes available (now or later)."""
+
+    @abc.abstractmethod
+    def backlog(self, subscription: str) -> int:
+        """Unacknowledged messages of the subscription."""
+
+    @abc.abstractmethod
+    def purge(self, subscription: str) -> None:
+        """Drop the subscription's backlog (detach)."""
+
+    @abc.abstractmethod
+    def seek_to_time(self, subscription: str, time_ms: int, now_ms: int) -> None:
+        """Messages published before the time count as acked; the rest become available now."""
+
+    @abc.abstractmethod
+    def save_snapshot(self, snapshot: str, subscription: str) -> None:
+        """Record the subscription's unacked set under a snapshot name."""
+
+    @abc.abstractmethod
+    def seek_to_snapshot(self, subscription: str, snapshot: str, now_ms: int) -> None:
+        """Make the snapshot's unacked set, plus later messages still stored, the backlog."""
+
+    @abc.abstractmethod
+    def sweep(self, now_ms: int) -> int:
+        """Reclaim messages no subscription or snapshot needs. Returns how many went."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,232 @@
+"""The worker: one streaming pull per subscription, each message POSTed to its endpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from ._backoff import BackoffPolicy
+from ._config import Config, SubscriptionConfig
+from ._delivery import Deliverer, EndpointGate, Outcome
+from ._envelope import build_request, fields_from_message
+from ._metrics import Stats
+
+log = logging.getLogger("push_worker")
+
+# Re-subscribing after the stream ended with an error (e.g. subscription not found yet).
+_RESUBSCRIBE = BackoffPolicy(initial=1.0, multiplier=2.0, maximum=30.0)
+
+
+@dataclass
+class _Stream:
+    sub: SubscriptionConfig
+    deliverer: Deliverer
+    gate: EndpointGate
+    future: Any = None
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+class Worker:
+    """Pull from every configured subscription and push each message to its endpoint.
+
+    ``run()`` blocks until :meth:`stop` is called (e.g. from a signal handler), then shuts
+    down gracefully: stops pulling, lets in-flight POSTs finish (acking or nacking them), nacks
+    everything else, and returns.
+    """
+
+    def __init__(self, config: Config, subscriber: Any = None) -> None:
+        self.config = config
+        self._subscriber = subscriber
+        self._stop = threading.Event()
+        self._stopping = threading.Event()  # seen by message callbacks
+        self.stats = Stats([s.subscription_path for s in config.subscriptions])
+        self._gates: dict[str, EndpointGate] = {}
+        self._deliverers: dict[str, Deliverer] = {}
+        self._streams: list[_Stream] = []
+        self.metrics_port: int | None = None
+        self.started = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run()` to shut down (safe from signal handlers and other threads)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        self._start()
+        try:
+            next_stats = time.monotonic() + self.config.stats_interval
+            while not self._stop.wait(0.25):
+                now = time.monotonic()
+                self._supervise(now)
+                if now >= next_stats:
+                    self.stats.log_interval(self.config.stats_interval)
+                    next_stats = now + self.config.stats_interval
+        finally:
+            self._shutdown()
+
+    def _start(self) -> None:
+        if self.config.pubsub_endpoint:
+            os.environ["PUBSUB_EMULATOR_HOST"] = self.config.pubsub_endpoint
+            log.info("using the Pub/Sub emulator at %s", self.config.pubsub_endpoint)
+        elif os.environ.get("PUBSUB_EMULATOR_HOST"):
+            log.warning("pubsub_endpoint is not set but PUBSUB_EMULATOR_HOST=%s is in the "
+                        "environment: using that emulator", os.environ["PUBSUB_EMULATOR_HOST"])
+        else:
+            log.info("using Cloud Pub/Sub with application default credentials")
+        if self._subscriber is None:
+            from google.cloud import pubsub_v1
+
+            self._subscriber = pubsub_v1.SubscriberClient()
+
+        if self.config.metrics_port is not None:
+            try:
+                self.metrics_port = self.stats.enable_prometheus(self.config.metrics_host,
+                                                                 self.config.metrics_port)
+                log.info("Prometheus metrics on http://%s:%d/metrics", self.config.metrics_host,
+                         self.metrics_port)
+            except ImportError:
+                log.warning("metrics_port is set but prometheus-client is not installed: "
+                            "no metrics endpoint")
+
+        for sub in self.config.subscriptions:
+            # One gate and one connection pool per endpoint URL, shared by subscriptions.
+            gate = self._gates.get(sub.endpoint)
+            if gate is None:
+                gate = self._gates[sub.endpoint] = EndpointGate(sub.backoff)
+            deliverer = Deliverer(sub.endpoint, sub.token, sub.timeout, sub.concurrency)
+            self._deliverers[sub.subscription_path] = deliverer
+            stream = _Stream(sub, deliverer, gate)
+            self._streams.append(stream)
+            self._subscribe(stream)
+        self.started.set()
+
+    def _subscribe(self, stream: _Stream) -> None:
+        from google.cloud import pubsub_v1
+        from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
+
+        sub = stream.sub
+        executor = ThreadPoolExecutor(max_workers=sub.concurrency,
+                                      thread_name_prefix=f"push-{sub.subscription_id}")
+        stream.future = self._subscriber.subscribe(
+            sub.subscription_path,
+            callback=lambda message, s=stream: self._handle(s, message),
+            flow_control=pubsub_v1.types.FlowControl(max_messages=sub.concurrency),
+            scheduler=ThreadScheduler(executor),
+            await_callbacks_on_shutdown=True,
+        )
+        log.info("pulling %s -> %s (concurrency %d, timeout %gs, format %s%s)",
+                 sub.subscription_path, sub.endpoint, sub.concurrency, sub.timeout, sub.format,
+                 ", token ***" if sub.token else "")
+
+    def _supervise(self, now: float) -> None:
+        """Re-open streams that ended with an error (the library retries transient ones)."""
+        for stream in self._streams:
+            future = stream.future
+            if future is None:
+                if now >= stream.retry_at and not self._stop.is_set():
+                    self._subscribe(stream)
+                continue
+            if not future.done():
+                if stream.failures and now >= stream.retry_at + 10:
+                    stream.failures = 0
+                continue
+            try:
+                future.result(timeout=0)
+                error: BaseException | None = None
+            except BaseException as e:  # noqa: BLE001 - reported, then retried
+                error = e
+            stream.failures += 1
+            delay = _RESUBSCRIBE.cap(stream.failures)
+            log.error("streaming pull on %s ended: %s; retrying in %gs",
+                      stream.sub.subscription_path, error or "closed", delay)
+            stream.future = None
+            stream.retry_at = now + delay
+
+    def _shutdown(self) -> None:
+        log.info("shutting down: stop pulling, finish in-flight POSTs, nack the rest")
+        self._stopping.set()
+        for gate in self._gates.values():
+            gate.close()
+        futures = [s.future for s in self._streams if s.future is not None]
+        for future in futures:
+            future.cancel()
+        deadline = time.monotonic() + max((s.timeout for s in self.config.subscriptions),
+                                          default=30.0) + 15.0
+        for future in futures:
+            try:
+                future.result(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as e:  # noqa: BLE001 - shutting down anyway
+                log.debug("stream ended with %r during shutdown", e)
+        if self._subscriber is not None:
+            try:
+                self._subscriber.close()
+            except Exception as e:  # noqa: BLE001
+                log.debug("closing subscriber: %r", e)
+        for deliverer in self._deliverers.values():
+            deliverer.close()
+        for sub, c in self.stats.totals().items():
+            log.info("totals %s: delivered=%d retried=%d failed=%d nacked_on_shutdown=%d",
+                     sub, c.delivered, c.retried, c.failed, c.shutdown_nacked)
+
+    # -- per message -----------------------------------------------------------------------
+
+    def _handle(self, stream: _Stream, message: Any) -> None:
+        """Message callback (runs in the subscription's thread pool).
+
+        The message is held (and its lease extended by the client library) until the POST
+        has finished; only then is it acked or nacked.
+        """
+        sub = stream.sub
+        path = sub.subscription_path
+        try:
+            if self._stopping.is_set():
+                message.nack()
+                self.stats.record(path, "shutdown_nacked")
+                return
+            request = build_request(fields_from_message(message), path, sub.format,
+                                    sub.write_metadata)
+            ticket = stream.gate.acquire(self._stopping)
+            if ticket is None:
+                message.nack()
+                self.stats.record(path, "shutdown_nacked")
+                return
+            result = stream.deliverer.post(request.body, request.headers)
+            before = stream.gate.release(ticket, result.outcome is Outcome.ACK)
+        except Exception:
+            log.exception("unexpected error pushing message %s from %s; nacking",
+                          getattr(message, "message_id", "?"), path)
+            message.nack()
+            self.stats.record(path, "retried")
+            return
+
+        what = f"status {result.status}" if result.status is not None else result.error
+        if result.outcome is Outcome.ACK:
+            message.ack()
+            self.stats.record(path, "delivered", result.latency)
+            log.debug("delivered %s from %s to %s: %s in %.3fs", message.message_id, path,
+                      sub.endpoint, what, result.latency)
+            if before.in_backoff:
+                log.info("endpoint %s recovered after %d failed attempts", sub.endpoint,
+                         before.failures)
+            return
+        message.nack()
+        if result.outcome is Outcome.PERMANENT:
+            self.stats.record(path, "failed", result.latency)
+            log.error("endpoint %s rejected message %s from %s with %s: it will not accept it "
+                      "on retry either (nacked; a dead-letter policy on the subscription ends "
+                      "the loop)", sub.endpoint, message.message_id, path, what)
+        else:
+            self.stats.record(path, "retried", result.latency)
+            log.debug("push of %s from %s to %s failed: %s; nacked for redelivery",
+                      message.message_id, path, sub.endpoint, what)
+        if not before.in_backoff:
+            log.warning("endpoint %s failing (%s): backing off (%s from %gs up to %gs)",
+                        sub.endpoint, what, "exponential with full jitter",
+                        sub.backoff.initial, sub.backoff.maximum)
