@@ -1,0 +1,174 @@
+"""The push worker as a subprocess against a real emulator and a real HTTP endpoint."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from pw_helpers import Endpoint, PubSub, Recorded, WorkerProcess, sub_entry
+from support import free_port, wait_for
+
+StartWorker = Callable[..., WorkerProcess]
+RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6}|\.\d{9})?Z$")
+DOWN_SECONDS = float(os.environ.get("PUSH_WORKER_TEST_DOWN_SECONDS", "20"))
+
+
+def _body(r: Recorded) -> dict[str, Any]:
+    return json.loads(r.body)
+
+
+def test_every_message_delivered_once_with_push_envelope(
+        pubsub: PubSub, endpoint: Endpoint, start_worker: StartWorker) -> None:
+    topic = pubsub.topic()
+    dead_letter = pubsub.topic()
+    plain = pubsub.subscription(topic)
+    with_dlq = pubsub.subscription(topic, dead_letter_topic=dead_letter)
+    token = "s3cret-T0ken/with+chars"
+    worker = start_worker({
+        "pubsub_endpoint": pubsub.host,
+        "subscriptions": [
+            sub_entry(plain, endpoint.url, token=token, concurrency=4),
+            sub_entry(with_dlq, endpoint.url + "?dlq=1", token=token),
+        ]})
+
+    sent = pubsub.publish(topic, 20, prefix="plain")
+    sent |= pubsub.publish(topic, 3, prefix="attrs", color="blue", size="L")
+    ordered = pubsub.publisher.publish(topic, b"ordered", ordering_key="key-1").result(30)
+    sent[ordered] = b"ordered"
+
+    wait_for(lambda: len(endpoint.snapshot()) >= 2 * len(sent), timeout=60,
+             message="every message on both subscriptions")
+    requests = endpoint.snapshot()
+    worker_rc = worker.terminate()
+    assert worker_rc == 0, worker.log()[-3000:]
+
+    by_sub: dict[str, list[dict[str, Any]]] = {plain: [], with_dlq: []}
+    for r in requests:
+        assert r.path == "/push"
+        assert r.query["token"] == [token]
+        assert r.headers["content-type"] == "application/json"
+        body = _body(r)
+        by_sub[body["subscription"]].append(body)
+        assert ("dlq" in r.query) == (body["subscription"] == with_dlq)
+
+    for sub, bodies in by_sub.items():
+        ids = Counter(b["message"]["messageId"] for b in bodies)
+        assert ids == Counter(set(sent)), f"{sub}: each message exactly once"
+        for body in bodies:
+            msg = body["message"]
+            mid = msg["messageId"]
+            assert base64.b64decode(msg["data"]) == sent[mid]
+            assert msg["message_id"] == mid
+            assert RFC3339_Z.match(msg["publishTime"]), msg["publishTime"]
+            assert msg["publish_time"] == msg["publishTime"]
+            if sent[mid].startswith(b"attrs"):
+                assert msg["attributes"] == {"color": "blue", "size": "L"}
+            else:
+                assert "attributes" not in msg
+            if mid == ordered:
+                assert msg["orderingKey"] == "key-1"
+            else:
+                assert "orderingKey" not in msg
+            expected_keys = {"data", "messageId", "message_id", "publishTime", "publish_time"}
+            expected_keys |= {"attributes"} if "attributes" in msg else set()
+            expected_keys |= {"orderingKey"} if "orderingKey" in msg else set()
+            assert set(msg) == expected_keys
+            if sub == with_dlq:
+                assert set(body) == {"message", "subscription", "deliveryAttempt"}
+                assert body["deliveryAttempt"] >= 1
+            else:
+                assert set(body) == {"message", "subscription"}
+
+    log = worker.log()
+    assert token not in log and "s3cret" not in log, "the token must never be logged"
+    assert "delivered" in log
+
+
+def test_endpoint_failing_then_recovering_gets_everything_with_growing_gaps(
+        pubsub: PubSub, start_worker: StartWorker) -> None:
+    failures = 7
+    endpoint = Endpoint(responder=lambda _r, i: 500 if i < failures else 200).start()
+    try:
+        topic = pubsub.topic()
+        sub = pubsub.subscription(topic)
+        sent = pubsub.publish(topic, 5)
+        worker = start_worker({"pubsub_endpoint": pubsub.host,
+                               "subscriptions": [sub_entry(sub, endpoint.url, concurrency=1)]})
+        wait_for(lambda: set(endpoint.acked_ids()) >= set(sent), timeout=60,
+                 message="all messages acked after the endpoint recovered")
+        assert worker.terminate() == 0
+
+        times = [r.arrived for r in endpoint.snapshot()[:failures + 1]]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        # Backoff caps 0.1, 0.2, ... 6.4 s with full jitter: the later retries must, taken
+        # together, wait longer than the first ones (ordering, not speed).
+        assert sum(gaps[-2:]) > sum(gaps[:2]), gaps
+        assert "endpoint http://127.0.0.1" in worker.log()
+    finally:
+        endpoint.stop()
+
+
+def test_endpoint_down_for_a_while_loses_nothing(
+        pubsub: PubSub, start_worker: StartWorker) -> None:
+    port = free_port()  # nothing listens here yet
+    topic = pubsub.topic()
+    sub = pubsub.subscription(topic)
+    url = f"http://127.0.0.1:{port}/push"
+    worker = start_worker({"pubsub_endpoint": pubsub.host, "subscriptions": [
+        sub_entry(sub, url, concurrency=5, timeout=5, backoff={"max": 4})]})
+    sent = pubsub.publish(topic, 30)
+    down_until = time.monotonic() + DOWN_SECONDS
+    wait_for(lambda: "backing off" in worker.log(), timeout=30,
+             message="the worker noticing the endpoint is down")
+    assert worker.proc is not None and worker.proc.poll() is None
+    # The endpoint stays down for DOWN_SECONDS; the wait is the scenario, not synchronisation.
+    time.sleep(max(0.0, down_until - time.monotonic()))
+
+    endpoint = Endpoint(port=port).start()
+    try:
+        wait_for(lambda: set(endpoint.acked_ids()) >= set(sent), timeout=60,
+                 message="every message after the endpoint came back")
+        assert worker.terminate() == 0
+        assert "recovered" in worker.log()
+    finally:
+        endpoint.stop()
+
+
+def test_sigterm_mid_stream_loses_nothing(pubsub: PubSub, start_worker: StartWorker) -> None:
+    slow = {"on": True}
+
+    def respond(_r: Recorded, _i: int) -> int:
+        if slow["on"]:
+            time.sleep(0.5)
+        return 200
+
+    endpoint = Endpoint(responder=respond).start()
+    try:
+        topic = pubsub.topic()
+        sub = pubsub.subscription(topic)
+        sent = pubsub.publish(topic, 60)
+        config = {"pubsub_endpoint": pubsub.host,
+                  "subscriptions": [sub_entry(sub, endpoint.url, concurrency=5)]}
+        first = start_worker(config, name="first")
+        wait_for(lambda: len(endpoint.snapshot()) >= 8, timeout=60,
+                 message="messages flowing")
+        in_flight = [r for r in endpoint.snapshot() if r.status == 0]
+        assert in_flight, "SIGTERM should land while POSTs are in flight"
+        assert first.terminate() == 0, first.log()[-3000:]
+        # The POSTs in flight at SIGTERM were finished (and acked), not abandoned.
+        assert all(r.status == 200 for r in in_flight)
+        assert len(set(endpoint.acked_ids())) < len(sent)
+
+        slow["on"] = False
+        second = start_worker(config, name="second")
+        wait_for(lambda: set(endpoint.acked_ids()) >= set(sent), timeout=60,
+                 message="every message after the restart")
+        assert second.terminate() == 0
+    finally:
+        endpoint.stop()
