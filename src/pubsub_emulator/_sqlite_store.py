@@ -65,7 +65,7 @@ def _token(name: str) -> str:
 
 def _untoken(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError("invalid page token") from exc
 
