@@ -58,6 +58,7 @@ class EmulatorProcess:
     def start(self) -> EmulatorProcess:
         cmd = [str(VENV_BIN / "pubsub-emulator"), "start", "--host", "127.0.0.1",
                "--port", str(self.port), "--data-dir", self.data_dir, *self.extra_args]
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         wait_for(self._healthy, timeout=30, message=f"emulator on {self.host}")

@@ -9,10 +9,11 @@ import threading
 import time
 
 import pytest
-from clients import TRANSPORTS, discovery_client, make_clients, unique
 from google.api_core import exceptions
 from google.cloud import pubsub_v1
 from google.protobuf import field_mask_pb2
+
+from clients import TRANSPORTS, discovery_client, make_clients, unique
 from support import wait_for
 
 PROJECT = "test-project"

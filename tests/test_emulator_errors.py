@@ -4,8 +4,9 @@ with the matching HTTP status and Google's JSON error body over REST."""
 from __future__ import annotations
 
 import pytest
-from clients import TRANSPORTS, gapic_clients, unique
 from google.api_core import exceptions
+
+from clients import TRANSPORTS, gapic_clients, unique
 
 P = "err-project"
 

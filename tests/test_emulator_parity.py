@@ -8,9 +8,10 @@ import datetime
 import re
 from typing import Any
 
-from clients import gapic_clients, unique
 from google.api_core import exceptions
 from google.protobuf import json_format
+
+from clients import gapic_clients, unique
 
 P = "parity-project"
 

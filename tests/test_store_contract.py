@@ -1,0 +1,217 @@
+"""The storage contract: every backend must pass these (run once per backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from google.pubsub_v1 import types
+
+from pubsub_emulator._sqlite_store import SqliteStore
+from pubsub_emulator._store import InvalidAckId, Store
+
+PubsubMessage = types.PubsubMessage.pb()
+T = "projects/p/topics/t"
+S = "projects/p/subscriptions/s"
+
+
+def _sqlite_file(tmp: Path) -> Store:
+    return SqliteStore(tmp / "store.sqlite3")
+
+
+def _sqlite_memory(tmp: Path) -> Store:
+    return SqliteStore(None)
+
+
+# Each backend: a factory given a fresh directory, and whether it survives reopening.
+BACKENDS: dict[str, tuple[Callable[[Path], Store], bool]] = {
+    "sqlite-file": (_sqlite_file, True),
+    "sqlite-memory": (_sqlite_memory, False),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, tmp_path) -> Iterator[tuple[Callable[[], Store], bool]]:
+    factory, durable = BACKENDS[request.param]
+    opened: list[Store] = []
+
+    def open_store() -> Store:
+        store = factory(tmp_path)
+        opened.append(store)
+        return store
+
+    yield open_store, durable
+    for store in opened:
+        try:
+            store.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def store(backend) -> Store:
+    open_store, _ = backend
+    s = open_store()
+    s.create_resource("topics", T, b"topic")
+    s.create_resource("subscriptions", S, b"sub", topic=T)
+    return s
+
+
+def msg(data: bytes) -> bytes:
+    return PubsubMessage(data=data).SerializeToString()
+
+
+def data_of(delivery) -> bytes:
+    return PubsubMessage.FromString(delivery.message).data
+
+
+def test_resources_create_get_update_delete(store):
+    assert not store.create_resource("topics", T, b"again")
+    assert store.get_resource("topics", T) == b"topic"
+    assert store.update_resource("topics", T, b"changed")
+    assert store.get_resource("topics", T) == b"changed"
+    assert not store.update_resource("topics", "projects/p/topics/none", b"x")
+    assert store.delete_resource("topics", T)
+    assert store.get_resource("topics", T) is None
+    assert not store.delete_resource("topics", T)
+
+
+def test_listing_pages_in_name_order(store):
+    for i in (3, 1, 2):
+        store.create_resource("topics", f"projects/q/topics/t{i}", b"%d" % i)
+    store.create_resource("topics", "projects/qq/topics/other", b"x")
+    page = store.list_resources("topics", "projects/q/topics/", 2, "")
+    assert [n for n, _ in page.items] == ["projects/q/topics/t1", "projects/q/topics/t2"]
+    rest = store.list_resources("topics", "projects/q/topics/", 2, page.next_token)
+    assert [n for n, _ in rest.items] == ["projects/q/topics/t3"] and rest.next_token == ""
+    assert [n for n, _ in store.list_by_topic("subscriptions", T, 10, "").items] == [S]
+    with pytest.raises(ValueError):
+        store.list_resources("topics", "projects/q/topics/", 2, "%%%")
+
+
+def test_publish_assigns_unique_ids_and_fans_out(store):
+    other = "projects/p/subscriptions/other"
+    store.create_resource("subscriptions", other, b"sub", topic=T)
+    ids = store.publish(T, [msg(b"a"), msg(b"b")], 1000)
+    assert len(set(ids)) == 2
+    for sub in (S, other):
+        got = store.pull(sub, 10, 10_000, 1000)
+        assert [data_of(d) for d in got] == [b"a", b"b"]
+        full = PubsubMessage.FromString(got[0].message)
+        assert full.message_id == ids[0] and full.publish_time.ToMilliseconds() == 1000
+        assert got[0].delivery_attempt == 1
+
+
+def test_only_messages_after_subscription_creation(store):
+    store.publish(T, [msg(b"before")], 1000)
+    late = "projects/p/subscriptions/late"
+    store.create_resource("subscriptions", late, b"sub", topic=T)
+    store.publish(T, [msg(b"after")], 2000)
+    assert [data_of(d) for d in store.pull(late, 10, 10_000, 2000)] == [b"after"]
+
+
+def test_lease_expiry_redelivers_with_next_attempt(store):
+    store.publish(T, [msg(b"x")], 0)
+    [first] = store.pull(S, 10, 5_000, 0)
+    assert store.pull(S, 10, 5_000, 4_999) == []
+    [second] = store.pull(S, 10, 5_000, 5_000)
+    assert second.delivery_attempt == 2 and second.ack_id != first.ack_id
+    assert store.next_due_ms(S) == 10_000
+
+
+def test_ack_removes_and_stale_ack_still_acks(store):
+    store.publish(T, [msg(b"x"), msg(b"y")], 0)
+    first = store.pull(S, 10, 1_000, 0)
+    again = store.pull(S, 10, 1_000, 1_000)  # redelivered: new ack ids
+    store.acknowledge(S, [first[0].ack_id])  # an older ack id of x
+    store.acknowledge(S, [again[1].ack_id])
+    assert store.backlog(S) == 0
+    assert store.pull(S, 10, 1_000, 10_000) == []
+
+
+def test_invalid_ack_ids_are_rejected(store):
+    for bad in ("garbage", "1-2", "x-y-z"):
+        with pytest.raises(InvalidAckId):
+            store.acknowledge(S, [bad])
+    other = "projects/p/subscriptions/other"
+    store.create_resource("subscriptions", other, b"sub", topic=T)
+    store.publish(T, [msg(b"x")], 0)
+    [d] = store.pull(other, 1, 1_000, 0)
+    with pytest.raises(InvalidAckId):
+        store.acknowledge(S, [d.ack_id])  # not this subscription's
+
+
+def test_modify_deadline_extends_nacks_and_ignores_stale(store):
+    store.publish(T, [msg(b"x")], 0)
+    [d] = store.pull(S, 1, 1_000, 0)
+    store.modify_deadline(S, [d.ack_id], 60_000, 500)
+    assert store.pull(S, 1, 1_000, 30_000) == []
+    store.modify_deadline(S, [d.ack_id], 0, 31_000)  # nack
+    [d2] = store.pull(S, 1, 1_000, 31_000)
+    store.modify_deadline(S, [d.ack_id], 600_000, 31_500)  # stale lease: no effect
+    assert store.pull(S, 1, 1_000, 32_000)[0].delivery_attempt == 3
+    assert d2.delivery_attempt == 2
+
+
+def test_pull_respects_max_messages_and_bytes(store):
+    store.publish(T, [msg(b"x" * 100) for _ in range(10)], 0)
+    assert len(store.pull(S, 3, 1_000, 0)) == 3
+    got = store.pull(S, 10, 1_000, 0, max_bytes=250)
+    assert len(got) == 2
+    assert len(store.pull(S, 10, 1_000, 0, max_bytes=1)) == 1  # at least one
+
+
+def test_delete_subscription_drops_backlog_and_purge(store):
+    store.publish(T, [msg(b"x")], 0)
+    assert store.backlog(S) == 1
+    store.purge(S)
+    assert store.backlog(S) == 0
+    store.publish(T, [msg(b"y")], 0)
+    assert store.delete_resource("subscriptions", S)
+    with pytest.raises(KeyError):
+        store.pull(S, 1, 1_000, 0)
+
+
+def test_detached_subscription_gets_no_new_messages(store):
+    store.update_resource("subscriptions", S, b"sub", topic="")
+    store.publish(T, [msg(b"x")], 0)
+    assert store.backlog(S) == 0
+
+
+def test_seek_to_time_and_snapshot(store):
+    store.publish(T, [msg(b"old")], 1_000)
+    store.publish(T, [msg(b"new")], 5_000)
+    store.save_snapshot("projects/p/snapshots/snap", S)
+    store.acknowledge(S, [d.ack_id for d in store.pull(S, 10, 60_000, 6_000)])
+    assert store.backlog(S) == 0
+    store.seek_to_snapshot(S, "projects/p/snapshots/snap", 7_000)
+    assert sorted(data_of(d) for d in store.pull(S, 10, 60_000, 7_000)) == [b"new", b"old"]
+    store.seek_to_time(S, 3_000, 8_000)  # old counts as acked; new is available again
+    assert [data_of(d) for d in store.pull(S, 10, 60_000, 8_000)] == [b"new"]
+
+
+def test_sweep_reclaims_only_unneeded_messages(store):
+    store.publish(T, [msg(b"a"), msg(b"b")], 0)
+    [a, b] = store.pull(S, 10, 1_000, 0)
+    store.acknowledge(S, [a.ack_id])
+    assert store.sweep(10) == 1
+    assert [data_of(d) for d in store.pull(S, 10, 1_000, 5_000)] == [b"b"]
+
+
+def test_durable_across_reopen(backend):
+    open_store, durable = backend
+    if not durable:
+        pytest.skip("this backend keeps nothing across processes by design (--in-memory)")
+    first = open_store()
+    first.create_resource("topics", T, b"topic")
+    first.create_resource("subscriptions", S, b"sub", topic=T)
+    ids = first.publish(T, [msg(b"keep"), msg(b"acked")], 0)
+    got = first.pull(S, 10, 1_000, 0)
+    first.acknowledge(S, [got[1].ack_id])
+    first.close()
+    second = open_store()
+    assert second.get_resource("subscriptions", S) == b"sub"
+    assert [data_of(d) for d in second.pull(S, 10, 1_000, 10_000)] == [b"keep"]
+    more = second.publish(T, [msg(b"later")], 20_000)
+    assert int(more[0]) > max(int(i) for i in ids)  # ids never repeat after a restart
