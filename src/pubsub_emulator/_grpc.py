@@ -75,12 +75,18 @@ def generic_handlers(service: PubSubService) -> list[grpc.GenericRpcHandler]:
             for name, handlers in by_service.items()]
 
 
-async def create_server(service: PubSubService, host: str = "127.0.0.1", port: int = 0
-                        ) -> tuple[aio.Server, int]:
-    """A started gRPC server for the service; returns it and the port it bound."""
+async def create_server(service: PubSubService, host: str = "127.0.0.1", port: int = 0,
+                        extra: list[str] | None = None) -> tuple[aio.Server, int]:
+    """A started gRPC server for the service; returns it and the port it bound.
+
+    `extra` addresses ("host:port") are served too, e.g. a public gRPC-only port.
+    """
     server = aio.server(options=CHANNEL_OPTIONS)
     server.add_generic_rpc_handlers(generic_handlers(service))
     bound = server.add_insecure_port(f"{host}:{port}")
+    for address in extra or []:
+        if server.add_insecure_port(address) == 0:
+            raise OSError(f"cannot bind gRPC port {address}")
     await server.start()
     return server, bound
 

@@ -62,18 +62,27 @@ async def _serve_rest(call: _rest.Caller, grpc_host: str, grpc_port: int, host: 
 
 
 async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
-                        topology: dict[str, Any] | None = None) -> RunningServer:
-    """The emulator on one port (0: any free port); `.port` says which."""
+                        topology: dict[str, Any] | None = None,
+                        grpc_only_port: int | None = None) -> RunningServer:
+    """The emulator on one port (0: any free port); `.port` says which.
+
+    `grpc_only_port` also serves gRPC directly on that port, skipping the one-port front.
+    """
     service = PubSubService(store)
     if topology is not None:
         created = await _topology.apply(service, topology)
         log.info("topology applied: %d resources created", created)
-    grpc_server, grpc_port = await _grpc.create_server(service, "127.0.0.1", 0)
+    extra = [f"{host}:{grpc_only_port}"] if grpc_only_port is not None else []
+    grpc_server, grpc_port = await _grpc.create_server(service, "127.0.0.1", 0, extra)
 
     async def call(name: str, request: Any) -> Any:
         return await service.unary[name](request)
 
-    front, runner, bound = await _serve_rest(call, "127.0.0.1", grpc_port, host, port)
+    try:
+        front, runner, bound = await _serve_rest(call, "127.0.0.1", grpc_port, host, port)
+    except BaseException:
+        await grpc_server.stop(None)
+        raise
     sweeper = asyncio.ensure_future(service.sweep_forever())
 
     async def stop_sweeper() -> None:
