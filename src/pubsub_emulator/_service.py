@@ -28,7 +28,7 @@ from ._errors import (
     invalid_argument,
     not_found,
 )
-from ._store import InvalidAckId, Store
+from ._store import InvalidAckId, RetryPolicy, Store
 
 log = logging.getLogger("pubsub_emulator.service")
 
@@ -101,6 +101,14 @@ def _duration_s(d: Any) -> float:
     return d.seconds + d.nanos / 1e9
 
 
+def retry_policy(sub: Any) -> RetryPolicy | None:
+    if not sub.HasField("retry_policy"):
+        return None
+    policy = sub.retry_policy
+    return RetryPolicy(int(_duration_s(policy.minimum_backoff) * 1000),
+                       int(_duration_s(policy.maximum_backoff) * 1000))
+
+
 def _check_labels(labels: Any) -> None:
     if len(labels) > 64:
         raise invalid_argument("A resource may have at most 64 labels.")
@@ -146,8 +154,6 @@ def unhonoured_settings(resource: Message) -> list[str]:
             "filter": bool(resource.filter),
             "enable_message_ordering": resource.enable_message_ordering,
             "enable_exactly_once_delivery": resource.enable_exactly_once_delivery,
-            "dead_letter_policy": resource.HasField("dead_letter_policy"),
-            "retry_policy": resource.HasField("retry_policy"),
             "retain_acked_messages": resource.retain_acked_messages,
             "push_config.push_endpoint (the emulator does not push; run push-worker)":
                 bool(resource.push_config.push_endpoint),
@@ -287,8 +293,7 @@ class PubSubService:
                     f"The ordering key is longer than {limits.MAX_ORDERING_KEY_BYTES} bytes.")
             raws.append(message.SerializeToString())
         ids = self.store.publish(request.topic, raws, now_ms())
-        for sub in self._streams.keys() | self._pull_waiters.keys():
-            self._wake(sub)
+        self._wake_all()
         return t.PublishResponse.pb()(message_ids=ids)
 
     async def get_topic(self, request: Any) -> Any:
@@ -481,8 +486,10 @@ class PubSubService:
                 f"Invalid ack deadline given: {seconds}. It must be between 0 and "
                 f"{limits.MAX_MODIFY_DEADLINE_S} seconds.")
         now = now_ms()
+        raw = self.store.get_resource(SUBSCRIPTIONS, subscription)
+        retry = retry_policy(Subscription.FromString(raw)) if raw is not None else None
         try:
-            self.store.modify_deadline(subscription, ack_ids, seconds * 1000, now)
+            self.store.modify_deadline(subscription, ack_ids, seconds * 1000, now, retry)
         except InvalidAckId as exc:
             raise invalid_argument(f"Invalid ack ID: {exc}") from None
         for stream in self._leases(subscription):
@@ -495,16 +502,49 @@ class PubSubService:
 
     def _receive(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int = 0,
                  ) -> tuple[list[Any], list[tuple[str, int]]]:
-        deliveries = self.store.pull(sub.name, max_messages, lease_ms, now_ms(), max_bytes)
-        with_attempts = sub.HasField("dead_letter_policy")
-        received = []
+        deliveries = self.store.pull(sub.name, max_messages, lease_ms, now_ms(), max_bytes,
+                                     retry_policy(sub))
+        dead_letter = sub.dead_letter_policy if sub.HasField("dead_letter_policy") else None
+        received, leased = [], []
         for d in deliveries:
             rm = ReceivedMessage(ack_id=d.ack_id)
             rm.message.MergeFromString(d.message)
-            if with_attempts:
+            if dead_letter is not None:
+                if (d.delivery_attempt > dead_letter.max_delivery_attempts
+                        and self._dead_letter(sub, rm, d.delivery_attempt - 1)):
+                    continue
                 rm.delivery_attempt = d.delivery_attempt
             received.append(rm)
-        return received, [(d.ack_id, d.size) for d in deliveries]
+            leased.append((d.ack_id, d.size))
+        return received, leased
+
+    def _dead_letter(self, sub: Any, received: Any, attempts: int) -> bool:
+        """Forward a message that ran out of delivery attempts; ack it on `sub`."""
+        topic = sub.dead_letter_policy.dead_letter_topic
+        if self.store.get_resource(TOPICS, topic) is None:
+            log.warning("%s: dead-letter topic %s does not exist; delivering again",
+                        sub.name, topic)
+            return False
+        source = received.message
+        forwarded = PubsubMessage(data=source.data, attributes=source.attributes,
+                                  ordering_key=source.ordering_key)
+        sub_name = names.subscription(sub.name)
+        forwarded.attributes.update({
+            "CloudPubSubDeadLetterSourceDeliveryCount": str(attempts),
+            "CloudPubSubDeadLetterSourceSubscription": sub_name.id,
+            "CloudPubSubDeadLetterSourceSubscriptionProject": sub_name.project,
+            "CloudPubSubDeadLetterSourceTopicPublishTime": source.publish_time.ToJsonString(),
+        })
+        self.store.publish(topic, [forwarded.SerializeToString()], now_ms())
+        self.store.acknowledge(sub.name, [received.ack_id])
+        log.info("%s: message %s dead-lettered to %s after %d delivery attempts", sub.name,
+                 source.message_id, topic, attempts)
+        self._wake_all()
+        return True
+
+    def _wake_all(self) -> None:
+        for sub in self._streams.keys() | self._pull_waiters.keys():
+            self._wake(sub)
 
     def _deliverable(self, name: str) -> Any:
         sub = self._subscription(name)

@@ -16,7 +16,7 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 from google.pubsub_v1 import types as pubsub_types
 
-from ._store import Delivery, InvalidAckId, Page, Store
+from ._store import Delivery, InvalidAckId, Page, RetryPolicy, Store
 
 _PubsubMessage = pubsub_types.PubsubMessage.pb()
 
@@ -205,7 +205,7 @@ class SqliteStore(Store):
         return ids
 
     def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
-             max_bytes: int = 0) -> list[Delivery]:
+             max_bytes: int = 0, retry: RetryPolicy | None = None) -> list[Delivery]:
         sub_id = self._sub_id(subscription)
         db = self._db
         rows = db.execute(
@@ -227,7 +227,8 @@ class SqliteStore(Store):
         try:
             db.executemany(
                 "UPDATE deliveries SET next_at=?, attempts=attempts+1 WHERE sub_id=? AND seq=?",
-                [(deadline, sub_id, seq) for seq, _, _, _ in rows])
+                [(deadline + (retry.delay_ms(attempts + 1) if retry else 0), sub_id, seq)
+                 for seq, attempts, _, _ in rows])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -255,13 +256,14 @@ class SqliteStore(Store):
                              [(sub_id, seq) for seq, _ in parsed])
 
     def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
-                        now_ms: int) -> None:
+                        now_ms: int, retry: RetryPolicy | None = None) -> None:
         sub_id = self._sub_id(subscription)
         parsed = self._parse_ack_ids(sub_id, ack_ids)
         # Only the current lease moves: a stale ack id must not extend someone else's lease.
         self._db.executemany(
             "UPDATE deliveries SET next_at=? WHERE sub_id=? AND seq=? AND attempts=?",
-            [(now_ms + deadline_ms, sub_id, seq, attempt) for seq, attempt in parsed])
+            [(now_ms + deadline_ms + (retry.delay_ms(attempt) if retry else 0), sub_id, seq,
+              attempt) for seq, attempt in parsed])
 
     def next_due_ms(self, subscription: str) -> int | None:
         row = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE sub_id=?",

@@ -13,6 +13,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A subscription's retry policy: redelivery waits grow from minimum to maximum."""
+
+    minimum_ms: int
+    maximum_ms: int
+
+    def delay_ms(self, attempt: int) -> int:
+        """Delay before redelivering a message whose `attempt`-th delivery failed (attempt >= 1)."""
+        if attempt < 1:
+            return 0
+        return min(self.maximum_ms, self.minimum_ms << min(attempt - 1, 32))
+
+
 class InvalidAckId(ValueError):
     """An ack id that this store never issued (malformed, or for another subscription)."""
 
@@ -74,8 +88,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
-             max_bytes: int = 0) -> list[Delivery]:
-        """Lease up to `max_messages` available messages (at least one even past `max_bytes`)."""
+             max_bytes: int = 0, retry: RetryPolicy | None = None) -> list[Delivery]:
+        """Lease up to `max_messages` available messages (at least one even past `max_bytes`).
+
+        With a retry policy, a lease that runs out makes the message available only after the
+        policy's delay for that attempt.
+        """
 
     @abc.abstractmethod
     def acknowledge(self, subscription: str, ack_ids: Sequence[str]) -> None:
@@ -83,8 +101,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
-                        now_ms: int) -> None:
-        """Set the lease of still-current ack ids to end at now + deadline (0: available now)."""
+                        now_ms: int, retry: RetryPolicy | None = None) -> None:
+        """Set the lease of still-current ack ids to end at now + deadline (0: a nack).
+
+        A nack makes the message available now, or after the retry policy's delay.
+        """
 
     @abc.abstractmethod
     def next_due_ms(self, subscription: str) -> int | None:
