@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from clients import TRANSPORTS, make_clients, unique
 from support import wait_for
 
@@ -85,3 +86,37 @@ def test_retry_policy_delays_redelivery_after_nack(clients):
         assert _pull(subscriber, sub) == []
     # Attempt 1 waits the minimum (1 s), attempt 2 twice that, capped at the maximum (2 s).
     assert gaps[0] >= 0.9 and gaps[1] >= 1.9, gaps
+
+
+def test_filter_delivers_only_matching_messages(clients):
+    from google.api_core import exceptions
+
+    publisher, subscriber = clients
+    topic = publisher.create_topic(name=f"projects/{P}/topics/{unique('t')}").name
+    reds = subscriber.create_subscription(request={
+        "name": f"projects/{P}/subscriptions/{unique('red')}", "topic": topic,
+        "filter": 'attributes.color = "red" AND NOT attributes:draft'}).name
+    everything = subscriber.create_subscription(
+        name=f"projects/{P}/subscriptions/{unique('all')}", topic=topic).name
+    for data, attrs in [(b"r1", {"color": "red"}), (b"b1", {"color": "blue"}), (b"n1", {}),
+                        (b"r2", {"color": "red", "draft": ""}), (b"r3", {"color": "red"})]:
+        publisher.publish(topic, data, **attrs).result()
+    got: list[bytes] = []
+
+    def drain(sub, into):
+        for m in _pull(subscriber, sub, 100):
+            into.append(m.message.data)
+            subscriber.acknowledge(subscription=sub, ack_ids=[m.ack_id])
+        return len(into)
+
+    wait_for(lambda: drain(reds, got) >= 2, timeout=15, message="the matching messages")
+    assert sorted(got) == [b"r1", b"r3"]
+    all_got: list[bytes] = []
+    wait_for(lambda: drain(everything, all_got) >= 5, timeout=15, message="every message")
+    # Non-matching messages were never delivered to the filtered subscription: nothing left.
+    assert _pull(subscriber, reds) == []
+    with pytest.raises(exceptions.BadRequest) as info:
+        subscriber.create_subscription(request={
+            "name": f"projects/{P}/subscriptions/{unique('bad')}", "topic": topic,
+            "filter": 'attributes.a = "x" AND attributes.b = "y" OR attributes.c = "z"'})
+    assert "filter" in str(info.value).lower()

@@ -215,3 +215,27 @@ def test_durable_across_reopen(backend):
     assert [data_of(d) for d in second.pull(S, 10, 1_000, 10_000)] == [b"keep"]
     more = second.publish(T, [msg(b"later")], 20_000)
     assert int(more[0]) > max(int(i) for i in ids)  # ids never repeat after a restart
+
+
+def test_publish_skips_what_a_subscription_must_not_receive(store):
+    other = "projects/p/subscriptions/other"
+    store.create_resource("subscriptions", other, b"sub", topic=T)
+    store.publish(T, [msg(b"a"), msg(b"b"), msg(b"c")], 0, skip={S: {0, 2}})
+    assert [data_of(d) for d in store.pull(S, 10, 1_000, 0)] == [b"b"]
+    assert [data_of(d) for d in store.pull(other, 10, 1_000, 0)] == [b"a", b"b", b"c"]
+
+
+def test_retry_policy_delays_redelivery(store):
+    from pubsub_emulator._store import RetryPolicy
+
+    retry = RetryPolicy(minimum_ms=1_000, maximum_ms=3_000)
+    assert [retry.delay_ms(n) for n in (1, 2, 3, 4)] == [1_000, 2_000, 3_000, 3_000]
+    store.publish(T, [msg(b"x")], 0)
+    [d] = store.pull(S, 1, 10_000, 0, retry=retry)
+    store.modify_deadline(S, [d.ack_id], 0, 100, retry=retry)  # nack: back after 1 s
+    assert store.pull(S, 1, 10_000, 1_099, retry=retry) == []
+    [d2] = store.pull(S, 1, 10_000, 1_100, retry=retry)
+    # lease expiry (10 s) plus the second attempt's delay (2 s)
+    assert store.pull(S, 1, 10_000, 13_099, retry=retry) == []
+    assert store.pull(S, 1, 10_000, 13_100, retry=retry)[0].delivery_attempt == 3
+    assert d2.delivery_attempt == 2

@@ -28,6 +28,7 @@ from ._errors import (
     invalid_argument,
     not_found,
 )
+from ._filter import FilterError, compile_filter
 from ._store import InvalidAckId, RetryPolicy, Store
 
 log = logging.getLogger("pubsub_emulator.service")
@@ -151,7 +152,6 @@ def unhonoured_settings(resource: Message) -> list[str]:
     found = []
     if isinstance(resource, Subscription):
         checks = {
-            "filter": bool(resource.filter),
             "enable_message_ordering": resource.enable_message_ordering,
             "enable_exactly_once_delivery": resource.enable_exactly_once_delivery,
             "retain_acked_messages": resource.retain_acked_messages,
@@ -187,6 +187,8 @@ class PubSubService:
         self.store = store
         self._streams: dict[str, set[_Stream]] = {}
         self._pull_waiters: dict[str, set[asyncio.Event]] = {}
+        # topic -> {subscription: filter predicate}, for subscriptions that have a filter
+        self._filters: dict[str, dict[str, Callable[[Any], bool]]] = {}
         self.unary: dict[str, Callable[[Any], Awaitable[Message]]] = {
             name: getattr(self, _snake(name)) for name in _UNARY_METHODS
         }
@@ -292,9 +294,25 @@ class PubSubService:
                 raise invalid_argument(
                     f"The ordering key is longer than {limits.MAX_ORDERING_KEY_BYTES} bytes.")
             raws.append(message.SerializeToString())
-        ids = self.store.publish(request.topic, raws, now_ms())
+        skip = None
+        filters = self._topic_filters(request.topic)
+        if filters:
+            skip = {sub: {i for i, m in enumerate(request.messages) if not accepts(m.attributes)}
+                    for sub, accepts in filters.items()}
+        ids = self.store.publish(request.topic, raws, now_ms(), skip)
         self._wake_all()
         return t.PublishResponse.pb()(message_ids=ids)
+
+    def _topic_filters(self, topic: str) -> dict[str, Callable[[Any], bool]]:
+        cached = self._filters.get(topic)
+        if cached is None:
+            cached = {}
+            for name, raw in self.store.list_by_topic(SUBSCRIPTIONS, topic, 0, "").items:
+                sub = Subscription.FromString(raw)
+                if sub.filter:
+                    cached[name] = compile_filter(sub.filter)
+            self._filters[topic] = cached
+        return cached
 
     async def get_topic(self, request: Any) -> Any:
         return self._topic(request.topic)
@@ -334,6 +352,7 @@ class PubSubService:
             self.store.update_resource(SUBSCRIPTIONS, name, sub.SerializeToString(),
                                        topic=names.DELETED_TOPIC)
         self.store.delete_resource(TOPICS, request.topic)
+        self._filters.clear()
         log.info("deleted topic %s (%d subscriptions detached)", request.topic, len(page.items))
         return empty_pb2.Empty()
 
@@ -343,6 +362,7 @@ class PubSubService:
         self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(), topic="")
         self.store.purge(sub.name)
         self._wake(sub.name)
+        self._filters.clear()
         log.info("detached subscription %s", sub.name)
         return t.DetachSubscriptionResponse.pb()()
 
@@ -389,9 +409,11 @@ class PubSubService:
             if not 0 <= low <= high <= limits.MAX_RETRY_BACKOFF_S:
                 raise invalid_argument("The retry_policy backoffs must satisfy 0 <= "
                                        "minimum_backoff <= maximum_backoff <= 600s.")
-        if len(sub.filter.encode()) > limits.MAX_FILTER_BYTES:
-            raise invalid_argument(
-                f"The filter is longer than {limits.MAX_FILTER_BYTES} bytes.")
+        if sub.filter:
+            try:
+                compile_filter(sub.filter)
+            except FilterError as exc:
+                raise invalid_argument(str(exc)) from None
         endpoint = sub.push_config.push_endpoint
         if endpoint and not endpoint.startswith(("http://", "https://")):
             raise invalid_argument(f"Invalid push_endpoint given: {endpoint}")
@@ -411,6 +433,7 @@ class PubSubService:
         if not self.store.create_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(),
                                           topic=sub.topic):
             raise already_exists(rn.id)
+        self._filters.clear()
         log.info("created subscription %s on %s", sub.name, sub.topic)
         _note_unhonoured(sub)
         return sub
@@ -442,6 +465,7 @@ class PubSubService:
         if not self.store.delete_resource(SUBSCRIPTIONS, request.subscription):
             raise not_found(rn.id)
         self._wake(request.subscription)
+        self._filters.clear()
         log.info("deleted subscription %s", request.subscription)
         return empty_pb2.Empty()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from google.protobuf import timestamp_pb2
@@ -174,7 +174,8 @@ class SqliteStore(Store):
         return self._page(rows, page_size)
 
     # --- messages --------------------------------------------------------------------------
-    def publish(self, topic: str, messages: Sequence[bytes], now_ms: int) -> list[str]:
+    def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                skip: Mapping[str, set[int]] | None = None) -> list[str]:
         first = self._last_seq + 1
         self._last_seq += len(messages)
         ids = [str(seq) for seq in range(first, self._last_seq + 1)]
@@ -194,10 +195,13 @@ class SqliteStore(Store):
         try:
             db.executemany("INSERT INTO messages (seq, topic, size, message) VALUES (?,?,?,?)",
                            rows)
+            skipped = {(self._sub_ids[name], first + index)
+                       for name, indexes in (skip or {}).items() if name in self._sub_ids
+                       for index in indexes}
             db.executemany(
                 "INSERT INTO deliveries (sub_id, seq, next_at) VALUES (?,?,?)",
                 [(sub_id, seq, now_ms) for sub_id in subscribers
-                 for seq in range(first, self._last_seq + 1)])
+                 for seq in range(first, self._last_seq + 1) if (sub_id, seq) not in skipped])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -9,7 +9,7 @@ and forgets them once acknowledged.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -79,11 +79,14 @@ class Store(abc.ABC):
 
     # --- messages --------------------------------------------------------------------------
     @abc.abstractmethod
-    def publish(self, topic: str, messages: Sequence[bytes], now_ms: int) -> list[str]:
+    def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                skip: Mapping[str, set[int]] | None = None) -> list[str]:
         """Append serialized PubsubMessages (without id and time) to a topic.
 
         Assigns each a message id and `now_ms` as publish time, and makes it available to every
-        subscription of the topic that is not detached. Durable when it returns.
+        subscription of the topic that is not detached, except that `skip[subscription]` lists
+        indexes of messages that subscription never receives (its filter rejects them).
+        Durable when it returns.
         """
 
     @abc.abstractmethod
