@@ -22,6 +22,7 @@ FORMATS = ("wrapped", "unwrapped")
 DEFAULT_CONCURRENCY = 10
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_STATS_INTERVAL = 30.0
+DEFAULT_ACK_DEADLINE = 60
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~%+-]*$")
 _HOSTPORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
@@ -29,7 +30,7 @@ _HOSTPORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 _TOP_KEYS = {"pubsub_endpoint", "subscriptions", "stats_interval", "metrics_port",
              "metrics_host"}
 _SUB_KEYS = {"project_id", "subscription_id", "endpoint", "concurrency", "timeout", "token",
-             "token_file", "format", "write_metadata", "backoff"}
+             "token_file", "format", "write_metadata", "backoff", "ack_deadline"}
 _BACKOFF_KEYS = {"initial", "multiplier", "max"}
 
 
@@ -48,6 +49,7 @@ class SubscriptionConfig:
     format: str = "wrapped"
     write_metadata: bool = False
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    ack_deadline: int = DEFAULT_ACK_DEADLINE
 
     @property
     def subscription_path(self) -> str:
@@ -173,10 +175,14 @@ def _subscription(raw: Any, where: str, base_dir: Path) -> SubscriptionConfig:
         raise ConfigError(f"{where}.write_metadata: only valid with format: unwrapped")
 
     backoff = _backoff(raw.get("backoff"), f"{where}.backoff")
+    ack_deadline = raw.get("ack_deadline", DEFAULT_ACK_DEADLINE)
+    if not _is_int(ack_deadline) or not 10 <= ack_deadline <= 600:
+        raise ConfigError(f"{where}.ack_deadline: must be an integer number of seconds, 10-600")
     return SubscriptionConfig(project_id=project_id, subscription_id=subscription_id,
                               endpoint=endpoint.strip(), concurrency=concurrency,
                               timeout=timeout, token=token, format=fmt,
-                              write_metadata=write_metadata, backoff=backoff)
+                              write_metadata=write_metadata, backoff=backoff,
+                              ack_deadline=ack_deadline)
 
 
 def _backoff(raw: Any, where: str) -> BackoffPolicy:

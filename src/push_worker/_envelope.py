@@ -77,8 +77,6 @@ def metadata_headers(msg: MessageFields, subscription: str) -> dict[str, str]:
     }
     if msg.ordering_key:
         headers["x-goog-pubsub-ordering-key"] = msg.ordering_key
-    if msg.delivery_attempt is not None:
-        headers["x-goog-pubsub-delivery-attempt"] = str(msg.delivery_attempt)
     for key, value in msg.attributes.items():
         headers[key] = value
     return headers

@@ -51,6 +51,8 @@ class Worker:
         self._streams: list[_Stream] = []
         self.metrics_port: int | None = None
         self.started = threading.Event()
+        self._busy_lock = threading.Lock()
+        self._busy = 0  # callbacks waiting for the gate or POSTing
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -117,7 +119,11 @@ class Worker:
         stream.future = self._subscriber.subscribe(
             sub.subscription_path,
             callback=lambda message, s=stream: self._handle(s, message),
-            flow_control=pubsub_v1.types.FlowControl(max_messages=sub.concurrency),
+            # max_duration_per_lease_extension is also the stream's ack deadline: messages
+            # lost in transit when the worker stops or dies come back after that long.
+            flow_control=pubsub_v1.types.FlowControl(
+                max_messages=sub.concurrency,
+                max_duration_per_lease_extension=sub.ack_deadline),
             scheduler=ThreadScheduler(executor),
             await_callbacks_on_shutdown=True,
         )
@@ -150,15 +156,27 @@ class Worker:
             stream.retry_at = now + delay
 
     def _shutdown(self) -> None:
-        log.info("shutting down: stop pulling, finish in-flight POSTs, nack the rest")
+        log.info("shutting down: finish in-flight POSTs, nack the rest, stop pulling")
+        # 1. From now on every message is nacked without a POST, and messages waiting for a
+        #    backed-off endpoint are nacked at once.  This happens while the streams are
+        #    still open: servers honour those nacks immediately (a nack sent after the stream
+        #    closed may only take effect when the ack deadline expires, e.g. on Google's
+        #    reference emulator).
         self._stopping.set()
         for gate in self._gates.values():
             gate.close()
+        timeout = max((s.timeout for s in self.config.subscriptions), default=30.0)
+        deadline = time.monotonic() + timeout + 5.0
+        # 2. Let in-flight POSTs finish (each acks or nacks its message); messages the client
+        #    library held back for flow control are released to the callback and nacked.
+        while self._busy_count() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        # 3. Stop pulling; the library nacks whatever it still holds and waits for callbacks.
         futures = [s.future for s in self._streams if s.future is not None]
         for future in futures:
             future.cancel()
-        deadline = time.monotonic() + max((s.timeout for s in self.config.subscriptions),
-                                          default=30.0) + 15.0
+        deadline = time.monotonic() + timeout + 15.0
         for future in futures:
             try:
                 future.result(timeout=max(0.1, deadline - time.monotonic()))
@@ -174,6 +192,14 @@ class Worker:
         for sub, c in self.stats.totals().items():
             log.info("totals %s: delivered=%d retried=%d failed=%d nacked_on_shutdown=%d",
                      sub, c.delivered, c.retried, c.failed, c.shutdown_nacked)
+
+    def _busy_count(self) -> int:
+        with self._busy_lock:
+            return self._busy
+
+    def _set_busy(self, delta: int) -> None:
+        with self._busy_lock:
+            self._busy += delta
 
     # -- per message -----------------------------------------------------------------------
 
@@ -192,13 +218,17 @@ class Worker:
                 return
             request = build_request(fields_from_message(message), path, sub.format,
                                     sub.write_metadata)
-            ticket = stream.gate.acquire(self._stopping)
-            if ticket is None:
-                message.nack()
-                self.stats.record(path, "shutdown_nacked")
-                return
-            result = stream.deliverer.post(request.body, request.headers)
-            before = stream.gate.release(ticket, result.outcome is Outcome.ACK)
+            self._set_busy(+1)
+            try:
+                ticket = stream.gate.acquire(self._stopping)
+                if ticket is None:
+                    message.nack()
+                    self.stats.record(path, "shutdown_nacked")
+                    return
+                result = stream.deliverer.post(request.body, request.headers)
+                before = stream.gate.release(ticket, result.outcome is Outcome.ACK)
+            finally:
+                self._set_busy(-1)
         except Exception:
             log.exception("unexpected error pushing message %s from %s; nacking",
                           getattr(message, "message_id", "?"), path)

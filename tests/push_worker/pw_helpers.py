@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+
 from support import VENV_BIN
 
 PROJECT = "push-worker-test"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from pw_helpers import Endpoint, PubSub, Recorded, WorkerProcess, sub_entry
+
 from support import free_port, wait_for
 
 StartWorker = Callable[..., WorkerProcess]
@@ -30,8 +33,10 @@ def test_every_message_delivered_once_with_push_envelope(
     plain = pubsub.subscription(topic)
     with_dlq = pubsub.subscription(topic, dead_letter_topic=dead_letter)
     token = "s3cret-T0ken/with+chars"
+    metrics_port = free_port() if importlib.util.find_spec("prometheus_client") else None
     worker = start_worker({
         "pubsub_endpoint": pubsub.host,
+        "metrics_port": metrics_port,
         "subscriptions": [
             sub_entry(plain, endpoint.url, token=token, concurrency=4),
             sub_entry(with_dlq, endpoint.url + "?dlq=1", token=token),
@@ -45,6 +50,18 @@ def test_every_message_delivered_once_with_push_envelope(
     wait_for(lambda: len(endpoint.snapshot()) >= 2 * len(sent), timeout=60,
              message="every message on both subscriptions")
     requests = endpoint.snapshot()
+    if metrics_port is not None:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+        def metrics_show_all() -> bool:
+            try:
+                text = urllib.request.urlopen(url, timeout=2).read().decode()
+            except OSError:
+                return False
+            return f'push_worker_delivered_total{{subscription="{plain}"}} {len(sent)}.0' \
+                in text and "push_worker_push_latency_seconds_bucket" in text
+
+        wait_for(metrics_show_all, timeout=10, message="Prometheus metrics")
     worker_rc = worker.terminate()
     assert worker_rc == 0, worker.log()[-3000:]
 
@@ -154,7 +171,8 @@ def test_sigterm_mid_stream_loses_nothing(pubsub: PubSub, start_worker: StartWor
         sub = pubsub.subscription(topic)
         sent = pubsub.publish(topic, 60)
         config = {"pubsub_endpoint": pubsub.host,
-                  "subscriptions": [sub_entry(sub, endpoint.url, concurrency=5)]}
+                  "subscriptions": [sub_entry(sub, endpoint.url, concurrency=5,
+                                              ack_deadline=10)]}
         first = start_worker(config, name="first")
         wait_for(lambda: len(endpoint.snapshot()) >= 8, timeout=60,
                  message="messages flowing")
@@ -167,11 +185,42 @@ def test_sigterm_mid_stream_loses_nothing(pubsub: PubSub, start_worker: StartWor
 
         slow["on"] = False
         second = start_worker(config, name="second")
-        # Messages nacked at shutdown come back at once; any whose nack the server did not
-        # honour (Google's reference emulator sometimes ignores nacks sent just after the
-        # stream closed) come back when their ack deadline expires.
-        wait_for(lambda: set(endpoint.acked_ids()) >= set(sent), timeout=100,
+        # Messages nacked at shutdown come back at once; any the server had sent but the
+        # client never read (in transit when the stream closed: Google's reference emulator
+        # ignores max_outstanding_messages and streams everything) come back when their ack
+        # deadline (ack_deadline: 10) expires.
+        wait_for(lambda: set(endpoint.acked_ids()) >= set(sent), timeout=60,
                  message="every message after the restart")
         assert second.terminate() == 0
     finally:
         endpoint.stop()
+
+
+def test_permanent_rejection_is_logged_as_error_and_nacked_and_unwrapped_format(
+        pubsub: PubSub, start_worker: StartWorker) -> None:
+    rejecting = Endpoint(responder=lambda _r, i: 400 if i == 0 else 204).start()
+    raw = Endpoint().start()
+    try:
+        topic = pubsub.topic()
+        wrapped_sub = pubsub.subscription(topic)
+        unwrapped_sub = pubsub.subscription(topic)
+        worker = start_worker({"pubsub_endpoint": pubsub.host, "subscriptions": [
+            sub_entry(wrapped_sub, rejecting.url, concurrency=1),
+            sub_entry(unwrapped_sub, raw.url, format="unwrapped", write_metadata=True)]})
+        (mid,) = pubsub.publish(topic, 1, prefix="raw", color="red")
+        wait_for(lambda: rejecting.acked_ids() == [mid] and raw.snapshot(), timeout=30,
+                 message="the rejected message redelivered and acked; the unwrapped one")
+        assert [r.status for r in rejecting.snapshot()] == [400, 204]
+        (r,) = raw.snapshot()
+        assert r.body == b"raw-0"
+        assert r.headers["x-goog-pubsub-message-id"] == mid
+        assert r.headers["x-goog-pubsub-subscription-name"] == unwrapped_sub
+        assert RFC3339_Z.match(r.headers["x-goog-pubsub-publish-time"])
+        assert r.headers["color"] == "red"
+        assert worker.terminate() == 0
+        log = worker.log()
+        assert re.search(r"ERROR push_worker: endpoint \S+ rejected message " + mid, log)
+        assert "failed=1" in log
+    finally:
+        rejecting.stop()
+        raw.stop()
