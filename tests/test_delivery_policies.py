@@ -120,3 +120,94 @@ def test_filter_delivers_only_matching_messages(clients):
             "name": f"projects/{P}/subscriptions/{unique('bad')}", "topic": topic,
             "filter": 'attributes.a = "x" AND attributes.b = "y" OR attributes.c = "z"'})
     assert "filter" in str(info.value).lower()
+
+
+def _ordered_publisher(host):
+    import os
+
+    from google.cloud import pubsub_v1
+
+    os.environ["PUBSUB_EMULATOR_HOST"] = host
+    return pubsub_v1.PublisherClient(
+        publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
+
+
+def test_ordering_key_waits_for_earlier_and_nack_redelivers_in_order(clients):
+    publisher, subscriber = clients
+    topic = publisher.create_topic(name=f"projects/{P}/topics/{unique('t')}").name
+    sub = subscriber.create_subscription(request={
+        "name": f"projects/{P}/subscriptions/{unique('s')}", "topic": topic,
+        "enable_message_ordering": True}).name
+    publisher.api.publish(topic=topic, messages=[
+        {"data": b"a1", "ordering_key": "a"}, {"data": b"a2", "ordering_key": "a"},
+        {"data": b"b1", "ordering_key": "b"}])
+    first = subscriber.pull(subscription=sub, max_messages=1).received_messages
+    assert [m.message.data for m in first] == [b"a1"]
+    # a2 waits while a1 is outstanding; b1 does not.
+    [b1] = _pull(subscriber, sub)
+    assert b1.message.data == b"b1"
+    assert _pull(subscriber, sub) == []
+    subscriber.acknowledge(subscription=sub, ack_ids=[first[0].ack_id])
+    [a2] = wait_for(lambda: _pull(subscriber, sub), timeout=15, message="a2 after a1's ack")
+    assert a2.message.data == b"a2" and a2.message.ordering_key == "a"
+
+    publisher.api.publish(topic=topic, messages=[
+        {"data": b"c1", "ordering_key": "c"}, {"data": b"c2", "ordering_key": "c"},
+        {"data": b"c3", "ordering_key": "c"}])
+    batch = wait_for(lambda: [m for m in _pull(subscriber, sub) if m.message.ordering_key == "c"],
+                     timeout=15, message="the c messages")
+    assert [m.message.data for m in batch] == [b"c1", b"c2", b"c3"]
+    # Nacking c1 brings c2 and c3 back with it, in order.
+    subscriber.modify_ack_deadline(subscription=sub, ack_ids=[batch[0].ack_id],
+                                   ack_deadline_seconds=0)
+    again = wait_for(lambda: _pull(subscriber, sub), timeout=15, message="the redelivery")
+    assert [m.message.data for m in again] == [b"c1", b"c2", b"c3"]
+
+
+def test_ordered_publishing_and_streaming_receive_keep_order_per_key(emulator):
+    import threading
+
+    publisher = _ordered_publisher(emulator.host)
+    _, subscriber = make_clients(emulator.host, "grpc")
+    topic = publisher.create_topic(name=f"projects/{P}/topics/{unique('t')}").name
+    sub = subscriber.create_subscription(request={
+        "name": f"projects/{P}/subscriptions/{unique('s')}", "topic": topic,
+        "enable_message_ordering": True}).name
+    keys = ("k1", "k2", "k3")
+    futures = [publisher.publish(topic, f"{key}:{i}".encode(), ordering_key=key)
+               for i in range(60) for key in keys]
+    for f in futures:
+        f.result()
+    received: dict[str, list[int]] = {key: [] for key in keys}
+    lock = threading.Lock()
+
+    def callback(message):
+        key, index = message.data.decode().split(":")
+        with lock:
+            received[key].append(int(index))
+        message.ack()
+
+    future = subscriber.subscribe(sub, callback)
+    try:
+        wait_for(lambda: all(len(v) >= 60 for v in received.values()), timeout=30,
+                 message="every message")
+    finally:
+        future.cancel()
+    for key in keys:
+        assert received[key] == list(range(60)), key
+
+
+def test_ordered_publisher_resumes_after_an_error(emulator):
+    from google.api_core import exceptions
+    from google.cloud.pubsub_v1.publisher import exceptions as publish_errors
+
+    publisher = _ordered_publisher(emulator.host)
+    topic = f"projects/{P}/topics/{unique('later')}"
+    with pytest.raises(exceptions.NotFound):
+        publisher.publish(topic, b"too early", ordering_key="k").result(timeout=30)
+    # The key is paused after the failure, as Google's client does...
+    with pytest.raises(publish_errors.PublishToPausedOrderingKeyException):
+        publisher.publish(topic, b"still paused", ordering_key="k").result(timeout=30)
+    publisher.create_topic(name=topic)
+    publisher.resume_publish(topic, "k")  # ...until the application resumes it.
+    assert publisher.publish(topic, b"resumed", ordering_key="k").result(timeout=30)

@@ -226,16 +226,36 @@ def test_publish_skips_what_a_subscription_must_not_receive(store):
 
 
 def test_retry_policy_delays_redelivery(store):
-    from pubsub_emulator._store import RetryPolicy
+    from pubsub_emulator._store import DeliveryPolicy, RetryPolicy
 
-    retry = RetryPolicy(minimum_ms=1_000, maximum_ms=3_000)
-    assert [retry.delay_ms(n) for n in (1, 2, 3, 4)] == [1_000, 2_000, 3_000, 3_000]
+    policy = DeliveryPolicy(retry=RetryPolicy(minimum_ms=1_000, maximum_ms=3_000))
+    assert [policy.retry.delay_ms(n) for n in (1, 2, 3, 4)] == [1_000, 2_000, 3_000, 3_000]
     store.publish(T, [msg(b"x")], 0)
-    [d] = store.pull(S, 1, 10_000, 0, retry=retry)
-    store.modify_deadline(S, [d.ack_id], 0, 100, retry=retry)  # nack: back after 1 s
-    assert store.pull(S, 1, 10_000, 1_099, retry=retry) == []
-    [d2] = store.pull(S, 1, 10_000, 1_100, retry=retry)
+    [d] = store.pull(S, 1, 10_000, 0, policy=policy)
+    store.modify_deadline(S, [d.ack_id], 0, 100, policy=policy)  # nack: back after 1 s
+    assert store.pull(S, 1, 10_000, 1_099, policy=policy) == []
+    [d2] = store.pull(S, 1, 10_000, 1_100, policy=policy)
     # lease expiry (10 s) plus the second attempt's delay (2 s)
-    assert store.pull(S, 1, 10_000, 13_099, retry=retry) == []
-    assert store.pull(S, 1, 10_000, 13_100, retry=retry)[0].delivery_attempt == 3
+    assert store.pull(S, 1, 10_000, 13_099, policy=policy) == []
+    assert store.pull(S, 1, 10_000, 13_100, policy=policy)[0].delivery_attempt == 3
     assert d2.delivery_attempt == 2
+
+
+def test_ordering_keys_keep_publish_order_through_redelivery(store):
+    from pubsub_emulator._store import DeliveryPolicy
+
+    ordered = DeliveryPolicy(ordered=True)
+    store.publish(T, [msg(b"a1"), msg(b"b1"), msg(b"a2"), msg(b"n1"), msg(b"a3")], 0,
+                  ordering_keys=["a", "b", "a", "", "a"])
+    first = store.pull(S, 2, 10_000, 0, policy=ordered)
+    assert [data_of(d) for d in first] == [b"a1", b"b1"]
+    # a1 is leased, so a2 and a3 wait; unkeyed n1 does not.
+    second = store.pull(S, 10, 10_000, 0, policy=ordered)
+    assert [data_of(d) for d in second] == [b"n1"]
+    store.acknowledge(S, [first[0].ack_id])
+    third = store.pull(S, 10, 10_000, 1, policy=ordered)
+    assert [data_of(d) for d in third] == [b"a2", b"a3"]
+    # Nacking a2 brings a3 back with it: both come again, in order.
+    store.modify_deadline(S, [third[0].ack_id], 0, 2, policy=ordered)
+    again = store.pull(S, 10, 10_000, 2, policy=ordered)
+    assert [data_of(d) for d in again] == [b"a2", b"a3"]

@@ -29,7 +29,7 @@ from ._errors import (
     not_found,
 )
 from ._filter import FilterError, compile_filter
-from ._store import InvalidAckId, RetryPolicy, Store
+from ._store import DeliveryPolicy, InvalidAckId, RetryPolicy, Store
 
 log = logging.getLogger("pubsub_emulator.service")
 
@@ -102,12 +102,13 @@ def _duration_s(d: Any) -> float:
     return d.seconds + d.nanos / 1e9
 
 
-def retry_policy(sub: Any) -> RetryPolicy | None:
-    if not sub.HasField("retry_policy"):
-        return None
-    policy = sub.retry_policy
-    return RetryPolicy(int(_duration_s(policy.minimum_backoff) * 1000),
-                       int(_duration_s(policy.maximum_backoff) * 1000))
+def delivery_policy(sub: Any) -> DeliveryPolicy:
+    retry = None
+    if sub.HasField("retry_policy"):
+        policy = sub.retry_policy
+        retry = RetryPolicy(int(_duration_s(policy.minimum_backoff) * 1000),
+                            int(_duration_s(policy.maximum_backoff) * 1000))
+    return DeliveryPolicy(retry=retry, ordered=sub.enable_message_ordering)
 
 
 def _check_labels(labels: Any) -> None:
@@ -152,7 +153,6 @@ def unhonoured_settings(resource: Message) -> list[str]:
     found = []
     if isinstance(resource, Subscription):
         checks = {
-            "enable_message_ordering": resource.enable_message_ordering,
             "enable_exactly_once_delivery": resource.enable_exactly_once_delivery,
             "retain_acked_messages": resource.retain_acked_messages,
             "push_config.push_endpoint (the emulator does not push; run push-worker)":
@@ -186,7 +186,10 @@ class PubSubService:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._streams: dict[str, set[_Stream]] = {}
-        self._pull_waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        # Called with a subscription's name whenever it is created, changed or deleted (the
+        # push dispatcher follows push configs through it).
+        self.subscription_listeners: list[Callable[[str], None]] = []
         # topic -> {subscription: filter predicate}, for subscriptions that have a filter
         self._filters: dict[str, dict[str, Callable[[Any], bool]]] = {}
         self.unary: dict[str, Callable[[Any], Awaitable[Message]]] = {
@@ -208,10 +211,28 @@ class PubSubService:
         rn = names.subscription(name)
         return self._load(SUBSCRIPTIONS, name, Subscription, rn.id)
 
+    def watch(self, subscription: str) -> asyncio.Event:
+        """An event set whenever the subscription may have messages to deliver."""
+        event = asyncio.Event()
+        self._waiters.setdefault(subscription, set()).add(event)
+        return event
+
+    def unwatch(self, subscription: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(subscription)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                self._waiters.pop(subscription, None)
+
+    def _changed(self, subscription: str) -> None:
+        self._filters.clear()
+        for listener in self.subscription_listeners:
+            listener(subscription)
+
     def _wake(self, subscription: str) -> None:
         for stream in self._streams.get(subscription, ()):
             stream.wakeup.set()
-        for event in self._pull_waiters.get(subscription, ()):
+        for event in self._waiters.get(subscription, ()):
             event.set()
 
     def _page(self, page_size: int) -> int:
@@ -299,7 +320,9 @@ class PubSubService:
         if filters:
             skip = {sub: {i for i, m in enumerate(request.messages) if not accepts(m.attributes)}
                     for sub, accepts in filters.items()}
-        ids = self.store.publish(request.topic, raws, now_ms(), skip)
+        keys = [m.ordering_key for m in request.messages]
+        ids = self.store.publish(request.topic, raws, now_ms(), skip,
+                                 keys if any(keys) else None)
         self._wake_all()
         return t.PublishResponse.pb()(message_ids=ids)
 
@@ -351,6 +374,7 @@ class PubSubService:
             sub.topic = names.DELETED_TOPIC
             self.store.update_resource(SUBSCRIPTIONS, name, sub.SerializeToString(),
                                        topic=names.DELETED_TOPIC)
+            self._changed(name)
         self.store.delete_resource(TOPICS, request.topic)
         self._filters.clear()
         log.info("deleted topic %s (%d subscriptions detached)", request.topic, len(page.items))
@@ -362,7 +386,7 @@ class PubSubService:
         self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(), topic="")
         self.store.purge(sub.name)
         self._wake(sub.name)
-        self._filters.clear()
+        self._changed(sub.name)
         log.info("detached subscription %s", sub.name)
         return t.DetachSubscriptionResponse.pb()()
 
@@ -433,7 +457,7 @@ class PubSubService:
         if not self.store.create_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(),
                                           topic=sub.topic):
             raise already_exists(rn.id)
-        self._filters.clear()
+        self._changed(sub.name)
         log.info("created subscription %s on %s", sub.name, sub.topic)
         _note_unhonoured(sub)
         return sub
@@ -449,6 +473,7 @@ class PubSubService:
         _apply_mask(updated, request.subscription, paths)
         self._validate_subscription(updated, creating=False)
         self.store.update_resource(SUBSCRIPTIONS, updated.name, updated.SerializeToString())
+        self._changed(updated.name)
         _note_unhonoured(updated)
         return updated
 
@@ -465,7 +490,7 @@ class PubSubService:
         if not self.store.delete_resource(SUBSCRIPTIONS, request.subscription):
             raise not_found(rn.id)
         self._wake(request.subscription)
-        self._filters.clear()
+        self._changed(request.subscription)
         log.info("deleted subscription %s", request.subscription)
         return empty_pb2.Empty()
 
@@ -474,6 +499,7 @@ class PubSubService:
         sub.push_config.CopyFrom(request.push_config)
         self._validate_subscription(sub, creating=False)
         self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString())
+        self._changed(sub.name)
         return empty_pb2.Empty()
 
     # --- Subscriber: delivery --------------------------------------------------------------
@@ -511,9 +537,10 @@ class PubSubService:
                 f"{limits.MAX_MODIFY_DEADLINE_S} seconds.")
         now = now_ms()
         raw = self.store.get_resource(SUBSCRIPTIONS, subscription)
-        retry = retry_policy(Subscription.FromString(raw)) if raw is not None else None
+        policy = (delivery_policy(Subscription.FromString(raw)) if raw is not None
+                  else DeliveryPolicy())
         try:
-            self.store.modify_deadline(subscription, ack_ids, seconds * 1000, now, retry)
+            self.store.modify_deadline(subscription, ack_ids, seconds * 1000, now, policy)
         except InvalidAckId as exc:
             raise invalid_argument(f"Invalid ack ID: {exc}") from None
         for stream in self._leases(subscription):
@@ -527,7 +554,7 @@ class PubSubService:
     def _receive(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int = 0,
                  ) -> tuple[list[Any], list[tuple[str, int]]]:
         deliveries = self.store.pull(sub.name, max_messages, lease_ms, now_ms(), max_bytes,
-                                     retry_policy(sub))
+                                     delivery_policy(sub))
         dead_letter = sub.dead_letter_policy if sub.HasField("dead_letter_policy") else None
         received, leased = [], []
         for d in deliveries:
@@ -567,7 +594,7 @@ class PubSubService:
         return True
 
     def _wake_all(self) -> None:
-        for sub in self._streams.keys() | self._pull_waiters.keys():
+        for sub in self._streams.keys() | self._waiters.keys():
             self._wake(sub)
 
     def _deliverable(self, name: str) -> Any:
@@ -583,9 +610,7 @@ class PubSubService:
         lease_ms = sub.ack_deadline_seconds * 1000
         received, _ = self._receive(sub, request.max_messages, lease_ms)
         if not received and not request.return_immediately:
-            event = asyncio.Event()
-            waiters = self._pull_waiters.setdefault(sub.name, set())
-            waiters.add(event)
+            event = self.watch(sub.name)
             deadline = time.monotonic() + limits.PULL_WAIT_S
             try:
                 while not received:
@@ -603,9 +628,7 @@ class PubSubService:
                     sub = self._deliverable(request.subscription)
                     received, _ = self._receive(sub, request.max_messages, lease_ms)
             finally:
-                waiters.discard(event)
-                if not waiters:
-                    self._pull_waiters.pop(sub.name, None)
+                self.unwatch(sub.name, event)
         return t.PullResponse.pb()(received_messages=received)
 
     async def streaming_pull(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:

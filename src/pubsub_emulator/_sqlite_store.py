@@ -12,11 +12,12 @@ import base64
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 from google.pubsub_v1 import types as pubsub_types
 
-from ._store import Delivery, InvalidAckId, Page, RetryPolicy, Store
+from ._store import DEFAULT_POLICY, Delivery, DeliveryPolicy, InvalidAckId, Page, Store
 
 _PubsubMessage = pubsub_types.PubsubMessage.pb()
 
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     seq INTEGER NOT NULL,
     next_at INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    okey TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (sub_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sub_id, next_at);
@@ -175,7 +177,8 @@ class SqliteStore(Store):
 
     # --- messages --------------------------------------------------------------------------
     def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
-                skip: Mapping[str, set[int]] | None = None) -> list[str]:
+                skip: Mapping[str, set[int]] | None = None,
+                ordering_keys: Sequence[str] | None = None) -> list[str]:
         first = self._last_seq + 1
         self._last_seq += len(messages)
         ids = [str(seq) for seq in range(first, self._last_seq + 1)]
@@ -198,10 +201,12 @@ class SqliteStore(Store):
             skipped = {(self._sub_ids[name], first + index)
                        for name, indexes in (skip or {}).items() if name in self._sub_ids
                        for index in indexes}
+            keys = ordering_keys or [""] * len(messages)
             db.executemany(
-                "INSERT INTO deliveries (sub_id, seq, next_at) VALUES (?,?,?)",
-                [(sub_id, seq, now_ms) for sub_id in subscribers
-                 for seq in range(first, self._last_seq + 1) if (sub_id, seq) not in skipped])
+                "INSERT INTO deliveries (sub_id, seq, next_at, okey) VALUES (?,?,?,?)",
+                [(sub_id, seq, now_ms, key) for sub_id in subscribers
+                 for seq, key in zip(range(first, self._last_seq + 1), keys, strict=True)
+                 if (sub_id, seq) not in skipped])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -209,13 +214,16 @@ class SqliteStore(Store):
         return ids
 
     def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
-             max_bytes: int = 0, retry: RetryPolicy | None = None) -> list[Delivery]:
+             max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
         sub_id = self._sub_id(subscription)
         db = self._db
-        rows = db.execute(
-            "SELECT d.seq, d.attempts, m.message, m.size FROM deliveries d "
-            "JOIN messages m ON m.seq = d.seq WHERE d.sub_id=? AND d.next_at<=? "
-            "ORDER BY d.next_at, d.seq LIMIT ?", (sub_id, now_ms, max_messages)).fetchall()
+        if policy.ordered:
+            rows = self._ordered_candidates(sub_id, max_messages, now_ms)
+        else:
+            rows = db.execute(
+                "SELECT d.seq, d.attempts, m.message, m.size FROM deliveries d "
+                "JOIN messages m ON m.seq = d.seq WHERE d.sub_id=? AND d.next_at<=? "
+                "ORDER BY d.next_at, d.seq LIMIT ?", (sub_id, now_ms, max_messages)).fetchall()
         if not rows:
             return []
         if max_bytes:
@@ -227,6 +235,7 @@ class SqliteStore(Store):
                 kept += 1
             rows = rows[:kept]
         deadline = now_ms + lease_ms
+        retry = policy.retry
         db.execute("BEGIN")
         try:
             db.executemany(
@@ -239,6 +248,25 @@ class SqliteStore(Store):
             raise
         return [Delivery(f"{sub_id}-{seq}-{attempts + 1}", message, attempts + 1, size)
                 for seq, attempts, message, size in rows]
+
+    def _ordered_candidates(self, sub_id: int, max_messages: int, now_ms: int) -> list[Any]:
+        """Available messages in publish order, minus those an earlier same-key one blocks."""
+        db = self._db
+        # The earliest message of each key that is leased or backing off blocks its key.
+        blocked = dict(db.execute(
+            "SELECT okey, MIN(seq) FROM deliveries WHERE sub_id=? AND next_at>? AND okey!='' "
+            "GROUP BY okey", (sub_id, now_ms)).fetchall())
+        rows = []
+        for seq, attempts, key, message, size in db.execute(
+                "SELECT d.seq, d.attempts, d.okey, m.message, m.size FROM deliveries d "
+                "JOIN messages m ON m.seq = d.seq WHERE d.sub_id=? AND d.next_at<=? "
+                "ORDER BY d.seq", (sub_id, now_ms)):
+            if key and key in blocked and blocked[key] < seq:
+                continue
+            rows.append((seq, attempts, message, size))
+            if len(rows) >= max_messages:
+                break
+        return rows
 
     def _parse_ack_ids(self, sub_id: int, ack_ids: Sequence[str]) -> list[tuple[int, int]]:
         parsed = []
@@ -260,14 +288,30 @@ class SqliteStore(Store):
                              [(sub_id, seq) for seq, _ in parsed])
 
     def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
-                        now_ms: int, retry: RetryPolicy | None = None) -> None:
+                        now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> None:
         sub_id = self._sub_id(subscription)
         parsed = self._parse_ack_ids(sub_id, ack_ids)
-        # Only the current lease moves: a stale ack id must not extend someone else's lease.
-        self._db.executemany(
-            "UPDATE deliveries SET next_at=? WHERE sub_id=? AND seq=? AND attempts=?",
-            [(now_ms + deadline_ms + (retry.delay_ms(attempt) if retry else 0), sub_id, seq,
-              attempt) for seq, attempt in parsed])
+        retry = policy.retry
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            # Only the current lease moves: a stale ack id must not extend someone else's lease.
+            db.executemany(
+                "UPDATE deliveries SET next_at=? WHERE sub_id=? AND seq=? AND attempts=?",
+                [(now_ms + deadline_ms + (retry.delay_ms(attempt) if retry else 0), sub_id, seq,
+                  attempt) for seq, attempt in parsed])
+            if policy.ordered and deadline_ms == 0:
+                # A nacked keyed message takes its key's later leased messages back with it,
+                # so they are redelivered after it, in order.
+                for seq, _ in parsed:
+                    db.execute(
+                        "UPDATE deliveries SET next_at=MIN(next_at, ?) WHERE sub_id=? AND seq>? "
+                        "AND okey!='' AND okey=(SELECT okey FROM deliveries "
+                        "WHERE sub_id=? AND seq=?)", (now_ms, sub_id, seq, sub_id, seq))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def next_due_ms(self, subscription: str) -> int | None:
         row = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE sub_id=?",

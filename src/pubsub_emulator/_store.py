@@ -27,6 +27,20 @@ class RetryPolicy:
         return min(self.maximum_ms, self.minimum_ms << min(attempt - 1, 32))
 
 
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How a subscription hands out messages: its retry policy and whether it keeps order."""
+
+    retry: RetryPolicy | None = None
+    # Per ordering key, in publish order: a key's message is not handed out while an earlier
+    # one of the same key is leased or waiting out a backoff, and a nack makes the key's later
+    # messages available again with it, so redelivery keeps the order.
+    ordered: bool = False
+
+
+DEFAULT_POLICY = DeliveryPolicy()
+
+
 class InvalidAckId(ValueError):
     """An ack id that this store never issued (malformed, or for another subscription)."""
 
@@ -80,18 +94,20 @@ class Store(abc.ABC):
     # --- messages --------------------------------------------------------------------------
     @abc.abstractmethod
     def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
-                skip: Mapping[str, set[int]] | None = None) -> list[str]:
+                skip: Mapping[str, set[int]] | None = None,
+                ordering_keys: Sequence[str] | None = None) -> list[str]:
         """Append serialized PubsubMessages (without id and time) to a topic.
 
         Assigns each a message id and `now_ms` as publish time, and makes it available to every
         subscription of the topic that is not detached, except that `skip[subscription]` lists
         indexes of messages that subscription never receives (its filter rejects them).
+        `ordering_keys` gives each message's ordering key ("" for none).
         Durable when it returns.
         """
 
     @abc.abstractmethod
     def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
-             max_bytes: int = 0, retry: RetryPolicy | None = None) -> list[Delivery]:
+             max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
         """Lease up to `max_messages` available messages (at least one even past `max_bytes`).
 
         With a retry policy, a lease that runs out makes the message available only after the
@@ -104,7 +120,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
-                        now_ms: int, retry: RetryPolicy | None = None) -> None:
+                        now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> None:
         """Set the lease of still-current ack ids to end at now + deadline (0: a nack).
 
         A nack makes the message available now, or after the retry policy's delay.
