@@ -29,7 +29,7 @@ from ._errors import (
     not_found,
 )
 from ._filter import FilterError, compile_filter
-from ._store import DeliveryPolicy, InvalidAckId, RetryPolicy, Store
+from ._store import DeliveryPolicy, InvalidAckId, RetentionRules, RetryPolicy, Store
 
 log = logging.getLogger("pubsub_emulator.service")
 
@@ -108,7 +108,8 @@ def delivery_policy(sub: Any) -> DeliveryPolicy:
         policy = sub.retry_policy
         retry = RetryPolicy(int(_duration_s(policy.minimum_backoff) * 1000),
                             int(_duration_s(policy.maximum_backoff) * 1000))
-    return DeliveryPolicy(retry=retry, ordered=sub.enable_message_ordering)
+    return DeliveryPolicy(retry=retry, ordered=sub.enable_message_ordering,
+                          retain_acked=sub.retain_acked_messages)
 
 
 def _check_labels(labels: Any) -> None:
@@ -154,7 +155,6 @@ def unhonoured_settings(resource: Message) -> list[str]:
     if isinstance(resource, Subscription):
         checks = {
             "enable_exactly_once_delivery": resource.enable_exactly_once_delivery,
-            "retain_acked_messages": resource.retain_acked_messages,
             "push_config.push_endpoint (the emulator does not push; run push-worker)":
                 bool(resource.push_config.push_endpoint),
             "bigquery_config": resource.HasField("bigquery_config"),
@@ -162,7 +162,6 @@ def unhonoured_settings(resource: Message) -> list[str]:
         }
     else:
         checks = {
-            "message_retention_duration": resource.HasField("message_retention_duration"),
             "schema_settings": resource.HasField("schema_settings"),
             "kms_key_name": bool(resource.kms_key_name),
             "ingestion_data_source_settings": resource.HasField("ingestion_data_source_settings"),
@@ -183,8 +182,12 @@ def _note_unhonoured(resource: Message) -> None:
 class PubSubService:
     """Google's Publisher and Subscriber services over a Store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], int] = now_ms) -> None:
+        """`clock` gives the time in milliseconds (tests move it to exercise retention)."""
         self.store = store
+        self.clock = clock
+        # When each subscription was last used (expiration_policy), since this process started.
+        self._last_active: dict[str, int] = {}
         self._streams: dict[str, set[_Stream]] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
         # Called with a subscription's name whenever it is created, changed or deleted (the
@@ -278,7 +281,7 @@ class PubSubService:
         return current
 
     async def publish(self, request: Any) -> Any:
-        self._topic(request.topic)
+        topic = self._topic(request.topic)
         if not request.messages:
             raise invalid_argument("The request contains no messages.")
         if len(request.messages) > limits.MAX_MESSAGES_PER_PUBLISH:
@@ -321,8 +324,9 @@ class PubSubService:
             skip = {sub: {i for i, m in enumerate(request.messages) if not accepts(m.attributes)}
                     for sub, accepts in filters.items()}
         keys = [m.ordering_key for m in request.messages]
-        ids = self.store.publish(request.topic, raws, now_ms(), skip,
-                                 keys if any(keys) else None)
+        ids = self.store.publish(request.topic, raws, self.clock(), skip,
+                                 keys if any(keys) else None,
+                                 retain=topic.HasField("message_retention_duration"))
         self._wake_all()
         return t.PublishResponse.pb()(message_ids=ids)
 
@@ -404,15 +408,14 @@ class PubSubService:
         retention = _duration_s(sub.message_retention_duration)
         if not limits.MIN_RETENTION_S <= retention <= limits.MAX_SUBSCRIPTION_RETENTION_S:
             raise invalid_argument("The value for message_retention_duration must be between "
-                                   "10 minutes and 7 days.")
+                                   "10 minutes and 31 days.")
         if creating and not sub.HasField("expiration_policy"):
             sub.expiration_policy.ttl.seconds = limits.DEFAULT_EXPIRATION_TTL_S
         if sub.expiration_policy.HasField("ttl"):
             ttl = _duration_s(sub.expiration_policy.ttl)
-            if ttl < limits.MIN_EXPIRATION_TTL_S or ttl < retention:
-                raise invalid_argument(
-                    "The expiration_policy ttl must be at least 1 day and at least the "
-                    "message_retention_duration.")
+            if ttl < limits.MIN_EXPIRATION_TTL_S:
+                raise invalid_argument("The minimum allowed value for expiration_policy.ttl is "
+                                       "1 day.")
         if sub.HasField("dead_letter_policy"):
             policy = sub.dead_letter_policy
             if policy.max_delivery_attempts == 0:
@@ -517,8 +520,12 @@ class PubSubService:
         return empty_pb2.Empty()
 
     def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+        self._last_active[subscription] = self.clock()
+        raw = self.store.get_resource(SUBSCRIPTIONS, subscription)
+        policy = (delivery_policy(Subscription.FromString(raw)) if raw is not None
+                  else DeliveryPolicy())
         try:
-            self.store.acknowledge(subscription, ack_ids)
+            self.store.acknowledge(subscription, ack_ids, policy)
         except InvalidAckId as exc:
             raise invalid_argument(f"Invalid ack ID: {exc}") from None
         for stream in self._leases(subscription):
@@ -535,7 +542,7 @@ class PubSubService:
             raise invalid_argument(
                 f"Invalid ack deadline given: {seconds}. It must be between 0 and "
                 f"{limits.MAX_MODIFY_DEADLINE_S} seconds.")
-        now = now_ms()
+        now = self.clock()
         raw = self.store.get_resource(SUBSCRIPTIONS, subscription)
         policy = (delivery_policy(Subscription.FromString(raw)) if raw is not None
                   else DeliveryPolicy())
@@ -553,7 +560,8 @@ class PubSubService:
 
     def _receive(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int = 0,
                  ) -> tuple[list[Any], list[tuple[str, int]]]:
-        deliveries = self.store.pull(sub.name, max_messages, lease_ms, now_ms(), max_bytes,
+        self._last_active[sub.name] = self.clock()
+        deliveries = self.store.pull(sub.name, max_messages, lease_ms, self.clock(), max_bytes,
                                      delivery_policy(sub))
         dead_letter = sub.dead_letter_policy if sub.HasField("dead_letter_policy") else None
         received, leased = [], []
@@ -586,7 +594,7 @@ class PubSubService:
             "CloudPubSubDeadLetterSourceSubscriptionProject": sub_name.project,
             "CloudPubSubDeadLetterSourceTopicPublishTime": source.publish_time.ToJsonString(),
         })
-        self.store.publish(topic, [forwarded.SerializeToString()], now_ms())
+        self.store.publish(topic, [forwarded.SerializeToString()], self.clock())
         self.store.acknowledge(sub.name, [received.ack_id])
         log.info("%s: message %s dead-lettered to %s after %d delivery attempts", sub.name,
                  source.message_id, topic, attempts)
@@ -619,7 +627,7 @@ class PubSubService:
                         break
                     due = self.store.next_due_ms(sub.name)
                     if due is not None:
-                        remaining = min(remaining, max(0.0, (due - now_ms()) / 1000))
+                        remaining = min(remaining, max(0.0, (due - self.clock()) / 1000))
                     event.clear()
                     try:
                         await asyncio.wait_for(event.wait(), remaining)
@@ -670,7 +678,7 @@ class PubSubService:
         log.debug("StreamingPull opened on %s", sub.name)
         try:
             while not closed.is_set():
-                now = now_ms()
+                now = self.clock()
                 stream.expire(now)
                 sub = self._deliverable(stream.subscription)
                 count, size = stream.window()
@@ -688,10 +696,10 @@ class PubSubService:
                 timeout = 30.0
                 due = self.store.next_due_ms(sub.name)
                 if due is not None and count > 0:
-                    timeout = min(timeout, max(0.001, (due - now_ms()) / 1000))
+                    timeout = min(timeout, max(0.001, (due - self.clock()) / 1000))
                 if stream.outstanding:
                     soonest = min(until for until, _ in stream.outstanding.values())
-                    timeout = min(timeout, max(0.001, (soonest - now_ms()) / 1000))
+                    timeout = min(timeout, max(0.001, (soonest - self.clock()) / 1000))
                 try:
                     await asyncio.wait_for(stream.wakeup.wait(), timeout)
                 except TimeoutError:
@@ -745,7 +753,7 @@ class PubSubService:
             raise failed_precondition("The subscription's topic was deleted or it is detached.")
         _check_labels(request.labels)
         snapshot = Snapshot(name=request.name, topic=sub.topic, labels=request.labels)
-        snapshot.expire_time.FromMilliseconds(now_ms() + limits.SNAPSHOT_LIFETIME_S * 1000)
+        snapshot.expire_time.FromMilliseconds(self.clock() + limits.SNAPSHOT_LIFETIME_S * 1000)
         if not self.store.create_resource(SNAPSHOTS, snapshot.name,
                                           snapshot.SerializeToString(), topic=sub.topic):
             raise already_exists(rn.id)
@@ -770,13 +778,18 @@ class PubSubService:
         sub = self._deliverable(request.subscription)
         target = request.WhichOneof("target")
         if target == "time":
-            self.store.seek_to_time(sub.name, request.time.ToMilliseconds(), now_ms())
+            topic = (self.store.get_resource(TOPICS, sub.topic)
+                     if sub.topic != names.DELETED_TOPIC else None)
+            from_topic = topic is not None and Topic.FromString(topic).HasField(
+                "message_retention_duration")
+            self.store.seek_to_time(sub.name, request.time.ToMilliseconds(), self.clock(),
+                                    delivery_policy(sub), from_topic)
         elif target == "snapshot":
             snapshot = self._snapshot(request.snapshot)
             if snapshot.topic != sub.topic:
                 raise failed_precondition(
                     "The snapshot's topic is not the subscription's topic.")
-            self.store.seek_to_snapshot(sub.name, snapshot.name, now_ms())
+            self.store.seek_to_snapshot(sub.name, snapshot.name, self.clock())
         else:
             raise invalid_argument("A seek target (time or snapshot) must be given.")
         for stream in self._leases(sub.name):
@@ -789,11 +802,35 @@ class PubSubService:
         while True:
             await asyncio.sleep(every_s)
             try:
-                gone = self.store.sweep(now_ms())
-                if gone:
-                    log.debug("swept %d messages no subscription needs", gone)
+                await self.sweep()
             except Exception:  # keep sweeping; the next round may succeed
                 log.exception("sweep failed")
+
+    async def sweep(self) -> None:
+        """Enforce retention and expiration policies; reclaim what nothing needs."""
+        now = self.clock()
+        sub_retention: dict[str, int] = {}
+        expired = []
+        for name, raw in self.store.list_resources(SUBSCRIPTIONS, "projects/", 0, "").items:
+            sub = Subscription.FromString(raw)
+            sub_retention[name] = int(_duration_s(sub.message_retention_duration) * 1000)
+            last = self._last_active.setdefault(name, now)
+            if sub.expiration_policy.HasField("ttl"):
+                ttl_ms = int(_duration_s(sub.expiration_policy.ttl) * 1000)
+                if now - last > ttl_ms and name not in self._streams:
+                    expired.append(name)
+        topic_retention = {}
+        for name, raw in self.store.list_resources(TOPICS, "projects/", 0, "").items:
+            topic = Topic.FromString(raw)
+            if topic.HasField("message_retention_duration"):
+                topic_retention[name] = int(_duration_s(topic.message_retention_duration) * 1000)
+        for name in expired:
+            log.info("subscription %s expired (inactive beyond its expiration policy)", name)
+            await self.delete_subscription(t.DeleteSubscriptionRequest.pb()(subscription=name))
+            self._last_active.pop(name, None)
+        gone = self.store.sweep(now, RetentionRules(sub_retention, topic_retention))
+        if gone:
+            log.debug("swept %d messages nothing needs any more", gone)
 
 
 def _snake(name: str) -> str:

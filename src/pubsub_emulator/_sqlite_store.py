@@ -17,7 +17,15 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from google.pubsub_v1 import types as pubsub_types
 
-from ._store import DEFAULT_POLICY, Delivery, DeliveryPolicy, InvalidAckId, Page, Store
+from ._store import (
+    DEFAULT_POLICY,
+    Delivery,
+    DeliveryPolicy,
+    InvalidAckId,
+    Page,
+    RetentionRules,
+    Store,
+)
 
 _PubsubMessage = pubsub_types.PubsubMessage.pb()
 
@@ -35,8 +43,11 @@ CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     size INTEGER NOT NULL,
+    published_at INTEGER NOT NULL,
+    okey TEXT NOT NULL DEFAULT '',
     message BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS messages_by_topic_time ON messages (topic, published_at);
 CREATE TABLE IF NOT EXISTS deliveries (
     sub_id INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -59,6 +70,8 @@ CREATE TABLE IF NOT EXISTS snapshot_items (
 """
 
 _SUBSCRIPTIONS = "subscriptions"
+# `next_at` of an acknowledged message kept for seek (retain_acked_messages): never due.
+ACKED = 1 << 62
 
 
 def _token(name: str) -> str:
@@ -178,30 +191,30 @@ class SqliteStore(Store):
     # --- messages --------------------------------------------------------------------------
     def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
                 skip: Mapping[str, set[int]] | None = None,
-                ordering_keys: Sequence[str] | None = None) -> list[str]:
+                ordering_keys: Sequence[str] | None = None, retain: bool = False) -> list[str]:
         first = self._last_seq + 1
         self._last_seq += len(messages)
         ids = [str(seq) for seq in range(first, self._last_seq + 1)]
-        subscribers = self._fanout.get(topic)
-        if not subscribers:
-            # Like Cloud Pub/Sub: with no subscription (and no retention) nothing keeps them.
+        subscribers = self._fanout.get(topic, [])
+        if not subscribers and not retain:
+            # Like Cloud Pub/Sub: with no subscription and no retention nothing keeps them.
             return ids
+        keys = ordering_keys or [""] * len(messages)
         stamp = timestamp_pb2.Timestamp(seconds=now_ms // 1000, nanos=(now_ms % 1000) * 1_000_000)
         header = _PubsubMessage(publish_time=stamp)
         rows = []
-        for seq, raw in zip(range(first, self._last_seq + 1), messages, strict=True):
+        for seq, raw, key in zip(range(first, self._last_seq + 1), messages, keys, strict=True):
             header.message_id = str(seq)
             # Concatenated protobuf encodings merge: this sets message_id and publish_time.
-            rows.append((seq, topic, len(raw), raw + header.SerializeToString()))
+            rows.append((seq, topic, len(raw), now_ms, key, raw + header.SerializeToString()))
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany("INSERT INTO messages (seq, topic, size, message) VALUES (?,?,?,?)",
-                           rows)
+            db.executemany("INSERT INTO messages (seq, topic, size, published_at, okey, message) "
+                           "VALUES (?,?,?,?,?,?)", rows)
             skipped = {(self._sub_ids[name], first + index)
                        for name, indexes in (skip or {}).items() if name in self._sub_ids
                        for index in indexes}
-            keys = ordering_keys or [""] * len(messages)
             db.executemany(
                 "INSERT INTO deliveries (sub_id, seq, next_at, okey) VALUES (?,?,?,?)",
                 [(sub_id, seq, now_ms, key) for sub_id in subscribers
@@ -254,8 +267,8 @@ class SqliteStore(Store):
         db = self._db
         # The earliest message of each key that is leased or backing off blocks its key.
         blocked = dict(db.execute(
-            "SELECT okey, MIN(seq) FROM deliveries WHERE sub_id=? AND next_at>? AND okey!='' "
-            "GROUP BY okey", (sub_id, now_ms)).fetchall())
+            "SELECT okey, MIN(seq) FROM deliveries WHERE sub_id=? AND next_at>? AND next_at<? "
+            "AND okey!='' GROUP BY okey", (sub_id, now_ms, ACKED)).fetchall())
         rows = []
         for seq, attempts, key, message, size in db.execute(
                 "SELECT d.seq, d.attempts, d.okey, m.message, m.size FROM deliveries d "
@@ -280,12 +293,17 @@ class SqliteStore(Store):
             parsed.append((seq, attempt))
         return parsed
 
-    def acknowledge(self, subscription: str, ack_ids: Sequence[str]) -> None:
+    def acknowledge(self, subscription: str, ack_ids: Sequence[str],
+                    policy: DeliveryPolicy = DEFAULT_POLICY) -> None:
         sub_id = self._sub_id(subscription)
         parsed = self._parse_ack_ids(sub_id, ack_ids)
         # At-least-once: an ack with an older ack id of the message still acknowledges it.
-        self._db.executemany("DELETE FROM deliveries WHERE sub_id=? AND seq=?",
-                             [(sub_id, seq) for seq, _ in parsed])
+        if policy.retain_acked:
+            self._db.executemany("UPDATE deliveries SET next_at=? WHERE sub_id=? AND seq=?",
+                                 [(ACKED, sub_id, seq) for seq, _ in parsed])
+        else:
+            self._db.executemany("DELETE FROM deliveries WHERE sub_id=? AND seq=?",
+                                 [(sub_id, seq) for seq, _ in parsed])
 
     def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
                         now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> None:
@@ -297,9 +315,10 @@ class SqliteStore(Store):
         try:
             # Only the current lease moves: a stale ack id must not extend someone else's lease.
             db.executemany(
-                "UPDATE deliveries SET next_at=? WHERE sub_id=? AND seq=? AND attempts=?",
+                "UPDATE deliveries SET next_at=? WHERE sub_id=? AND seq=? AND attempts=? "
+                "AND next_at<?",
                 [(now_ms + deadline_ms + (retry.delay_ms(attempt) if retry else 0), sub_id, seq,
-                  attempt) for seq, attempt in parsed])
+                  attempt, ACKED) for seq, attempt in parsed])
             if policy.ordered and deadline_ms == 0:
                 # A nacked keyed message takes its key's later leased messages back with it,
                 # so they are redelivered after it, in order.
@@ -314,31 +333,37 @@ class SqliteStore(Store):
             raise
 
     def next_due_ms(self, subscription: str) -> int | None:
-        row = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE sub_id=?",
-                               (self._sub_id(subscription),)).fetchone()
+        row = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE sub_id=? AND next_at<?",
+                               (self._sub_id(subscription), ACKED)).fetchone()
         return row[0]
 
     def backlog(self, subscription: str) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM deliveries WHERE sub_id=?",
-                                (self._sub_id(subscription),)).fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM deliveries WHERE sub_id=? AND next_at<?",
+                                (self._sub_id(subscription), ACKED)).fetchone()[0]
 
     def purge(self, subscription: str) -> None:
         self._db.execute("DELETE FROM deliveries WHERE sub_id=?", (self._sub_id(subscription),))
 
-    def seek_to_time(self, subscription: str, time_ms: int, now_ms: int) -> None:
+    def seek_to_time(self, subscription: str, time_ms: int, now_ms: int,
+                     policy: DeliveryPolicy = DEFAULT_POLICY, from_topic: bool = False) -> None:
         sub_id = self._sub_id(subscription)
         db = self._db
         db.execute("BEGIN")
         try:
-            rows = db.execute("SELECT d.seq, m.message FROM deliveries d JOIN messages m "
-                              "ON m.seq = d.seq WHERE d.sub_id=?", (sub_id,)).fetchall()
-            before = []
-            for seq, raw in rows:
-                msg = _PubsubMessage.FromString(raw)
-                if msg.publish_time.ToMilliseconds() < time_ms:
-                    before.append((sub_id, seq))
-            db.executemany("DELETE FROM deliveries WHERE sub_id=? AND seq=?", before)
+            if not policy.retain_acked:
+                db.execute("DELETE FROM deliveries WHERE sub_id=? AND seq IN "
+                           "(SELECT seq FROM messages WHERE published_at<?)", (sub_id, time_ms))
+            # Everything at or after the time is unacknowledged again, acked-and-kept included.
             db.execute("UPDATE deliveries SET next_at=? WHERE sub_id=?", (now_ms, sub_id))
+            if policy.retain_acked:
+                db.execute("UPDATE deliveries SET next_at=? WHERE sub_id=? AND seq IN "
+                           "(SELECT seq FROM messages WHERE published_at<?)",
+                           (ACKED, sub_id, time_ms))
+            if from_topic:  # the topic keeps messages: replay what it has since the time
+                topic = db.execute("SELECT topic FROM resources WHERE id=?", (sub_id,)).fetchone()
+                db.execute("INSERT OR IGNORE INTO deliveries (sub_id, seq, next_at, okey) "
+                           "SELECT ?, seq, ?, okey FROM messages WHERE topic=? AND published_at>=?",
+                           (sub_id, now_ms, topic[0], time_ms))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -352,8 +377,8 @@ class SqliteStore(Store):
         try:
             db.execute("INSERT OR REPLACE INTO snapshot_state VALUES (?,?,?)",
                        (snapshot, topic, self._last_seq))
-            db.execute("INSERT INTO snapshot_items SELECT ?, seq FROM deliveries WHERE sub_id=?",
-                       (snapshot, sub_id))
+            db.execute("INSERT INTO snapshot_items SELECT ?, seq FROM deliveries "
+                       "WHERE sub_id=? AND next_at<?", (snapshot, sub_id, ACKED))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -370,19 +395,29 @@ class SqliteStore(Store):
         db.execute("BEGIN")
         try:
             db.execute("DELETE FROM deliveries WHERE sub_id=?", (sub_id,))
-            db.execute("INSERT OR IGNORE INTO deliveries (sub_id, seq, next_at) "
-                       "SELECT ?, i.seq, ? FROM snapshot_items i JOIN messages m ON m.seq=i.seq "
-                       "WHERE i.name=?", (sub_id, now_ms, snapshot))
-            db.execute("INSERT OR IGNORE INTO deliveries (sub_id, seq, next_at) "
-                       "SELECT ?, seq, ? FROM messages WHERE topic=? AND seq>?",
+            db.execute("INSERT OR IGNORE INTO deliveries (sub_id, seq, next_at, okey) "
+                       "SELECT ?, i.seq, ?, m.okey FROM snapshot_items i "
+                       "JOIN messages m ON m.seq=i.seq WHERE i.name=?", (sub_id, now_ms, snapshot))
+            db.execute("INSERT OR IGNORE INTO deliveries (sub_id, seq, next_at, okey) "
+                       "SELECT ?, seq, ?, okey FROM messages WHERE topic=? AND seq>?",
                        (sub_id, now_ms, topic, high_water))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def sweep(self, now_ms: int) -> int:
+    def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
         db = self._db
+        rules = rules or RetentionRules()
+        # Subscriptions drop what is older than their retention, acked-and-kept or not.
+        for name, retention_ms in rules.subscription_ms.items():
+            sub_id = self._sub_ids.get(name)
+            if sub_id is None:
+                continue
+            db.execute("DELETE FROM deliveries WHERE sub_id=? AND seq IN "
+                       "(SELECT seq FROM messages WHERE published_at<?)",
+                       (sub_id, now_ms - retention_ms))
+        # Messages below every reference are unneeded, unless their topic keeps them.
         low = self._last_seq + 1
         for sub_id in self._sub_ids.values():
             row = db.execute("SELECT MIN(seq) FROM deliveries WHERE sub_id=?",
@@ -392,7 +427,14 @@ class SqliteStore(Store):
         row = db.execute("SELECT MIN(seq) FROM snapshot_items").fetchone()
         if row[0] is not None:
             low = min(low, row[0])
-        return db.execute("DELETE FROM messages WHERE seq<?", (low,)).rowcount
+        kept = list(rules.topic_ms)
+        marks = ",".join("?" * len(kept))
+        gone = db.execute(f"DELETE FROM messages WHERE seq<? AND topic NOT IN ({marks})",
+                          (low, *kept)).rowcount
+        for topic, retention_ms in rules.topic_ms.items():
+            gone += db.execute("DELETE FROM messages WHERE topic=? AND seq<? AND published_at<?",
+                               (topic, low, now_ms - retention_ms)).rowcount
+        return gone
 
     def close(self) -> None:
         self._db.close()

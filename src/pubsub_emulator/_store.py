@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,19 @@ class DeliveryPolicy:
     # one of the same key is leased or waiting out a backoff, and a nack makes the key's later
     # messages available again with it, so redelivery keeps the order.
     ordered: bool = False
+    # Acknowledged messages stay (within retention) so a seek to an earlier time replays them.
+    retain_acked: bool = False
 
 
 DEFAULT_POLICY = DeliveryPolicy()
+
+
+@dataclass(frozen=True)
+class RetentionRules:
+    """What the sweeper enforces: retention per subscription and per topic (milliseconds)."""
+
+    subscription_ms: Mapping[str, int] = field(default_factory=dict)
+    topic_ms: Mapping[str, int] = field(default_factory=dict)  # only topics with retention
 
 
 class InvalidAckId(ValueError):
@@ -95,13 +105,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
                 skip: Mapping[str, set[int]] | None = None,
-                ordering_keys: Sequence[str] | None = None) -> list[str]:
+                ordering_keys: Sequence[str] | None = None, retain: bool = False) -> list[str]:
         """Append serialized PubsubMessages (without id and time) to a topic.
 
         Assigns each a message id and `now_ms` as publish time, and makes it available to every
         subscription of the topic that is not detached, except that `skip[subscription]` lists
         indexes of messages that subscription never receives (its filter rejects them).
-        `ordering_keys` gives each message's ordering key ("" for none).
+        `ordering_keys` gives each message's ordering key ("" for none). `retain` keeps the
+        messages even when no subscription takes them (the topic has message retention).
         Durable when it returns.
         """
 
@@ -115,8 +126,12 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def acknowledge(self, subscription: str, ack_ids: Sequence[str]) -> None:
-        """Forget acknowledged messages. Raises InvalidAckId for ids it never issued."""
+    def acknowledge(self, subscription: str, ack_ids: Sequence[str],
+                    policy: DeliveryPolicy = DEFAULT_POLICY) -> None:
+        """Forget acknowledged messages (or keep them, acked, under retain_acked).
+
+        Raises InvalidAckId for ids it never issued.
+        """
 
     @abc.abstractmethod
     def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
@@ -139,8 +154,13 @@ class Store(abc.ABC):
         """Drop the subscription's backlog (detach)."""
 
     @abc.abstractmethod
-    def seek_to_time(self, subscription: str, time_ms: int, now_ms: int) -> None:
-        """Messages published before the time count as acked; the rest become available now."""
+    def seek_to_time(self, subscription: str, time_ms: int, now_ms: int,
+                     policy: DeliveryPolicy = DEFAULT_POLICY, from_topic: bool = False) -> None:
+        """Messages published before the time count as acked; the rest become available now.
+
+        With retain_acked, acked messages kept since the time come back; `from_topic` replays
+        every message the topic still retains from the time on.
+        """
 
     @abc.abstractmethod
     def save_snapshot(self, snapshot: str, subscription: str) -> None:
@@ -151,8 +171,8 @@ class Store(abc.ABC):
         """Make the snapshot's unacked set, plus later messages still stored, the backlog."""
 
     @abc.abstractmethod
-    def sweep(self, now_ms: int) -> int:
-        """Reclaim messages no subscription or snapshot needs. Returns how many went."""
+    def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
+        """Apply retention and reclaim messages nothing needs. Returns how many went."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -1,0 +1,199 @@
+"""Retention and expiration, on the service core with a clock the test moves (Google's minimum
+durations are minutes to days; nothing here sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from google.pubsub_v1 import types as t
+
+from pubsub_emulator._errors import ApiError, Status
+from pubsub_emulator._service import PubSubService
+from pubsub_emulator._sqlite_store import SqliteStore
+
+T = "projects/p/topics/topic"
+S = "projects/p/subscriptions/sub"
+MINUTE, DAY = 60_000, 24 * 3600_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def env():
+    clock = Clock()
+    store = SqliteStore(None)
+    yield PubSubService(store, clock=clock), clock
+    store.close()
+
+
+def req(type_name: str, **fields):
+    return getattr(t, type_name).pb()(**fields)
+
+
+async def publish(service, *payloads: bytes) -> list[str]:
+    response = await service.publish(req("PublishRequest", topic=T, messages=[
+        req("PubsubMessage", data=p) for p in payloads]))
+    return list(response.message_ids)
+
+
+async def pull(service, sub: str = S) -> list:
+    response = await service.pull(req("PullRequest", subscription=sub, max_messages=100,
+                                      return_immediately=True))
+    return list(response.received_messages)
+
+
+async def ack_all(service, sub: str = S) -> int:
+    received = await pull(service, sub)
+    if received:
+        await service.acknowledge(req("AcknowledgeRequest", subscription=sub,
+                                      ack_ids=[m.ack_id for m in received]))
+    return len(received)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_subscription_retention_drops_old_unacked_messages(env):
+    service, clock = env
+
+    async def scenario():
+        await service.create_topic(req("Topic", name=T))
+        await service.create_subscription(req(
+            "Subscription", name=S, topic=T, message_retention_duration={"seconds": 600}))
+        await publish(service, b"old")
+        clock.now += 5 * MINUTE
+        await publish(service, b"young")
+        clock.now += 6 * MINUTE  # "old" is 11 minutes old now, "young" 6
+        await service.sweep()
+        return [m.message.data for m in await pull(service)]
+
+    assert run(scenario()) == [b"young"]
+
+
+def test_retain_acked_messages_and_seek_to_time_replays_them(env):
+    service, clock = env
+
+    async def scenario():
+        await service.create_topic(req("Topic", name=T))
+        await service.create_subscription(req("Subscription", name=S, topic=T,
+                                              retain_acked_messages=True))
+        start = clock.now
+        await publish(service, b"first")
+        clock.now += 1000
+        await publish(service, b"second")
+        assert await ack_all(service) == 2
+        await service.sweep()
+        assert await pull(service) == []
+        seek = req("SeekRequest", subscription=S)
+        seek.time.FromMilliseconds(start + 500)
+        await service.seek(seek)
+        after_half = [m.message.data for m in await pull(service)]
+        seek.time.FromMilliseconds(start)
+        await service.seek(seek)
+        everything = sorted(m.message.data for m in await pull(service))
+        return after_half, everything
+
+    after_half, everything = run(scenario())
+    assert after_half == [b"second"]
+    assert everything == [b"first", b"second"]
+
+
+def test_without_retain_acked_seek_cannot_replay_acked(env):
+    service, clock = env
+
+    async def scenario():
+        await service.create_topic(req("Topic", name=T))
+        await service.create_subscription(req("Subscription", name=S, topic=T))
+        start = clock.now
+        await publish(service, b"gone")
+        await ack_all(service)
+        seek = req("SeekRequest", subscription=S)
+        seek.time.FromMilliseconds(start)
+        await service.seek(seek)
+        return await pull(service)
+
+    assert run(scenario()) == []
+
+
+def test_topic_retention_keeps_messages_for_later_subscriptions_to_seek(env):
+    service, clock = env
+
+    async def scenario():
+        await service.create_topic(req("Topic", name=T,
+                                       message_retention_duration={"seconds": 3600}))
+        start = clock.now
+        await publish(service, b"before any subscription")
+        clock.now += MINUTE
+        await service.sweep()
+        await service.create_subscription(req("Subscription", name=S, topic=T))
+        assert await pull(service) == []  # a new subscription starts at its creation...
+        seek = req("SeekRequest", subscription=S)
+        seek.time.FromMilliseconds(start)
+        await service.seek(seek)  # ...but can seek back into what the topic retains
+        replayed = [m.message.data for m in await pull(service)]
+        clock.now += 2 * 3600_000
+        await ack_all(service)
+        await service.sweep()
+        await service.seek(seek)
+        return replayed, await pull(service)
+
+    replayed, after_expiry = run(scenario())
+    assert replayed == [b"before any subscription"]
+    assert after_expiry == []  # past the topic's retention the message is gone
+
+
+def test_expiration_policy_deletes_idle_subscriptions_only(env):
+    service, clock = env
+
+    async def scenario():
+        await service.create_topic(req("Topic", name=T))
+        idle = "projects/p/subscriptions/idle"
+        used = "projects/p/subscriptions/used"
+        never = "projects/p/subscriptions/never"
+        for name in (idle, used):
+            await service.create_subscription(req(
+                "Subscription", name=name, topic=T, expiration_policy={"ttl": {"seconds": 86400}}))
+        await service.create_subscription(req("Subscription", name=never, topic=T,
+                                              expiration_policy={}))
+        await service.sweep()
+        clock.now += DAY // 2
+        await pull(service, used)
+        clock.now += DAY // 2 + 1
+        await service.sweep()
+        results = {}
+        for name in (idle, used, never):
+            try:
+                await service.get_subscription(req("GetSubscriptionRequest", subscription=name))
+                results[name] = "exists"
+            except ApiError as exc:
+                results[name] = exc.status
+        return results
+
+    results = run(scenario())
+    assert results == {"projects/p/subscriptions/idle": Status.NOT_FOUND,
+                       "projects/p/subscriptions/used": "exists",
+                       "projects/p/subscriptions/never": "exists"}
+
+
+def test_storage_does_not_grow_once_messages_are_acked(env):
+    service, clock = env
+
+    async def scenario():
+        await service.create_topic(req("Topic", name=T))
+        await service.create_subscription(req("Subscription", name=S, topic=T))
+        for _ in range(5):
+            await publish(service, *[b"x" * 100] * 200)
+            while await ack_all(service):
+                pass
+        await service.sweep()
+        return service.store._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+
+    assert run(scenario()) == 0
