@@ -211,3 +211,103 @@ def test_ordered_publisher_resumes_after_an_error(emulator):
     publisher.create_topic(name=topic)
     publisher.resume_publish(topic, "k")  # ...until the application resumes it.
     assert publisher.publish(topic, b"resumed", ordering_key="k").result(timeout=30)
+
+
+def _eod_subscription(publisher, subscriber):
+    topic = publisher.create_topic(name=f"projects/{P}/topics/{unique('t')}").name
+    sub = subscriber.create_subscription(request={
+        "name": f"projects/{P}/subscriptions/{unique('s')}", "topic": topic,
+        "enable_exactly_once_delivery": True}).name
+    return topic, sub
+
+
+def test_exactly_once_ack_ids_expire_with_their_lease(clients):
+    from google.api_core import exceptions
+
+    publisher, subscriber = clients
+    topic, sub = _eod_subscription(publisher, subscriber)
+    publisher.publish(topic, b"once").result()
+    [first] = wait_for(lambda: _pull(subscriber, sub), timeout=15, message="a delivery")
+    subscriber.modify_ack_deadline(subscription=sub, ack_ids=[first.ack_id],
+                                   ack_deadline_seconds=0)
+    [second] = wait_for(lambda: _pull(subscriber, sub), timeout=15, message="the redelivery")
+    with pytest.raises(exceptions.BadRequest) as info:
+        subscriber.acknowledge(subscription=sub, ack_ids=[first.ack_id])
+    assert info.value.reason == "EXACTLY_ONCE_ACKID_FAILURE"
+    assert info.value.metadata == {first.ack_id: "PERMANENT_FAILURE_INVALID_ACK_ID"}
+    subscriber.acknowledge(subscription=sub, ack_ids=[second.ack_id])
+    # Acked is final: a second ack of the same id fails, and nothing comes back.
+    with pytest.raises(exceptions.BadRequest):
+        subscriber.acknowledge(subscription=sub, ack_ids=[second.ack_id])
+    with pytest.raises(exceptions.BadRequest):
+        subscriber.modify_ack_deadline(subscription=sub, ack_ids=[second.ack_id],
+                                       ack_deadline_seconds=30)
+    assert _pull(subscriber, sub) == []
+
+
+def test_exactly_once_ack_with_response_through_the_client(emulator):
+    import threading
+
+    from google.cloud.pubsub_v1.subscriber import exceptions as sub_errors
+
+    publisher, subscriber = make_clients(emulator.host, "grpc")
+    topic, sub = _eod_subscription(publisher, subscriber)
+    publisher.publish(topic, b"exactly once").result()
+    seen: list = []
+    outcome: dict[str, object] = {}
+    done = threading.Event()
+
+    def callback(message):
+        seen.append(message)
+        if len(seen) == 1:
+            message.nack()  # comes back with a new ack id; this one is then stale
+            return
+        try:
+            seen[0].ack_with_response().result(timeout=30)
+        except sub_errors.AcknowledgeError as exc:
+            outcome["stale"] = exc.error_code
+        outcome["current"] = message.ack_with_response().result(timeout=30)
+        done.set()
+
+    future = subscriber.subscribe(sub, callback)
+    try:
+        assert done.wait(30), "no redelivery after the nack"
+    finally:
+        future.cancel()
+    assert outcome["stale"] == sub_errors.AcknowledgeStatus.INVALID_ACK_ID
+    assert outcome["current"] == sub_errors.AcknowledgeStatus.SUCCESS
+    assert _pull(subscriber, sub) == []
+
+
+def test_exactly_once_streaming_pull_confirms_acks(emulator):
+    import queue
+    import threading
+
+    from google.pubsub_v1 import types
+
+    publisher, subscriber = make_clients(emulator.host, "grpc")
+    topic, sub = _eod_subscription(publisher, subscriber)
+    publisher.publish(topic, b"confirm me").result()
+    outbox: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def requests():
+        yield types.StreamingPullRequest(subscription=sub, stream_ack_deadline_seconds=60)
+        while not stop.is_set():
+            try:
+                yield outbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    stream = subscriber.api.streaming_pull(requests=requests())
+    try:
+        first = next(stream)
+        assert first.subscription_properties.exactly_once_delivery_enabled
+        [m] = first.received_messages
+        outbox.put(types.StreamingPullRequest(ack_ids=[m.ack_id, "1-1-1"]))
+        confirmation = next(stream)
+        assert list(confirmation.acknowledge_confirmation.ack_ids) == [m.ack_id]
+        assert list(confirmation.acknowledge_confirmation.invalid_ack_ids) == ["1-1-1"]
+    finally:
+        stop.set()
+        stream.cancel()

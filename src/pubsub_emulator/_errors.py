@@ -9,6 +9,9 @@ from __future__ import annotations
 import enum
 
 import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 
 
 class Status(enum.Enum):
@@ -48,15 +51,29 @@ class Status(enum.Enum):
 class ApiError(Exception):
     """An error the API returns to its caller, as Cloud Pub/Sub would."""
 
-    def __init__(self, status: Status, message: str) -> None:
+    def __init__(self, status: Status, message: str, details: list[Message] | None = None
+                 ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.details = details or []  # google.rpc detail messages, e.g. ErrorInfo
+
+    def rpc_status(self) -> status_pb2.Status:
+        """The google.rpc.Status gRPC carries in its grpc-status-details-bin trailer."""
+        status = status_pb2.Status(code=self.status.grpc_code.value[0], message=self.message)
+        for detail in self.details:
+            status.details.add().Pack(detail)
+        return status
 
     def rest_body(self) -> dict[str, object]:
         """Google's JSON error body."""
-        return {"error": {"code": self.status.http_status, "message": self.message,
-                          "status": self.status.name}}
+        error: dict[str, object] = {"code": self.status.http_status, "message": self.message,
+                                    "status": self.status.name}
+        if self.details:
+            error["details"] = [
+                {"@type": f"type.googleapis.com/{d.DESCRIPTOR.full_name}",
+                 **json_format.MessageToDict(d)} for d in self.details]
+        return {"error": error}
 
 
 def invalid_argument(message: str) -> ApiError:
@@ -82,3 +99,16 @@ def invalid_name(kind: str, name: str) -> ApiError:
 
 def unimplemented(what: str) -> ApiError:
     return ApiError(Status.UNIMPLEMENTED, f"{what} is not implemented by this emulator.")
+
+
+EOD_FAILURE_MESSAGE = ("Some acknowledgement ids in the request were invalid. This could be "
+                       "because the acknowledgement ids have expired or the acknowledgement ids "
+                       "were malformed.")
+
+
+def exactly_once_failure(invalid_ack_ids: list[str]) -> ApiError:
+    """Exactly-once delivery: INVALID_ARGUMENT with an ErrorInfo naming each failed ack id."""
+    info = error_details_pb2.ErrorInfo(
+        reason="EXACTLY_ONCE_ACKID_FAILURE", domain="pubsub.googleapis.com",
+        metadata={ack_id: "PERMANENT_FAILURE_INVALID_ACK_ID" for ack_id in invalid_ack_ids})
+    return ApiError(Status.INVALID_ARGUMENT, EOD_FAILURE_MESSAGE, [info])

@@ -29,6 +29,13 @@ CHANNEL_OPTIONS = [
 ]
 
 
+async def _abort(context: aio.ServicerContext, exc: ApiError) -> None:
+    metadata: tuple[tuple[str, bytes], ...] = ()
+    if exc.details:  # Google sends them in the google.rpc.Status trailer
+        metadata = (("grpc-status-details-bin", exc.rpc_status().SerializeToString()),)
+    await context.abort(exc.status.grpc_code, exc.message, trailing_metadata=metadata)
+
+
 def _unary(service: PubSubService, method: _protos.Method) -> Callable[..., Any]:
     call = service.unary[method.name]
 
@@ -38,7 +45,7 @@ def _unary(service: PubSubService, method: _protos.Method) -> Callable[..., Any]
             response = await call(request)
         except ApiError as exc:
             log.debug("%s -> %s: %s", method.name, exc.status.name, exc.message)
-            await context.abort(exc.status.grpc_code, exc.message)
+            await _abort(context, exc)
         log.debug("%s OK in %.1f ms", method.name, (time.perf_counter() - started) * 1000)
         return response
 
@@ -53,7 +60,7 @@ def _streaming_pull(service: PubSubService) -> Callable[..., Any]:
                 yield response
         except ApiError as exc:
             log.debug("StreamingPull -> %s: %s", exc.status.name, exc.message)
-            await context.abort(exc.status.grpc_code, exc.message)
+            await _abort(context, exc)
 
     return handler
 

@@ -24,6 +24,7 @@ from ._errors import (
     ApiError,
     Status,
     already_exists,
+    exactly_once_failure,
     failed_precondition,
     invalid_argument,
     not_found,
@@ -68,6 +69,8 @@ class _Stream:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     outstanding: dict[str, tuple[int, int]] = field(default_factory=dict)  # ack_id -> (until, size)
     outstanding_bytes: int = 0
+    exactly_once: bool = False
+    confirmations: list[Any] = field(default_factory=list)  # responses owed to the client
 
     def release(self, ack_ids: list[str] | Any) -> None:
         for ack_id in ack_ids:
@@ -109,7 +112,8 @@ def delivery_policy(sub: Any) -> DeliveryPolicy:
         retry = RetryPolicy(int(_duration_s(policy.minimum_backoff) * 1000),
                             int(_duration_s(policy.maximum_backoff) * 1000))
     return DeliveryPolicy(retry=retry, ordered=sub.enable_message_ordering,
-                          retain_acked=sub.retain_acked_messages)
+                          retain_acked=sub.retain_acked_messages,
+                          exactly_once=sub.enable_exactly_once_delivery)
 
 
 def _check_labels(labels: Any) -> None:
@@ -154,9 +158,6 @@ def unhonoured_settings(resource: Message) -> list[str]:
     found = []
     if isinstance(resource, Subscription):
         checks = {
-            "enable_exactly_once_delivery": resource.enable_exactly_once_delivery,
-            "push_config.push_endpoint (the emulator does not push; run push-worker)":
-                bool(resource.push_config.push_endpoint),
             "bigquery_config": resource.HasField("bigquery_config"),
             "cloud_storage_config": resource.HasField("cloud_storage_config"),
         }
@@ -519,17 +520,25 @@ class PubSubService:
         self._acknowledge(request.subscription, list(request.ack_ids))
         return empty_pb2.Empty()
 
-    def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
-        self._last_active[subscription] = self.clock()
+    def _policy(self, subscription: str) -> DeliveryPolicy:
         raw = self.store.get_resource(SUBSCRIPTIONS, subscription)
-        policy = (delivery_policy(Subscription.FromString(raw)) if raw is not None
-                  else DeliveryPolicy())
+        return delivery_policy(Subscription.FromString(raw)) if raw is not None else \
+            DeliveryPolicy()
+
+    def _acknowledge(self, subscription: str, ack_ids: list[str], strict: bool = True
+                     ) -> list[str]:
+        """Acknowledge; under exactly-once, returns the ids that failed (raises if `strict`)."""
+        self._last_active[subscription] = self.clock()
         try:
-            self.store.acknowledge(subscription, ack_ids, policy)
+            invalid = self.store.acknowledge(subscription, ack_ids, self._policy(subscription),
+                                             self.clock())
         except InvalidAckId as exc:
             raise invalid_argument(f"Invalid ack ID: {exc}") from None
         for stream in self._leases(subscription):
             stream.release(ack_ids)
+        if invalid and strict:
+            raise exactly_once_failure(invalid)
+        return invalid
 
     async def modify_ack_deadline(self, request: Any) -> Any:
         self._subscription(request.subscription)
@@ -537,17 +546,16 @@ class PubSubService:
         self._modify(request.subscription, list(request.ack_ids), request.ack_deadline_seconds)
         return empty_pb2.Empty()
 
-    def _modify(self, subscription: str, ack_ids: list[str], seconds: int) -> None:
+    def _modify(self, subscription: str, ack_ids: list[str], seconds: int, strict: bool = True
+                ) -> list[str]:
         if not 0 <= seconds <= limits.MAX_MODIFY_DEADLINE_S:
             raise invalid_argument(
                 f"Invalid ack deadline given: {seconds}. It must be between 0 and "
                 f"{limits.MAX_MODIFY_DEADLINE_S} seconds.")
         now = self.clock()
-        raw = self.store.get_resource(SUBSCRIPTIONS, subscription)
-        policy = (delivery_policy(Subscription.FromString(raw)) if raw is not None
-                  else DeliveryPolicy())
         try:
-            self.store.modify_deadline(subscription, ack_ids, seconds * 1000, now, policy)
+            invalid = self.store.modify_deadline(subscription, ack_ids, seconds * 1000, now,
+                                                 self._policy(subscription))
         except InvalidAckId as exc:
             raise invalid_argument(f"Invalid ack ID: {exc}") from None
         for stream in self._leases(subscription):
@@ -557,6 +565,9 @@ class PubSubService:
                 stream.extend(ack_ids, now + seconds * 1000)
         if seconds == 0:
             self._wake(subscription)
+        if invalid and strict:
+            raise exactly_once_failure(invalid)
+        return invalid
 
     def _receive(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int = 0,
                  ) -> tuple[list[Any], list[tuple[str, int]]]:
@@ -653,7 +664,8 @@ class PubSubService:
                 f"Invalid stream_ack_deadline_seconds: {first.stream_ack_deadline_seconds}. It "
                 f"must be between {limits.MIN_ACK_DEADLINE_S} and {limits.MAX_ACK_DEADLINE_S}.")
         stream = _Stream(sub.name, first.stream_ack_deadline_seconds * 1000,
-                         first.max_outstanding_messages, first.max_outstanding_bytes)
+                         first.max_outstanding_messages, first.max_outstanding_bytes,
+                         exactly_once=sub.enable_exactly_once_delivery)
         self._streams.setdefault(sub.name, set()).add(stream)
         closed = asyncio.Event()
         failure: list[ApiError] = []
@@ -678,6 +690,8 @@ class PubSubService:
         log.debug("StreamingPull opened on %s", sub.name)
         try:
             while not closed.is_set():
+                while stream.confirmations:
+                    yield stream.confirmations.pop(0)
                 now = self.clock()
                 stream.expire(now)
                 sub = self._deliverable(stream.subscription)
@@ -716,8 +730,18 @@ class PubSubService:
             log.debug("StreamingPull closed on %s", stream.subscription)
 
     def _stream_request(self, stream: _Stream, request: Any) -> None:
+        """Acks and modacks on the stream; with exactly-once, queue their confirmations."""
+        confirm = stream.exactly_once
+        Confirmation = t.StreamingPullResponse.AcknowledgeConfirmation.pb()
+        ModConfirmation = t.StreamingPullResponse.ModifyAckDeadlineConfirmation.pb()
         if request.ack_ids:
-            self._acknowledge(stream.subscription, list(request.ack_ids))
+            ack_ids = list(request.ack_ids)
+            invalid = self._acknowledge(stream.subscription, ack_ids, strict=False)
+            if confirm:
+                bad = set(invalid)
+                stream.confirmations.append(t.StreamingPullResponse.pb()(
+                    acknowledge_confirmation=Confirmation(
+                        ack_ids=[a for a in ack_ids if a not in bad], invalid_ack_ids=invalid)))
         if len(request.modify_deadline_seconds) != len(request.modify_deadline_ack_ids):
             raise invalid_argument("modify_deadline_seconds and modify_deadline_ack_ids must "
                                    "have the same length.")
@@ -726,7 +750,14 @@ class PubSubService:
                                    request.modify_deadline_ack_ids, strict=True):
             by_deadline.setdefault(seconds, []).append(ack_id)
         for seconds, ack_ids in by_deadline.items():
-            self._modify(stream.subscription, ack_ids, seconds)
+            invalid = self._modify(stream.subscription, ack_ids, seconds, strict=False)
+            if confirm:
+                bad = set(invalid)
+                stream.confirmations.append(t.StreamingPullResponse.pb()(
+                    modify_ack_deadline_confirmation=ModConfirmation(
+                        ack_ids=[a for a in ack_ids if a not in bad], invalid_ack_ids=invalid)))
+        if stream.confirmations:
+            stream.wakeup.set()
         if request.stream_ack_deadline_seconds:
             stream.lease_ms = request.stream_ack_deadline_seconds * 1000
 

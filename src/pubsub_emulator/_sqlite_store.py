@@ -293,10 +293,32 @@ class SqliteStore(Store):
             parsed.append((seq, attempt))
         return parsed
 
+    def _stale(self, sub_id: int, ack_ids: Sequence[str], now_ms: int
+               ) -> tuple[list[tuple[int, int]], list[str]]:
+        """Split ack ids into current leases (seq, attempt) and stale or malformed ids."""
+        current, stale = [], []
+        for ack_id in ack_ids:
+            try:
+                [(seq, attempt)] = self._parse_ack_ids(sub_id, [ack_id])
+            except InvalidAckId:
+                stale.append(ack_id)
+                continue
+            row = self._db.execute("SELECT attempts, next_at FROM deliveries "
+                                   "WHERE sub_id=? AND seq=?", (sub_id, seq)).fetchone()
+            if row and row[0] == attempt and now_ms < row[1] < ACKED:
+                current.append((seq, attempt))
+            else:
+                stale.append(ack_id)
+        return current, stale
+
     def acknowledge(self, subscription: str, ack_ids: Sequence[str],
-                    policy: DeliveryPolicy = DEFAULT_POLICY) -> None:
+                    policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
         sub_id = self._sub_id(subscription)
-        parsed = self._parse_ack_ids(sub_id, ack_ids)
+        stale: list[str] = []
+        if policy.exactly_once:
+            parsed, stale = self._stale(sub_id, ack_ids, now_ms)
+        else:
+            parsed = self._parse_ack_ids(sub_id, ack_ids)
         # At-least-once: an ack with an older ack id of the message still acknowledges it.
         if policy.retain_acked:
             self._db.executemany("UPDATE deliveries SET next_at=? WHERE sub_id=? AND seq=?",
@@ -304,11 +326,16 @@ class SqliteStore(Store):
         else:
             self._db.executemany("DELETE FROM deliveries WHERE sub_id=? AND seq=?",
                                  [(sub_id, seq) for seq, _ in parsed])
+        return stale
 
     def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
-                        now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> None:
+                        now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
         sub_id = self._sub_id(subscription)
-        parsed = self._parse_ack_ids(sub_id, ack_ids)
+        stale: list[str] = []
+        if policy.exactly_once:
+            parsed, stale = self._stale(sub_id, ack_ids, now_ms)
+        else:
+            parsed = self._parse_ack_ids(sub_id, ack_ids)
         retry = policy.retry
         db = self._db
         db.execute("BEGIN")
@@ -331,6 +358,7 @@ class SqliteStore(Store):
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        return stale
 
     def next_due_ms(self, subscription: str) -> int | None:
         row = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE sub_id=? AND next_at<?",

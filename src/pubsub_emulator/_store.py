@@ -38,6 +38,9 @@ class DeliveryPolicy:
     ordered: bool = False
     # Acknowledged messages stay (within retention) so a seek to an earlier time replays them.
     retain_acked: bool = False
+    # Exactly-once delivery: an ack id is good only while its lease is current; acks and
+    # modacks report the ids that were not.
+    exactly_once: bool = False
 
 
 DEFAULT_POLICY = DeliveryPolicy()
@@ -127,18 +130,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def acknowledge(self, subscription: str, ack_ids: Sequence[str],
-                    policy: DeliveryPolicy = DEFAULT_POLICY) -> None:
+                    policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
         """Forget acknowledged messages (or keep them, acked, under retain_acked).
 
-        Raises InvalidAckId for ids it never issued.
+        Raises InvalidAckId for ids it never issued. Under exactly_once, returns the ids whose
+        lease is no longer current (expired, superseded, already acked), which change nothing.
         """
 
     @abc.abstractmethod
     def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
-                        now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> None:
+                        now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
         """Set the lease of still-current ack ids to end at now + deadline (0: a nack).
 
-        A nack makes the message available now, or after the retry policy's delay.
+        A nack makes the message available now, or after the retry policy's delay. Under
+        exactly_once, returns the ids whose lease is no longer current.
         """
 
     @abc.abstractmethod
