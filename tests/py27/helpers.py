@@ -3,6 +3,7 @@
 import BaseHTTPServer
 import os
 import socket
+import SocketServer
 import sys
 import threading
 import time
@@ -67,8 +68,10 @@ class RecordingServer(object):
             def log_message(self, *args):
                 pass
 
-        self.server = BaseHTTPServer.HTTPServer(('127.0.0.1', 0), Handler)
-        self.server.daemon_threads = True
+        class Server(SocketServer.ThreadingMixIn, BaseHTTPServer.HTTPServer):
+            daemon_threads = True  # keep-alive handler threads must not block shutdown
+
+        self.server = Server(('127.0.0.1', 0), Handler)
         self.port = self.server.server_address[1]
         self.host = '127.0.0.1:%d' % self.port
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={'poll_interval': 0.05})

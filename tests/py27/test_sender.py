@@ -120,8 +120,7 @@ def test_unreachable_503(app, monkeypatch, caplog):
     assert 'Traceback' not in resp.text and 'Error' not in resp.text
     assert resp.headers.get('Retry-After') == '10'
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any('Pub/Sub unreachable' in m and closed.host.split(':')[0] in m or
-               'Pub/Sub unreachable' in m for m in errors), errors
+    assert any('Pub/Sub unreachable' in m and 'projects/P/topics/T' in m for m in errors), errors
 
 
 def test_timeout_503(app, monkeypatch):
@@ -193,3 +192,22 @@ def test_real_pubsub_client_with_service_account_key(tmpdir):
 def test_emulator_root_url():
     assert pubsub_client.emulator_root_url('127.0.0.1:8085') == 'http://127.0.0.1:8085/'
     assert pubsub_client.emulator_root_url('http://h:1/') == 'http://h:1/'
+
+
+def test_over_urlfetch_limit_413_under_app_engine(app, monkeypatch):
+    """Under urlfetch (dev_appserver/App Engine/AppScale) the base64 JSON request must stay
+    within 10 MiB: an 8 MB body is refused with 413 before anything is sent."""
+    monkeypatch.setenv('SERVER_SOFTWARE', 'Development/2.0')
+    with RecordingServer() as server:
+        monkeypatch.setenv('PUBSUB_EMULATOR_HOST', server.host)
+        resp = app.post('/', b'x' * 8000000, content_type='application/octet-stream',
+                        expect_errors=True)
+    assert resp.status_int == 413
+    assert 'urlfetch' in resp.text
+    assert server.requests == []
+
+
+def test_uses_urlfetch():
+    assert pubsub_client.uses_urlfetch({'SERVER_SOFTWARE': 'Development/2.0'})
+    assert pubsub_client.uses_urlfetch({'SERVER_SOFTWARE': 'Google App Engine/1.9.88'})
+    assert not pubsub_client.uses_urlfetch({})
