@@ -90,12 +90,13 @@ def build_procfile(args: argparse.Namespace) -> str:
     python = q(sys.executable)
 
     def app(name: str, port: int, env: dict[str, str]) -> str:
-        env_args = " ".join(f"--env_var {q(f'{k}={v}')}" for k, v in env.items())
+        env_args = " ".join(q(f"{k}={v}") for k, v in env.items())
         log = logs / f"app___{name}_default_v1.log"
         storage = state / name
-        return (f"PY27={q(args.python27)} SDK_DIR={q(args.sdk_dir)} "
+        # dev_appserver's admin and API ports: free ones, so nothing clashes.
+        return (f"PY27={q(args.python27)} SDK_DIR={q(args.sdk_dir)} STORAGE_DIR={q(str(storage))} "
                 f"{q(str(run_app))} {q(str(REPO / name))} {port} {free_port()} {free_port()} "
-                f"{q(str(storage))} {env_args} 2>&1 | tee -a {q(str(log))}")
+                f"{env_args} 2>&1 | tee -a {q(str(log))}")
 
     wait = f"{python} {q(__file__)} wait-healthy"
     emulator_health = f"http://{emulator}/healthz"
