@@ -14,12 +14,15 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -94,11 +97,43 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64,
                     help="worker concurrency (POSTs in flight), default 64")
     ap.add_argument("--timeout", type=float, default=120, help="give up after this many s")
+    ap.add_argument("--rate", type=float, default=200,
+                    help="messages/s of the light steady load for latency (default 200)")
+    ap.add_argument("--latency-seconds", type=float, default=3.0)
     args = ap.parse_args()
-    if not args.emulator_host:
-        ap.error("--emulator-host (or PUBSUB_EMULATOR_HOST) is required")
+    emulator = None
+    if not args.emulator_host:  # start the project's own emulator for the run
+        emulator = start_emulator()
+        args.emulator_host = f"127.0.0.1:{emulator[1]}"
     os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host
+    try:
+        return run(args)
+    finally:
+        if emulator is not None:
+            emulator[0].terminate()
+            emulator[0].wait(30)
+            shutil.rmtree(emulator[2], ignore_errors=True)
 
+
+def start_emulator() -> tuple[subprocess.Popen, int, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tempfile.mkdtemp(prefix="push-bench-emulator-")
+    proc = subprocess.Popen([str(VENV_BIN / "pubsub-emulator"), "start", "--port", str(port),
+                             "--data-dir", data, "--log-level", "warning"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+            return proc, port, data
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the emulator did not start")
+
+
+def run(args: argparse.Namespace) -> int:
     from google.cloud import pubsub_v1
 
     endpoint = Endpoint().start()
@@ -134,6 +169,20 @@ def main() -> int:
             time.sleep(0.05)
         arrivals = list(endpoint.arrivals)
         cpu = worker_cpu_seconds(worker.pid)
+        # Latency at a light steady rate, once the burst is through.
+        light = int(args.rate * args.latency_seconds)
+        before = len(endpoint.arrivals)
+        start = time.monotonic()
+        for i in range(light):
+            target = start + i / args.rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            publisher.publish(topic, payload, ts=repr(time.time()))
+        deadline = time.monotonic() + 30
+        while len(endpoint.arrivals) < before + light and time.monotonic() < deadline:
+            time.sleep(0.05)
+        steady = [(a[0] - a[1]) * 1000 for a in list(endpoint.arrivals)[before:]]
     finally:
         worker.terminate()
         try:
@@ -162,8 +211,13 @@ def main() -> int:
     print(f"  delivered           {len(unique_ids) / max(span, 1e-9):,.0f} msg/s "
           f"(first publish -> last delivery {span:.2f} s; "
           f"first -> last delivery {last - first:.2f} s)")
-    print(f"  latency (publish -> POST arrival)  p50 {statistics.median(latencies):.1f} ms  "
-          f"p99 {percentile(latencies, 99):.1f} ms  max {max(latencies):.1f} ms")
+    print(f"  latency, burst      p50 {statistics.median(latencies):.1f} ms  "
+          f"p99 {percentile(latencies, 99):.1f} ms  max {max(latencies):.1f} ms "
+          "(queueing behind the burst)")
+    if steady:
+        print(f"  latency, {args.rate:.0f} msg/s  p50 {statistics.median(steady):.1f} ms  "
+              f"p99 {percentile(steady, 99):.1f} ms  (publish -> POST arrival, "
+              f"{len(steady)} messages)")
     if cpu is not None:
         print(f"  worker CPU          {cpu:.2f} s ({cpu * 1e6 / max(len(arrivals), 1):.0f} us "
               f"per delivered message, including startup)")
