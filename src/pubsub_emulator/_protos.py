@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from google.pubsub_v1 import types as pubsub_types
 
 PROTO_PACKAGE = "google.pubsub.v1"
-SERVICES = ("Publisher", "Subscriber")
+SERVICES = ("Publisher", "Subscriber", "SchemaService")
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,37 @@ def _http_rule(options: descriptor_pb2.MethodOptions) -> HttpRule | None:
     return HttpRule(verb=verb, template=getattr(rule, verb), body=rule.body)
 
 
+# RPCs newer than the .proto files google-cloud-pubsub bundles (schema revisions): their message
+# types are in the client's generated types, and their google.api.http rules in its generated
+# REST transport (which is produced from the same protos), so those are read from there.
+_NEWER_THAN_BUNDLED_PROTOS = {
+    "SchemaService": {
+        "ListSchemaRevisions": ("ListSchemaRevisionsRequest", "ListSchemaRevisionsResponse"),
+        "CommitSchema": ("CommitSchemaRequest", "Schema"),
+        "RollbackSchema": ("RollbackSchemaRequest", "Schema"),
+        "DeleteSchemaRevision": ("DeleteSchemaRevisionRequest", "Schema"),
+    },
+}
+
+
+def _generated_http_rule(service: str, method: str) -> HttpRule | None:
+    import importlib
+
+    module_name = {"SchemaService": "schema_service", "Publisher": "publisher",
+                   "Subscriber": "subscriber"}[service]
+    rest_base = importlib.import_module(
+        f"google.pubsub_v1.services.{module_name}.transports.rest_base")
+    transport = getattr(rest_base, f"_Base{service}RestTransport")
+    options = getattr(transport, f"_Base{method}")._get_http_options()
+    if not options:
+        return None
+    first = options[0]
+    return HttpRule(verb=first["method"], template=first["uri"], body=first.get("body", ""))
+
+
 @functools.cache
 def methods() -> dict[str, Method]:
-    """Every Publisher and Subscriber RPC, keyed by method name."""
+    """Every Publisher, Subscriber and SchemaService RPC, keyed by method name."""
     found: dict[str, Method] = {}
     for file in descriptor_set().file:
         if file.package != PROTO_PACKAGE:
@@ -126,4 +154,13 @@ def methods() -> dict[str, Method]:
                     server_streaming=m.server_streaming,
                     http=_http_rule(m.options),
                 )
+    for service, extra in _NEWER_THAN_BUNDLED_PROTOS.items():
+        for name, (request, response) in extra.items():
+            if name not in found:
+                found[name] = Method(
+                    service=service, name=name,
+                    request_type=_message_class(f"{PROTO_PACKAGE}.{request}"),
+                    response_type=_message_class(f"{PROTO_PACKAGE}.{response}"),
+                    client_streaming=False, server_streaming=False,
+                    http=_generated_http_rule(service, name))
     return found

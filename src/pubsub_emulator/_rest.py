@@ -101,7 +101,11 @@ def _query_fields(request: Message, query: Any) -> None:
                 setattr(request, fd.name, value.lower() == "true")
             elif fd.type == fd.TYPE_STRING:
                 setattr(request, fd.name, value)
-        except ValueError:
+            elif fd.type == fd.TYPE_ENUM:  # by name, as Google's JSON mapping writes them
+                number = (int(value) if value.isdigit()
+                          else fd.enum_type.values_by_name[value].number)
+                setattr(request, fd.name, number)
+        except (ValueError, KeyError):
             raise invalid_argument(
                 f"Invalid value at '{fd.json_name}' ({value!r}).") from None
 
@@ -128,8 +132,12 @@ def build_request(route: Route, match: re.Match[str], body: bytes, query: Any) -
     return request
 
 
-def create_app(call: Caller) -> web.Application:
-    """An aiohttp app serving the REST API through `call(method_name, request)`."""
+def create_app(call: Caller, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
+    """An aiohttp app serving the REST API through `call(method_name, request)`.
+
+    `extra_routes` (e.g. the push dispatcher's /debug/push, the OIDC discovery document and
+    certificates) are matched before the API's catch-all route.
+    """
     routes = compile_routes()
 
     async def dispatch(http: web.Request) -> web.StreamResponse:
@@ -162,5 +170,7 @@ def create_app(call: Caller) -> web.Application:
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/healthz", healthz)
+    if extra_routes:
+        app.router.add_routes(extra_routes)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

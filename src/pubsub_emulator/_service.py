@@ -30,6 +30,7 @@ from ._errors import (
     not_found,
 )
 from ._filter import FilterError, compile_filter
+from ._schemas import SCHEMA_METHODS, SchemaRegistry
 from ._store import DeliveryPolicy, InvalidAckId, RetentionRules, RetryPolicy, Store
 
 log = logging.getLogger("pubsub_emulator.service")
@@ -163,7 +164,6 @@ def unhonoured_settings(resource: Message) -> list[str]:
         }
     else:
         checks = {
-            "schema_settings": resource.HasField("schema_settings"),
             "kms_key_name": bool(resource.kms_key_name),
             "ingestion_data_source_settings": resource.HasField("ingestion_data_source_settings"),
         }
@@ -196,9 +196,12 @@ class PubSubService:
         self.subscription_listeners: list[Callable[[str], None]] = []
         # topic -> {subscription: filter predicate}, for subscriptions that have a filter
         self._filters: dict[str, dict[str, Callable[[Any], bool]]] = {}
+        self.schemas = SchemaRegistry(store, clock)
         self.unary: dict[str, Callable[[Any], Awaitable[Message]]] = {
             name: getattr(self, _snake(name)) for name in _UNARY_METHODS
         }
+        self.unary.update({name: getattr(self.schemas, _snake(name))
+                           for name in SCHEMA_METHODS})
 
     # --- helpers ---------------------------------------------------------------------------
     def _load(self, kind: str, name: str, message_type: Any, resource_id: str) -> Any:
@@ -253,6 +256,7 @@ class PubSubService:
     # --- Publisher -------------------------------------------------------------------------
     def _validate_topic(self, topic: Any) -> None:
         _check_labels(topic.labels)
+        self.schemas.check_topic_settings(topic)
         if topic.HasField("message_retention_duration"):
             s = _duration_s(topic.message_retention_duration)
             if not limits.MIN_RETENTION_S <= s <= limits.MAX_TOPIC_RETENTION_S:
@@ -319,6 +323,8 @@ class PubSubService:
                 raise invalid_argument(
                     f"The ordering key is longer than {limits.MAX_ORDERING_KEY_BYTES} bytes.")
             raws.append(message.SerializeToString())
+        if topic.HasField("schema_settings"):
+            self.schemas.validate_messages(topic, request.messages)
         skip = None
         filters = self._topic_filters(request.topic)
         if filters:
