@@ -14,6 +14,8 @@ from grpc import aio
 
 from . import _grpc, _rest, _topology
 from ._front import Front
+from ._oidc import TokenIssuer
+from ._push import PushDispatcher
 from ._service import PubSubService
 from ._sqlite_store import SqliteStore
 from ._store import Store
@@ -51,8 +53,10 @@ class RunningServer:
 
 
 async def _serve_rest(call: _rest.Caller, grpc_host: str, grpc_port: int, host: str, port: int,
+                      extra_routes: list[web.RouteDef] | None = None,
                       ) -> tuple[Front, web.AppRunner, int]:
-    runner = web.AppRunner(_rest.create_app(call), access_log=None, handle_signals=False)
+    runner = web.AppRunner(_rest.create_app(call, extra_routes), access_log=None,
+                           handle_signals=False)
     await runner.setup()
     http_server = runner.server
     assert http_server is not None
@@ -67,6 +71,8 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
     """The emulator on one port (0: any free port); `.port` says which.
 
     `grpc_only_port` also serves gRPC directly on that port, skipping the one-port front.
+    Push subscriptions are delivered by a PushDispatcher (see _push); the same port serves
+    GET /debug/push and the OIDC discovery document and certificates (see _oidc).
     """
     service = PubSubService(store)
     if topology is not None:
@@ -78,11 +84,15 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
     async def call(name: str, request: Any) -> Any:
         return await service.unary[name](request)
 
+    issuer = TokenIssuer(store)
+    pusher = PushDispatcher(service, issuer)
     try:
-        front, runner, bound = await _serve_rest(call, "127.0.0.1", grpc_port, host, port)
+        front, runner, bound = await _serve_rest(call, "127.0.0.1", grpc_port, host, port,
+                                                 pusher.routes() + issuer.routes())
     except BaseException:
         await grpc_server.stop(None)
         raise
+    await pusher.start()
     sweeper = asyncio.ensure_future(service.sweep_forever())
 
     async def stop_sweeper() -> None:
@@ -92,7 +102,7 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
         store.close()
 
     return RunningServer(bound, grpc_port, front, runner, grpc_server,
-                         [stop_sweeper, close_store])
+                         [stop_sweeper, pusher.stop, close_store])
 
 
 async def create_gateway(upstream: str, host: str = "127.0.0.1", port: int = 0) -> RunningServer:

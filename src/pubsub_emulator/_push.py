@@ -1,0 +1,399 @@
+"""Native push delivery: subscriptions with `pushConfig.pushEndpoint` get their messages POSTed.
+
+One task per push subscription leases messages through the service core (so dead-letter
+forwarding, delivery attempts and the retry policy apply as for pull) and POSTs each one to the
+endpoint with its own connection pool and its own limits, so a slow or dead endpoint never holds
+up another subscription.
+
+- Body: Google's wrapped JSON envelope (see shared/notes/push-contract.md), or with
+  `pushConfig.noWrapper` the raw data, plus with `noWrapper.writeMetadata` the metadata in
+  `x-goog-pubsub-*` headers and the attributes in headers of their own names.
+- `pushConfig.attributes["x-goog-version"]`: "v1" and "v1beta2" select the v1 body above, as
+  does no value; "v1beta1" (Google's long-gone first format) is also sent the v1 body.
+- `pushConfig.oidcToken`: `Authorization: Bearer <JWT>` signed by the emulator's key (_oidc).
+- Ack: HTTP 102, 200, 201, 202, 204. Any other status, a connection error or no answer within the
+  subscription's ack deadline is a nack.
+- Push backoff: a nack pauses the subscription for 100 ms, doubling on repeated nacks up to
+  60 s and halving on each success; the retry policy's per-message delay applies on top (the
+  larger wins, since both must have passed before the message goes out again).
+- Slow start: at most `window` POSTs are outstanding; it starts at 1, grows by one per ack up
+  to MAX_WINDOW, and halves on a nack.
+- Switching: when a subscription stops being push (ModifyPushConfig, UpdateSubscription,
+  detach, delete), its task stops leasing; POSTs already under way finish and ack or nack.
+  When it becomes push, a task starts.
+- Visibility: `GET /debug/push` on the emulator port returns per-subscription counters as JSON
+  (delivered, nacked, attempts, in_backoff, backoff_ms, window, in_flight, last_status, ...),
+  and the `pubsub_emulator.push` logger writes one debug line per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ._errors import ApiError
+from ._oidc import TokenIssuer
+from ._service import PubSubService, Subscription
+
+log = logging.getLogger("pubsub_emulator.push")
+
+ACK_STATUSES = frozenset({102, 200, 201, 202, 204})
+INITIAL_WINDOW = 1
+MAX_WINDOW = 64
+MIN_BACKOFF_MS = 100
+MAX_BACKOFF_MS = 60_000
+# The lease outlives the POST's timeout (the ack deadline), so the outcome of a POST, ack or
+# nack, always lands on a lease we still hold.
+LEASE_MARGIN_MS = 5_000
+USER_AGENT = "CloudPubSub-Google"  # as in Google's push examples (docs/payload-unwrapping)
+CONTENT_TYPE_JSON = "application/json"
+DEBUG_PATH = "/debug/push"
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP header name (RFC 9110 token)
+
+
+# --- what a push request carries ---------------------------------------------------------------
+def wrapped_body(message: Any, subscription: str, delivery_attempt: int) -> bytes:
+    """Google's push envelope; field order and compact separators as push_worker writes them.
+
+    `attributes` and `orderingKey` only when set; `deliveryAttempt` only when the subscription
+    has a dead-letter policy (the service sets it only then).
+    """
+    publish_time = message.publish_time.ToJsonString()  # 0, 3, 6 or 9 fractional digits, Z
+    body: dict[str, Any] = {"data": base64.b64encode(message.data).decode("ascii")}
+    if message.attributes:
+        body["attributes"] = dict(sorted(message.attributes.items()))  # deterministic bytes
+    body["messageId"] = message.message_id
+    body["message_id"] = message.message_id
+    body["publishTime"] = publish_time
+    body["publish_time"] = publish_time
+    if message.ordering_key:
+        body["orderingKey"] = message.ordering_key
+    envelope: dict[str, Any] = {"message": body, "subscription": subscription}
+    if delivery_attempt:
+        envelope["deliveryAttempt"] = delivery_attempt
+    return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
+
+
+def _header_ok(name: str, value: str) -> bool:
+    if not _TOKEN.match(name) or "\r" in value or "\n" in value:
+        return False
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def metadata_headers(message: Any, subscription: str) -> dict[str, str]:
+    """Unwrapped delivery with write_metadata.
+
+    Google: "When true, writes the Pub/Sub message metadata to x-goog-pubsub-<KEY>:<VAL> headers
+    of the HTTP request. Writes the Pub/Sub message attributes to <KEY>:<VAL> headers of the HTTP
+    request." (PushConfig.NoWrapper.write_metadata, google/pubsub/v1/pubsub.proto; the example in
+    https://cloud.google.com/pubsub/docs/payload-unwrapping shows x-goog-pubsub-subscription-name,
+    x-goog-pubsub-message-id, x-goog-pubsub-publish-time and x-goog-pubsub-ordering-key).
+    Attributes that cannot be HTTP headers (name not a token, value not latin-1 or multi-line)
+    are left out.
+    """
+    headers = {
+        "x-goog-pubsub-subscription-name": subscription,
+        "x-goog-pubsub-message-id": message.message_id,
+        "x-goog-pubsub-publish-time": message.publish_time.ToJsonString(),
+    }
+    if message.ordering_key:
+        headers["x-goog-pubsub-ordering-key"] = message.ordering_key
+    for key, value in sorted(message.attributes.items()):
+        if _header_ok(key, value):
+            headers[key] = value
+        else:
+            log.debug("%s: attribute %r cannot be an HTTP header; not written", subscription, key)
+    return headers
+
+
+def build_request(sub: Any, received: Any) -> tuple[bytes, dict[str, str]]:
+    """Body and headers (without Authorization) of the POST for one received message."""
+    config = sub.push_config
+    message = received.message
+    if config.HasField("no_wrapper"):
+        headers = {"User-Agent": USER_AGENT}
+        if config.no_wrapper.write_metadata:
+            headers.update(metadata_headers(message, sub.name))
+        return bytes(message.data), headers
+    body = wrapped_body(message, sub.name, received.delivery_attempt)
+    return body, {"Content-Type": CONTENT_TYPE_JSON, "User-Agent": USER_AGENT}
+
+
+# --- per-subscription delivery -----------------------------------------------------------------
+class _Pusher:
+    """Push delivery state of one subscription: its loop, its POSTs in flight, its counters."""
+
+    def __init__(self, dispatcher: PushDispatcher, name: str) -> None:
+        self.dispatcher = dispatcher
+        self.service = dispatcher.service
+        self.name = name
+        self.task: asyncio.Task[None] | None = None
+        self.wake: asyncio.Event | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.in_flight: dict[str, asyncio.Task[None]] = {}
+        self.window = INITIAL_WINDOW
+        self.backoff_ms = 0
+        self.paused_until = 0.0  # loop.time()
+        self.epoch = 0  # bumped by each backoff step; a POST started earlier does not step again
+        self.endpoint = ""
+        self.delivered = 0
+        self.nacked = 0
+        self.attempts = 0
+        self.last_status: int | None = None
+        self.last_error = ""
+        self.last_attempt = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def start(self) -> None:
+        if not self.running:
+            self.task = asyncio.ensure_future(self._run())
+
+    def poke(self) -> None:
+        if self.wake is not None:
+            self.wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
+        return {
+            "endpoint": self.endpoint,
+            "active": self.running,
+            "delivered": self.delivered,
+            "nacked": self.nacked,
+            "attempts": self.attempts,
+            "in_flight": len(self.in_flight),
+            "window": self.window,
+            "in_backoff": self.paused_until > now,
+            "backoff_ms": self.backoff_ms,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "last_attempt_unix": self.last_attempt,
+        }
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        wake = self.service.watch(self.name)
+        self.wake = wake
+        try:
+            while True:
+                try:
+                    sub = self.service._deliverable(self.name)
+                except ApiError:
+                    break  # deleted or detached
+                if not sub.push_config.push_endpoint:
+                    break  # a pull subscription now
+                self.endpoint = sub.push_config.push_endpoint
+                wake.clear()
+                now = loop.time()
+                if now < self.paused_until:
+                    await _wait(wake, self.paused_until - now)
+                    continue
+                room = self.window - len(self.in_flight)
+                timeout = 30.0
+                if room > 0:
+                    lease_ms = sub.ack_deadline_seconds * 1000 + LEASE_MARGIN_MS
+                    received, _ = self.service._receive(sub, room, lease_ms)
+                    for rm in received:
+                        self._spawn(sub, rm)
+                    if received:
+                        continue
+                    due = self.service.store.next_due_ms(self.name)
+                    if due is not None:
+                        timeout = max(0.001, (due - time.time_ns() // 1_000_000) / 1000)
+                        timeout = min(timeout, 30.0)
+                await _wait(wake, timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: push delivery loop failed; restarting it", self.name)
+            asyncio.get_running_loop().call_later(1.0, self.dispatcher.subscription_changed,
+                                                  self.name)
+        finally:
+            self.service.unwatch(self.name, wake)
+            self.wake = None
+            self._retire(loop_ended=True)
+
+    def _spawn(self, sub: Any, received: Any) -> None:
+        ack_id = received.ack_id
+        task = asyncio.ensure_future(self._deliver(sub, received, self.epoch))
+        self.in_flight[ack_id] = task
+
+    def _retire(self, loop_ended: bool = False) -> None:
+        """Close the connection pool once nothing uses it (a new loop opens another)."""
+        idle = loop_ended or not self.running
+        if not idle or self.in_flight:
+            return
+        if self.session is not None:
+            session, self.session = self.session, None
+            asyncio.ensure_future(session.close())
+        self.dispatcher.forget_if_gone(self)
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self.session is None or self.session.closed:
+            connector = aiohttp.TCPConnector(limit=MAX_WINDOW, force_close=False)
+            self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                 skip_auto_headers=("Content-Type",))
+        return self.session
+
+    async def _deliver(self, sub: Any, received: Any, epoch: int) -> None:
+        ack_id = received.ack_id
+        config = sub.push_config
+        url = config.push_endpoint
+        status: int | None = None
+        error = ""
+        started = time.monotonic()
+        acked = False
+        try:
+            try:
+                body, headers = build_request(sub, received)
+                if config.HasField("oidc_token"):
+                    oidc = config.oidc_token
+                    token = self.dispatcher.issuer.token(oidc.service_account_email,
+                                                         oidc.audience or url)
+                    headers["Authorization"] = f"Bearer {token}"
+                timeout = aiohttp.ClientTimeout(total=sub.ack_deadline_seconds)
+                async with self._session().post(url, data=body, headers=headers,
+                                                timeout=timeout, allow_redirects=False) as resp:
+                    status = resp.status
+            except asyncio.TimeoutError:
+                error = f"no answer within the ack deadline ({sub.ack_deadline_seconds} s)"
+            except Exception as exc:  # refused, reset, TLS, bad URL...: all nacks
+                error = f"{type(exc).__name__}: {exc}"
+            acked = status in ACK_STATUSES
+            self._settle(ack_id, acked)
+        except asyncio.CancelledError:
+            self._settle(ack_id, False)  # shutting down: the message goes out again later
+            raise
+        finally:
+            self.in_flight.pop(ack_id, None)
+            elapsed_ms = (time.monotonic() - started) * 1000
+            self._account(acked, status, error, epoch)
+            log.debug("push %s message %s attempt %s -> %s in %.1f ms (%s)", self.name,
+                      received.message.message_id, received.delivery_attempt or "-",
+                      status if status is not None else error or "cancelled", elapsed_ms,
+                      "ack" if acked else "nack")
+            self.poke()
+            self._retire()
+
+    def _settle(self, ack_id: str, acked: bool) -> None:
+        try:
+            if acked:
+                self.service._acknowledge(self.name, [ack_id])
+            else:
+                self.service._modify(self.name, [ack_id], 0)
+        except Exception as exc:  # the subscription went away meanwhile, or the store closed
+            log.debug("%s: could not settle a push delivery: %s", self.name, exc)
+
+    def _account(self, acked: bool, status: int | None, error: str, epoch: int) -> None:
+        self.attempts += 1
+        self.last_status = status
+        self.last_error = error
+        self.last_attempt = time.time()
+        if acked:
+            self.delivered += 1
+            self.backoff_ms = self.backoff_ms // 2 if self.backoff_ms >= 2 * MIN_BACKOFF_MS else 0
+            self.window = min(MAX_WINDOW, self.window + 1)
+            return
+        self.nacked += 1
+        self.window = max(INITIAL_WINDOW, self.window // 2)
+        if epoch == self.epoch:  # one backoff step per round, however many POSTs it had
+            self.epoch += 1
+            self.backoff_ms = min(MAX_BACKOFF_MS, max(MIN_BACKOFF_MS, self.backoff_ms * 2))
+            self.paused_until = asyncio.get_running_loop().time() + self.backoff_ms / 1000
+
+    async def cancel(self) -> None:
+        tasks = [t for t in [self.task, *self.in_flight.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pass
+
+
+class PushDispatcher:
+    """Follows every subscription's push config and runs a _Pusher for each push one."""
+
+    def __init__(self, service: PubSubService, issuer: TokenIssuer) -> None:
+        self.service = service
+        self.issuer = issuer
+        self._pushers: dict[str, _Pusher] = {}
+        self._started = False
+
+    async def start(self) -> None:
+        """Begin pushing for every push subscription in the store; follow changes from now on."""
+        if self._started:
+            return
+        self._started = True
+        self.service.subscription_listeners.append(self.subscription_changed)
+        page = self.service.store.list_resources("subscriptions", "projects/", 0, "")
+        for name, raw in page.items:
+            sub = Subscription.FromString(raw)
+            if sub.push_config.push_endpoint and not sub.detached:
+                self.subscription_changed(name)
+
+    def subscription_changed(self, name: str) -> None:
+        """A listener of the service: the subscription was created, changed or deleted."""
+        if not self._started:
+            return
+        pusher = self._pushers.get(name)
+        raw = self.service.store.get_resource("subscriptions", name)
+        sub = Subscription.FromString(raw) if raw is not None else None
+        wants_push = sub is not None and bool(sub.push_config.push_endpoint) and not sub.detached
+        if wants_push:
+            if pusher is None:
+                pusher = self._pushers[name] = _Pusher(self, name)
+            if not pusher.running:
+                log.info("%s: pushing to %s", name, sub.push_config.push_endpoint)
+            pusher.start()
+        if pusher is not None:
+            pusher.poke()  # a running loop rereads the config (and stops if no longer push)
+            if not pusher.running and not pusher.in_flight:
+                self.forget_if_gone(pusher)
+
+    def forget_if_gone(self, pusher: _Pusher) -> None:
+        """Drop an idle pusher whose subscription was deleted (its counters go with it)."""
+        if (self._pushers.get(pusher.name) is pusher
+                and self.service.store.get_resource("subscriptions", pusher.name) is None):
+            del self._pushers[pusher.name]
+
+    async def stop(self) -> None:
+        """Stop pushing; POSTs in flight are abandoned and their messages nacked."""
+        if self.subscription_changed in self.service.subscription_listeners:
+            self.service.subscription_listeners.remove(self.subscription_changed)
+        self._started = False
+        await asyncio.gather(*(p.cancel() for p in self._pushers.values()),
+                             return_exceptions=True)
+        self._pushers.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {"subscriptions": {name: p.stats() for name, p in sorted(self._pushers.items())}}
+
+    def routes(self) -> list[web.RouteDef]:
+        async def debug(_: web.Request) -> web.Response:
+            return web.json_response(self.stats())
+
+        return [web.get(DEBUG_PATH, debug)]
