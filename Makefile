@@ -12,6 +12,8 @@ STAMPS := .cache
 EMULATOR_PORT ?= 8085
 SENDER_PORT ?= 8080
 RECEIVER_PORT ?= 8081
+# Who pushes to the receiver: the push worker, or the emulator itself (PUSH=emulator)
+PUSH ?= worker
 
 # The App Engine side: Python 2.7, the SDK, vendoring, the verification token, deploy.
 include mk/apps.mk
@@ -43,7 +45,7 @@ emulator: $(STAMPS)/venv.stamp
 run: setup
 	$(PY) scripts/stack.py --python27 "$(PY27)" --sdk-dir "$(SDK_DIR)" \
 	  --emulator-port $(EMULATOR_PORT) --sender-port $(SENDER_PORT) \
-	  --receiver-port $(RECEIVER_PORT)
+	  --receiver-port $(RECEIVER_PORT) --push $(PUSH)
 
 lint: $(STAMPS)/venv.stamp
 	$(VENV)/bin/ruff check src tests bench scripts

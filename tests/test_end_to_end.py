@@ -42,8 +42,7 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def _start_stack(tmp_path_factory, *extra: str):
     root = tmp_path_factory.mktemp("stack")
     ports = {"emulator": free_port(), "sender": free_port(), "receiver": free_port()}
     console = open(root / "console.log", "wb")
@@ -52,7 +51,7 @@ def stack(tmp_path_factory):
          "--sdk-dir", _sdk_dir(), "--emulator-port", str(ports["emulator"]),
          "--sender-port", str(ports["sender"]), "--receiver-port", str(ports["receiver"]),
          "--logs-dir", str(root / "logs"), "--data-dir", str(root / "data"),
-         "--state-dir", str(root / "state")],
+         "--state-dir", str(root / "state"), *extra],
         stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
 
     def up() -> bool:
@@ -74,6 +73,18 @@ def stack(tmp_path_factory):
     # Ctrl-C leaves nothing behind: every port is closed again.
     wait_for(lambda: not any(_port_open(p) for p in ports.values()), timeout=30,
              message="every process of the stack to stop")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """As `make run` starts it: the push worker delivers to the receiver."""
+    yield from _start_stack(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def native_push_stack(tmp_path_factory):
+    """No worker: the emulator itself pushes the subscription to the receiver."""
+    yield from _start_stack(tmp_path_factory, "--push", "emulator")
 
 
 def _post(port: int, body: bytes) -> tuple[int, bytes]:
@@ -107,3 +118,12 @@ def test_sender_log_reports_publish_time(stack):
     sender_log = root / "logs" / "app___pubsub-sender_default_v1.log"
     wait_for(lambda: sender_log.exists() and "Publish took" in sender_log.read_text(
         errors="replace"), timeout=30, message="'Publish took X seconds.' in the sender log")
+
+
+def test_emulator_pushes_straight_to_the_receiver(native_push_stack):
+    ports, root = native_push_stack
+    assert "worker.1" not in (root / "console.log").read_text(errors="replace")
+    status, _ = _post(ports["sender"], b"Hello world!")
+    assert status == 200
+    wait_for(lambda: "Received message: Hello world!" in _receiver_log(root), timeout=60,
+             interval=0.2, message="the emulator's push to reach the receiver")
