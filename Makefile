@@ -60,6 +60,7 @@ test: lint test-apps test-py3
 bench: setup
 	$(PY) bench/bench.py $(BENCH_ARGS)
 	$(PY) bench/push_worker_bench.py
+	$(PY) bench/push_worker_bench.py --native
 
 clean:
 	rm -rf $(VENV) .py27 $(STAMPS) logs data pubsub-sender/lib pubsub-receiver/lib
