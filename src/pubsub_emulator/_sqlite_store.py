@@ -311,14 +311,17 @@ class SqliteStore(Store):
                 stale.append(ack_id)
         return current, stale
 
+    def _targets(self, sub_id: int, ack_ids: Sequence[str], policy: DeliveryPolicy,
+                 now_ms: int) -> tuple[list[tuple[int, int]], list[str]]:
+        """The (seq, attempt) pairs an ack or modack acts on, and the ids it refuses."""
+        if policy.exactly_once:
+            return self._stale(sub_id, ack_ids, now_ms)
+        return self._parse_ack_ids(sub_id, ack_ids), []
+
     def acknowledge(self, subscription: str, ack_ids: Sequence[str],
                     policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
         sub_id = self._sub_id(subscription)
-        stale: list[str] = []
-        if policy.exactly_once:
-            parsed, stale = self._stale(sub_id, ack_ids, now_ms)
-        else:
-            parsed = self._parse_ack_ids(sub_id, ack_ids)
+        parsed, stale = self._targets(sub_id, ack_ids, policy, now_ms)
         # At-least-once: an ack with an older ack id of the message still acknowledges it.
         if policy.retain_acked:
             self._db.executemany("UPDATE deliveries SET next_at=? WHERE sub_id=? AND seq=?",
@@ -331,11 +334,7 @@ class SqliteStore(Store):
     def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
                         now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
         sub_id = self._sub_id(subscription)
-        stale: list[str] = []
-        if policy.exactly_once:
-            parsed, stale = self._stale(sub_id, ack_ids, now_ms)
-        else:
-            parsed = self._parse_ack_ids(sub_id, ack_ids)
+        parsed, stale = self._targets(sub_id, ack_ids, policy, now_ms)
         retry = policy.retry
         db = self._db
         db.execute("BEGIN")
