@@ -324,7 +324,7 @@ class PubSubService:
                     f"The ordering key is longer than {limits.MAX_ORDERING_KEY_BYTES} bytes.")
             raws.append(message.SerializeToString())
         if topic.HasField("schema_settings"):
-            self.schemas.validate_messages(topic, request.messages)
+            raws = self.schemas.validate_messages(topic, request.messages) or raws
         skip = None
         filters = self._topic_filters(request.topic)
         if filters:
