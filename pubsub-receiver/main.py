@@ -4,12 +4,16 @@ POST /pubsub/push?token=<PUBSUB_VERIFICATION_TOKEN> with a wrapped push envelope
 unwrapped push (pushConfig.noWrapper: the body is the data; recognised by its x-goog-pubsub-*
 metadata headers, or by `&unwrapped=1` in the endpoint URL when writeMetadata is off).
 Logs `Received message: <payload> (id=..., ...)` and answers 204 (ack).
+
+With PUBSUB_OIDC_AUDIENCE set, the push must also carry `Authorization: Bearer <ID token>`
+(pushConfig.oidcToken), verified by pubsub_shared.oidc: 401 when missing, 403 when invalid,
+503 when the signing certificates cannot be fetched.
 """
 import logging
 
 import webapp2
 
-from pubsub_shared import auth, envelope
+from pubsub_shared import auth, envelope, oidc
 
 
 def _text(response, status, message):
@@ -31,6 +35,22 @@ class PushHandler(webapp2.RequestHandler):
             logging.warning('Rejected push from %s: missing or wrong verification token.',
                             self.request.remote_addr)
             return _text(self.response, 403, 'Forbidden: missing or wrong token.')
+        oidc_config = oidc.config_from_env()
+        if oidc_config is not None:
+            try:
+                oidc.check_request(self.request.headers.get('Authorization'), oidc_config)
+            except oidc.InvalidToken as e:
+                logging.warning('Rejected push from %s: OIDC token check failed: %s.',
+                                self.request.remote_addr, e)
+                if e.missing:
+                    self.response.headers['WWW-Authenticate'] = 'Bearer'
+                    return _text(self.response, 401, 'Unauthorized: missing bearer token.')
+                return _text(self.response, 403, 'Forbidden: invalid OIDC token.')
+            except oidc.CertsUnavailable as e:
+                logging.error('Rejected push from %s: OIDC certificates unavailable: %s.',
+                              self.request.remote_addr, e)
+                self.response.headers['Retry-After'] = '10'
+                return _text(self.response, 503, 'Service unavailable: cannot verify token.')
         try:
             message = envelope.parse_push(self.request.body, self.request.headers,
                                           self.request.GET)

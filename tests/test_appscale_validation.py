@@ -107,10 +107,11 @@ def test_vendored_lib_is_pure_python(app: str) -> None:
     assert (ROOT / app / "appengine_config.py").is_file()
 
 
-def test_sender_vendors_pinned_client() -> None:
-    lib = ROOT / "pubsub-sender" / "lib"
+@pytest.mark.parametrize("app", APPS)
+def test_app_vendors_pinned_requirements(app: str) -> None:
+    lib = ROOT / app / "lib"
     assert lib.is_dir(), f"{lib} missing: run `make vendor` first"
-    for line in (ROOT / "pubsub-sender" / "requirements.txt").read_text().splitlines():
+    for line in (ROOT / app / "requirements.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
         if not line:
             continue

@@ -33,14 +33,16 @@ def load_app(name):
 
 class RecordingServer(object):
     """A real HTTP server on 127.0.0.1:<free port> in a thread. Records each request
-    (method, path, headers, body) and answers with `status`/`body`/`content_type`; with
+    (method, path, headers, body) and answers with `status`/`body`/`content_type` (plus
+    `headers`; all read per request, so a test may change them between requests); with
     `hang=True` it accepts the request and never answers (until stopped)."""
 
     def __init__(self, status=200, body=b'{"messageIds": ["4242"]}',
-                 content_type='application/json', hang=False):
+                 content_type='application/json', hang=False, headers=None):
         self.status = status
         self.body = body
         self.content_type = content_type
+        self.headers = dict(headers or {})
         self.hang = hang
         self.requests = []
         self._stop = threading.Event()
@@ -59,6 +61,8 @@ class RecordingServer(object):
                     return
                 self.send_response(outer.status)
                 self.send_header('Content-Type', outer.content_type)
+                for name, value in outer.headers.items():
+                    self.send_header(name, value)
                 self.send_header('Content-Length', str(len(outer.body)))
                 self.end_headers()
                 self.wfile.write(outer.body)
