@@ -121,9 +121,13 @@ def test_sender_log_reports_publish_time(stack):
 
 
 def test_emulator_pushes_straight_to_the_receiver(native_push_stack):
+    """No worker; the receiver checks the emulator's OIDC token on every push."""
     ports, root = native_push_stack
-    assert "worker.1" not in (root / "console.log").read_text(errors="replace")
+    console = (root / "console.log").read_text(errors="replace")
+    assert "worker.1" not in console
+    assert "PUBSUB_OIDC_AUDIENCE" in (root / "state" / "Procfile").read_text()
     status, _ = _post(ports["sender"], b"Hello world!")
     assert status == 200
     wait_for(lambda: "Received message: Hello world!" in _receiver_log(root), timeout=60,
              interval=0.2, message="the emulator's push to reach the receiver")
+    assert "OIDC token check failed" not in _receiver_log(root)
