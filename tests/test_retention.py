@@ -197,3 +197,33 @@ def test_storage_does_not_grow_once_messages_are_acked(env):
         return service.store._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
 
     assert run(scenario()) == 0
+
+
+def test_snapshot_restores_messages_acked_after_it_and_expires(env):
+    service, clock = env
+
+    async def scenario():
+        await service.create_topic(req("Topic", name=T))
+        await service.create_subscription(req("Subscription", name=S, topic=T))
+        await publish(service, b"before")
+        await ack_all(service)
+        # The snapshot is taken with nothing unacked; later messages belong to it too.
+        snapshot = await service.create_snapshot(req("CreateSnapshotRequest", subscription=S))
+        assert snapshot.name.startswith("projects/p/snapshots/snapshot-")  # server-assigned
+        await publish(service, b"after")
+        await ack_all(service)
+        await service.sweep()
+        await service.seek(req("SeekRequest", subscription=S, snapshot=snapshot.name))
+        restored = [m.message.data for m in await pull(service)]
+        clock.now += 7 * DAY + 1
+        await service.sweep()
+        try:
+            await service.get_snapshot(req("GetSnapshotRequest", snapshot=snapshot.name))
+            expired = False
+        except ApiError as exc:
+            expired = exc.status is Status.NOT_FOUND
+        return restored, expired
+
+    restored, expired = run(scenario())
+    assert restored == [b"after"]
+    assert expired

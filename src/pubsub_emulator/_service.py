@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -784,8 +785,11 @@ class PubSubService:
             next_page_token=page.next_token)
 
     async def create_snapshot(self, request: Any) -> Any:
-        rn = names.snapshot(request.name)
         sub = self._subscription(request.subscription)
+        if not request.name:  # Google assigns a name in the subscription's project
+            project = names.subscription(sub.name).project
+            request.name = f"projects/{project}/snapshots/snapshot-{uuid.uuid4().hex[:20]}"
+        rn = names.snapshot(request.name)
         if sub.topic == names.DELETED_TOPIC or sub.detached:
             raise failed_precondition("The subscription's topic was deleted or it is detached.")
         _check_labels(request.labels)
@@ -861,6 +865,10 @@ class PubSubService:
             topic = Topic.FromString(raw)
             if topic.HasField("message_retention_duration"):
                 topic_retention[name] = int(_duration_s(topic.message_retention_duration) * 1000)
+        for name, raw in self.store.list_resources(SNAPSHOTS, "projects/", 0, "").items:
+            if Snapshot.FromString(raw).expire_time.ToMilliseconds() <= now:
+                log.info("snapshot %s expired", name)
+                self.store.delete_resource(SNAPSHOTS, name)
         for name in expired:
             log.info("subscription %s expired (inactive beyond its expiration policy)", name)
             await self.delete_subscription(t.DeleteSubscriptionRequest.pb()(subscription=name))

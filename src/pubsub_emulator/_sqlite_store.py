@@ -454,6 +454,10 @@ class SqliteStore(Store):
         row = db.execute("SELECT MIN(seq) FROM snapshot_items").fetchone()
         if row[0] is not None:
             low = min(low, row[0])
+        # A snapshot also restores what its topic got after it: keep those messages too.
+        row = db.execute("SELECT MIN(high_water) FROM snapshot_state").fetchone()
+        if row[0] is not None:
+            low = min(low, row[0] + 1)
         kept = list(rules.topic_ms)
         marks = ",".join("?" * len(kept))
         gone = db.execute(f"DELETE FROM messages WHERE seq<? AND topic NOT IN ({marks})",
