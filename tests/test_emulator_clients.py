@@ -333,3 +333,40 @@ def test_publisher_client_batches_many_messages(clients):
 
 
 _ = pubsub_v1  # the import documents which library is under test
+
+
+IDLE_S = 65
+
+
+def test_idle_streaming_pull_stays_open(emulator):
+    """One StreamingPull, silent through several of the client channel's 30 s keepalive
+    pings, still delivers what is published afterwards (a closed stream would raise: the
+    raw stream below does not reconnect)."""
+    from google.pubsub_v1 import types
+
+    publisher, subscriber = make_clients(emulator.host, "grpc")
+    topic = _topic(publisher).name
+    sub = _subscription(subscriber, topic).name
+    stop = threading.Event()
+
+    def requests():
+        yield types.StreamingPullRequest(subscription=sub, stream_ack_deadline_seconds=60)
+        stop.wait(IDLE_S + 60)  # no heartbeats: the connection stays up on keepalive pings alone
+
+    stream = subscriber.api.streaming_pull(requests=requests())
+    result: list = []
+    reader = threading.Thread(target=lambda: result.append(next(stream)), daemon=True)
+    started = time.monotonic()
+    try:
+        reader.start()
+        # Idle past two keepalive pings of the client channel (every 30 s) and two rounds of
+        # the server's own idle wait (30 s).
+        wait_for(lambda: time.monotonic() - started > IDLE_S, timeout=IDLE_S + 10,
+                 interval=0.5, message=f"{IDLE_S} idle seconds")
+        assert not result, "the stream ended or delivered while idle"
+        publisher.publish(topic, b"after the lull").result()
+        wait_for(lambda: result, timeout=15, message="the message on the idle stream")
+        assert [m.message.data for m in result[0].received_messages] == [b"after the lull"]
+    finally:
+        stop.set()
+        stream.cancel()
