@@ -18,7 +18,7 @@ PUSH ?= worker
 # The App Engine side: Python 2.7, the SDK, vendoring, the verification token, deploy.
 include mk/apps.mk
 
-.PHONY: help setup run test test-py3 lint bench emulator clean
+.PHONY: help setup run test test-py3 test-nats nats-server lint bench emulator clean
 
 help:
 	@echo "make run     start emulator, sender, receiver and push worker (Ctrl-C stops all)"
@@ -50,10 +50,25 @@ run: setup
 lint: $(STAMPS)/venv.stamp
 	$(VENV)/bin/ruff check src tests bench scripts
 
-test-py3: setup
+# The NATS JetStream backend's tests start real nats-servers (Debian package nats-server).
+nats-server:
+	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "installing nats-server (apt-get)"; \
+	      apt-get install -y -q nats-server >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q nats-server >/dev/null; }; \
+	    else echo "nats-server is missing: install it (apt-get install nats-server)"; exit 1; fi; }
+
+test-py3: setup nats-server
 	PY27="$(PY27)" SDK_DIR="$(SDK_DIR)" $(VENV)/bin/pytest -q -p no:cacheprovider tests
 
-test: lint test-apps test-py3
+# The client-level suites once more, with the emulator on the NATS JetStream backend.
+NATS_SUITES := tests/test_emulator_clients.py tests/test_delivery_policies.py \
+  tests/test_emulator_parity.py tests/test_emulator_errors.py tests/test_push.py
+test-nats: setup nats-server
+	PUBSUB_TEST_STORE=nats $(VENV)/bin/pytest -q -p no:cacheprovider $(NATS_SUITES)
+
+test: lint test-apps test-nats test-py3
 
 # Figures for the README: the emulator beside Google's (when present), then the push worker.
 # BENCH_ARGS=--quick for a one-minute run.

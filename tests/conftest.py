@@ -13,9 +13,15 @@ from support import EmulatorProcess  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def emulator() -> Iterator[EmulatorProcess]:
-    """One real emulator for the session; PUBSUB_EMULATOR_HOST points Google's clients at it."""
-    with EmulatorProcess() as emu:
+def emulator(request) -> Iterator[EmulatorProcess]:
+    """One real emulator for the session; PUBSUB_EMULATOR_HOST points Google's clients at it.
+
+    PUBSUB_TEST_STORE=nats runs it on the NATS JetStream backend (a nats-server of its own).
+    """
+    extra = []
+    if os.environ.get("PUBSUB_TEST_STORE") == "nats":
+        extra = ["--store", request.getfixturevalue("nats_server").url]
+    with EmulatorProcess(extra_args=extra) as emu:
         old = os.environ.get("PUBSUB_EMULATOR_HOST")
         os.environ["PUBSUB_EMULATOR_HOST"] = emu.host
         yield emu
@@ -23,3 +29,13 @@ def emulator() -> Iterator[EmulatorProcess]:
             os.environ.pop("PUBSUB_EMULATOR_HOST", None)
         else:
             os.environ["PUBSUB_EMULATOR_HOST"] = old
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory) -> Iterator[object]:
+    """One real nats-server with JetStream for the session (tests use separate namespaces)."""
+    from support import NatsServer
+
+    server = NatsServer(tmp_path_factory.mktemp("nats") / "js").start()
+    yield server
+    server.stop()

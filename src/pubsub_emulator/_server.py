@@ -25,7 +25,14 @@ log = logging.getLogger("pubsub_emulator")
 DB_FILE = "pubsub.sqlite3"
 
 
-def open_store(data_dir: str | Path | None, in_memory: bool = False) -> Store:
+def open_store(data_dir: str | Path | None, in_memory: bool = False, nats: str | None = None,
+               nats_replicas: int = 1) -> Store:
+    """The embedded SQLite store, or with `nats` ("nats://HOST:PORT[,nats://...]") JetStream."""
+    if nats:
+        from ._nats_store import NatsStore
+
+        return NatsStore([url.strip() for url in nats.split(",") if url.strip()],
+                         replicas=nats_replicas)
     if in_memory or data_dir is None:
         return SqliteStore(None)
     path = Path(data_dir)

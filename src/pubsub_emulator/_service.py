@@ -152,7 +152,7 @@ def _apply_mask(target: Message, source: Message, paths: list[str]) -> None:
             setattr(target, root, getattr(source, root))
 
 
-def unhonoured_settings(resource: Message) -> list[str]:
+def unhonoured_settings(resource: Message, store: Store | None = None) -> list[str]:
     """Settings of a topic or subscription that are stored but not yet acted on (README lists them).
 
     Each is named in the log when set, so nobody mistakes "accepted" for "honoured".
@@ -160,6 +160,9 @@ def unhonoured_settings(resource: Message) -> list[str]:
     found = []
     if isinstance(resource, Subscription):
         checks = {
+            "enable_message_ordering (not on this storage backend)":
+                resource.enable_message_ordering and store is not None
+                and not store.ordered_delivery,
             "bigquery_config": resource.HasField("bigquery_config"),
             "cloud_storage_config": resource.HasField("cloud_storage_config"),
         }
@@ -174,8 +177,8 @@ def unhonoured_settings(resource: Message) -> list[str]:
     return found
 
 
-def _note_unhonoured(resource: Message) -> None:
-    settings = unhonoured_settings(resource)
+def _note_unhonoured(resource: Message, store: Store | None = None) -> None:
+    settings = unhonoured_settings(resource, store)
     if settings:
         log.warning("%s: stored but not yet honoured by this emulator: %s (see README)",
                     resource.name, ", ".join(settings))
@@ -188,6 +191,7 @@ class PubSubService:
         """`clock` gives the time in milliseconds (tests move it to exercise retention)."""
         self.store = store
         self.clock = clock
+        store.set_listener(lambda topic: self._wake_all())  # publishes by other processes
         # When each subscription was last used (expiration_policy), since this process started.
         self._last_active: dict[str, int] = {}
         self._streams: dict[str, set[_Stream]] = {}
@@ -470,7 +474,7 @@ class PubSubService:
             raise already_exists(rn.id)
         self._changed(sub.name)
         log.info("created subscription %s on %s", sub.name, sub.topic)
-        _note_unhonoured(sub)
+        _note_unhonoured(sub, self.store)
         return sub
 
     async def get_subscription(self, request: Any) -> Any:
@@ -485,7 +489,7 @@ class PubSubService:
         self._validate_subscription(updated, creating=False)
         self.store.update_resource(SUBSCRIPTIONS, updated.name, updated.SerializeToString())
         self._changed(updated.name)
-        _note_unhonoured(updated)
+        _note_unhonoured(updated, self.store)
         return updated
 
     async def list_subscriptions(self, request: Any) -> Any:

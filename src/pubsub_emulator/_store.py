@@ -9,7 +9,7 @@ and forgets them once acknowledged.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -76,6 +76,10 @@ class Page:
 
 class Store(abc.ABC):
     """Durable state behind the Pub/Sub API. Methods are called from one thread at a time."""
+
+    # Whether DeliveryPolicy.ordered is honoured (per-key ordering); the service logs it as a
+    # setting stored but not honoured where it is not.
+    ordered_delivery: bool = True
 
     # --- resources -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -178,6 +182,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
         """Apply retention and reclaim messages nothing needs. Returns how many went."""
+
+    def set_listener(self, callback: Callable[[str], None]) -> None:  # noqa: B027
+        """Call `callback(topic)` (on the caller's event loop) when another process publishes.
+
+        Stores shared by several processes (NATS) implement it; a store only this process
+        writes to has nothing to report.
+        """
 
     @abc.abstractmethod
     def close(self) -> None: ...

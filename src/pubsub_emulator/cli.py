@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
                             "and ack state survive restarts and crashes (default: %(default)s)")
     start.add_argument("--in-memory", action="store_true",
                        help="keep everything in memory instead (lost when the process ends)")
+    start.add_argument("--store", metavar="nats://HOST:PORT[,nats://HOST:PORT...]",
+                       help="keep everything in NATS JetStream (nats-server >= 2.9 started with "
+                            "-js) instead of the embedded store, so several emulator processes "
+                            "share topics, subscriptions and messages; list several servers of a "
+                            "cluster to fail over between them (default: the embedded SQLite "
+                            "store in --data-dir)")
+    start.add_argument("--nats-replicas", type=int, default=1, metavar="N",
+                       help="with --store nats://...: replicas of each JetStream stream (3 on a "
+                            "3-node cluster survives losing a node; default: %(default)s)")
     start.add_argument("--config", metavar="TOPOLOGY_YAML",
                        help="topology file: projects, topics and subscriptions to create at "
                             "start if missing (a restart with the same file changes nothing)")
@@ -92,8 +101,17 @@ def main(argv: list[str] | None = None) -> int:
             except _topology.TopologyError as exc:
                 print(f"pubsub-emulator: {exc}", file=sys.stderr)
                 return 2
-        store = open_store(args.data_dir, args.in_memory)
-        where = "memory" if args.in_memory else args.data_dir
+        if args.store and not args.store.startswith("nats://"):
+            print(f"pubsub-emulator: unsupported --store {args.store!r} (expected nats://...)",
+                  file=sys.stderr)
+            return 2
+        try:
+            store = open_store(args.data_dir, args.in_memory, args.store, args.nats_replicas)
+        except Exception as exc:  # noqa: BLE001 - no server, JetStream disabled, ...
+            print(f"pubsub-emulator: cannot open the store {args.store}: {exc!r}",
+                  file=sys.stderr)
+            return 1
+        where = args.store or ("memory" if args.in_memory else args.data_dir)
         log.info("store: %s", where)
 
         async def start() -> RunningServer:

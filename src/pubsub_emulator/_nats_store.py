@@ -1,0 +1,932 @@
+"""A store on NATS JetStream (nats-server >= 2.9): several emulator processes share one state.
+
+Layout (everything under a namespace, "pubsub" unless told otherwise):
+- resources: one stream `<NS>_RES` used as a key-value store (one message per subject, subject
+  `<ns>.res.<kind>.<b64url(name)>`, JSON value {"t": topic link, "p": b64 proto}); creation uses
+  `Nats-Expected-Last-Subject-Sequence: 0`, so it is atomic across processes. Topic links have an
+  index subject `<ns>.link.<kind>.<b64(topic)>.<b64(name)>` for list_by_topic.
+- a topic is a stream `<NS>_T_<hash>` (limits retention, bounded by max age; the sweeper purges
+  what no consumer and no snapshot needs), subject `<ns>.msg.<hash>`; its description carries a
+  random id prefix, so message ids (prefix * 10^12 + stream sequence) are unique across topics,
+  processes and restarts.
+- a subscription is a durable pull consumer `C_<hash>` (deliver new, explicit ack, max_deliver -1);
+  the lease of a delivery is set with `-NAK {"delay": ...}` (see docs: engines.md).
+- an ack id is the delivery's reply subject (without `$JS.ACK.`): any process can ack it.
+- every publish also sends a core-NATS notification `<ns>.wake.<hash>` that other processes turn
+  into wake-ups of their waiting pulls (set_listener).
+
+JetStream's redelivery timers run on the server's clock: the `now_ms` arguments are used for
+publish times and exactly-once checks only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from google.pubsub_v1 import types as pubsub_types
+
+from ._store import (
+    DEFAULT_POLICY,
+    Delivery,
+    DeliveryPolicy,
+    InvalidAckId,
+    Page,
+    RetentionRules,
+    Store,
+)
+
+log = logging.getLogger("pubsub_emulator.nats")
+
+_PubsubMessage = pubsub_types.PubsubMessage.pb()
+_Subscription = pubsub_types.Subscription.pb()
+_SUBSCRIPTIONS = "subscriptions"
+_SNAPSHOT_STATE = "_snapshot-state"  # internal kind: a snapshot's recorded position
+_SUB_START = "_subscription-start"  # internal kind: a subscription's first stream sequence
+_DETACHED = ("", "_deleted-topic_")
+_ACK_WAIT_MS = 10_000
+_MAX_AGE_S = 31 * 24 * 3600  # the longest retention Pub/Sub allows
+_ID_SCALE = 10**12
+_TIMEOUT = 30.0
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_ACK_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_H_SKIP, _H_KEY, _H_TIME, _H_SIZE = "Ps-Skip", "Ps-Key", "Ps-Time", "Ps-Size"
+# JetStream API error codes (err_code)
+_STREAM_NOT_FOUND, _CONSUMER_NOT_FOUND, _NO_MESSAGE, _WRONG_LAST_SEQ = 10059, 10014, 10037, 10071
+
+
+class NatsError(RuntimeError):
+    def __init__(self, err: Mapping[str, Any]) -> None:
+        super().__init__(f"JetStream: {err.get('description')} ({err.get('err_code')})")
+        self.code = int(err.get("code", 0))
+        self.err_code = int(err.get("err_code", 0))
+
+
+class _NoStream(RuntimeError):
+    """A JetStream publish that no stream took."""
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _unb64(token: str) -> str:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def _untoken(token: str) -> str:
+    try:
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("invalid page token") from exc
+
+
+def _page(items: list[tuple[str, bytes]], page_size: int) -> Page:
+    if page_size and len(items) > page_size:
+        items = items[:page_size]
+        return Page(items, _token(items[-1][0]))
+    return Page(items, "")
+
+
+def _needed_from(info: Mapping[str, Any]) -> int:
+    """The first stream sequence a consumer may still deliver (everything below is acked)."""
+    if info.get("num_ack_pending", 0) == 0:
+        return int(info["delivered"]["stream_seq"]) + 1
+    return int(info["ack_floor"]["stream_seq"]) + 1
+
+
+def _parse_headers(raw: bytes) -> dict[str, str]:
+    headers = {}
+    for line in raw.decode(errors="replace").split("\r\n")[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            headers[key.strip()] = value.strip()
+    return headers
+
+
+class _Ack:
+    """A parsed ack id: a `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...` subject's tail."""
+
+    __slots__ = ("subject", "stream", "consumer", "delivered", "sseq")
+
+    def __init__(self, ack_id: str) -> None:
+        tokens = ack_id.split(".")
+        if not all(_ACK_TOKEN.match(t) for t in tokens):
+            raise InvalidAckId(ack_id)
+        if len(tokens) == 7:  # v1: stream.consumer.delivered.sseq.cseq.ts.pending
+            base = 0
+        elif len(tokens) >= 10:  # v2: domain.account.stream.consumer.delivered.sseq...
+            base = 2
+        else:
+            raise InvalidAckId(ack_id)
+        try:
+            self.delivered = int(tokens[base + 2])
+            self.sseq = int(tokens[base + 3])
+        except ValueError:
+            raise InvalidAckId(ack_id) from None
+        self.stream, self.consumer = tokens[base], tokens[base + 1]
+        self.subject = "$JS.ACK." + ack_id
+
+
+class NatsStore(Store):
+    """All state in NATS JetStream, shared by every emulator process using the same servers."""
+
+    ordered_delivery = False  # JetStream 2.9 has no per-key ordering (docs/nats.md)
+
+    def __init__(self, servers: Sequence[str], replicas: int = 1, namespace: str = "pubsub",
+                 connect_timeout: float = 10.0) -> None:
+        if not _TOKEN.match(namespace):
+            raise ValueError(f"invalid NATS namespace {namespace!r}")
+        import nats  # imported here: the default (SQLite) store does not need nats-py
+
+        self._nats = nats
+        self._servers = list(servers)
+        self._replicas = replicas
+        self._ns = namespace
+        self._NS = namespace.upper().replace("-", "_")
+        self._origin = uuid.uuid4().hex
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="nats-store",
+                                        daemon=True)
+        self._thread.start()
+        self._streams: dict[str, int] = {}  # stream name -> message id prefix
+        self._subs: dict[str, str] = {}  # subscription -> topic link (cache)
+        self._waiting: dict[str, asyncio.Queue[Any]] = {}
+        self._seq = 0
+        self._listener: Callable[[str], None] | None = None
+        self._closed = False
+        try:
+            self._run(self._connect(connect_timeout), connect_timeout + 5)
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _run(self, coro: Any, timeout: float = _TIMEOUT) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _connect(self, timeout: float) -> None:
+        self._nc = await self._nats.connect(
+            servers=self._servers, connect_timeout=timeout, allow_reconnect=True,
+            max_reconnect_attempts=-1, reconnect_time_wait=0.25, name="pubsub-emulator")
+        self._inbox = f"_INBOX.{uuid.uuid4().hex}"
+        await self._nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+        await self._ensure_stream(f"{self._NS}_RES", [f"{self._ns}.res.>", f"{self._ns}.link.>",
+                                                       f"{self._ns}.lease.>"],
+                                  max_msgs_per_subject=1)
+
+    async def _on_reply(self, msg: Any) -> None:
+        queue = self._waiting.get(msg.subject.rpartition(".")[2])
+        if queue is not None:
+            queue.put_nowait(msg)
+
+    def _reply_queue(self) -> tuple[str, asyncio.Queue[Any]]:
+        self._seq += 1
+        token = str(self._seq)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._waiting[token] = queue
+        return token, queue
+
+    async def _api(self, subject: str, body: Mapping[str, Any] | None = None,
+                   timeout: float = 10.0) -> dict[str, Any]:
+        payload = json.dumps(body).encode() if body is not None else b""
+        msg = await self._nc.request(f"$JS.API.{subject}", payload, timeout=timeout)
+        resp = json.loads(msg.data)
+        if "error" in resp:
+            raise NatsError(resp["error"])
+        return resp
+
+    async def _publish_many(self, items: list[tuple[str, bytes, dict[str, str] | None]]
+                            ) -> list[dict[str, Any]]:
+        """Publish to JetStream, all before awaiting any PubAck (one round trip)."""
+        tokens = []
+        try:
+            for subject, payload, headers in items:
+                token, queue = self._reply_queue()
+                tokens.append((token, queue))
+                await self._nc.publish(subject, payload, reply=f"{self._inbox}.{token}",
+                                       headers=headers)
+            acks = []
+            for _, queue in tokens:
+                msg = await asyncio.wait_for(queue.get(), 10.0)
+                resp = json.loads(msg.data) if msg.data else {}
+                if not msg.data:
+                    raise _NoStream("no JetStream stream answered a publish")
+                acks.append(resp)
+            return acks
+        finally:
+            for token, _ in tokens:
+                self._waiting.pop(token, None)
+
+    async def _ensure_stream(self, name: str, subjects: list[str], description: str = "",
+                             **extra: Any) -> dict[str, Any]:
+        config = {"name": name, "subjects": subjects, "retention": "limits", "storage": "file",
+                  "num_replicas": self._replicas, "discard": "old", "max_msgs": -1,
+                  "max_bytes": -1, "max_consumers": -1, "max_msg_size": -1,
+                  "max_msgs_per_subject": -1, "duplicate_window": 120 * 10**9, **extra}
+        if description:
+            config["description"] = description
+        try:
+            return await self._api(f"STREAM.INFO.{name}")
+        except NatsError as exc:
+            if exc.err_code != _STREAM_NOT_FOUND:
+                raise
+        try:
+            return await self._api(f"STREAM.CREATE.{name}", config)
+        except NatsError:  # created meanwhile by another process
+            return await self._api(f"STREAM.INFO.{name}")
+
+    # --- the resource table -----------------------------------------------------------------
+    def _key(self, kind: str, name: str) -> str:
+        kind_token = kind if _TOKEN.match(kind) else "_" + _b64(kind)
+        return f"{self._ns}.res.{kind_token}.{_b64(name)}"
+
+    def _link(self, kind: str, topic: str, name: str = "") -> str:
+        base = f"{self._ns}.link.{_b64(kind)}.{_b64(topic)}"
+        return f"{base}.{_b64(name)}" if name else base
+
+    async def _kv_get(self, subject: str) -> tuple[dict[str, Any], int] | None:
+        try:
+            resp = await self._api(f"STREAM.MSG.GET.{self._NS}_RES", {"last_by_subj": subject})
+        except NatsError as exc:
+            if exc.err_code == _NO_MESSAGE or exc.code == 404:
+                return None
+            raise
+        message = resp["message"]
+        return json.loads(base64.b64decode(message.get("data") or b"")), message["seq"]
+
+    async def _kv_put(self, subject: str, value: Mapping[str, Any], last: int | None
+                      ) -> bool:
+        headers = None if last is None else {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        [ack] = await self._publish_many([(subject, json.dumps(value).encode(), headers)])
+        if "error" in ack:
+            if ack["error"].get("err_code") == _WRONG_LAST_SEQ:
+                return False
+            raise NatsError(ack["error"])
+        return True
+
+    async def _kv_delete(self, subject: str) -> bool:
+        resp = await self._api(f"STREAM.PURGE.{self._NS}_RES", {"filter": subject})
+        return resp.get("purged", 0) > 0
+
+    async def _subjects(self, pattern: str) -> list[str]:
+        resp = await self._api(f"STREAM.INFO.{self._NS}_RES", {"subjects_filter": pattern})
+        return list((resp.get("state", {}).get("subjects") or {}).keys())
+
+    def create_resource(self, kind: str, name: str, proto: bytes, topic: str = "") -> bool:
+        return self._run(self._create(kind, name, proto, topic))
+
+    async def _create(self, kind: str, name: str, proto: bytes, topic: str) -> bool:
+        value = {"t": topic, "p": base64.b64encode(proto).decode()}
+        if not await self._kv_put(self._key(kind, name), value, 0):
+            return False
+        if topic:
+            await self._kv_put(self._link(kind, topic, name), {}, None)
+        if kind == _SUBSCRIPTIONS:
+            self._subs.pop(name, None)
+            if topic not in _DETACHED:
+                await self._create_consumer(topic, name, {"deliver_policy": "new"})
+        return True
+
+    def update_resource(self, kind: str, name: str, proto: bytes, topic: str | None = None) -> bool:
+        return self._run(self._update(kind, name, proto, topic))
+
+    async def _update(self, kind: str, name: str, proto: bytes, topic: str | None) -> bool:
+        key = self._key(kind, name)
+        while True:
+            current = await self._kv_get(key)
+            if current is None:
+                return False
+            old_topic = current[0].get("t", "")
+            new_topic = old_topic if topic is None else topic
+            value = {"t": new_topic, "p": base64.b64encode(proto).decode()}
+            if await self._kv_put(key, value, current[1]):
+                break
+        if new_topic != old_topic:
+            if old_topic:
+                await self._kv_delete(self._link(kind, old_topic, name))
+            if new_topic:
+                await self._kv_put(self._link(kind, new_topic, name), {}, None)
+            if kind == _SUBSCRIPTIONS:
+                self._subs.pop(name, None)
+                if old_topic not in _DETACHED:
+                    await self._delete_consumer(old_topic, name)
+                if new_topic not in _DETACHED:
+                    await self._create_consumer(new_topic, name, {"deliver_policy": "new"})
+        return True
+
+    def get_resource(self, kind: str, name: str) -> bytes | None:
+        found = self._run(self._kv_get(self._key(kind, name)))
+        return base64.b64decode(found[0]["p"]) if found else None
+
+    def delete_resource(self, kind: str, name: str) -> bool:
+        return self._run(self._delete(kind, name))
+
+    async def _delete(self, kind: str, name: str) -> bool:
+        key = self._key(kind, name)
+        current = await self._kv_get(key)
+        if current is None:
+            return False
+        if not await self._kv_delete(key):
+            return False
+        topic = current[0].get("t", "")
+        if topic:
+            await self._kv_delete(self._link(kind, topic, name))
+        if kind == _SUBSCRIPTIONS:
+            self._subs.pop(name, None)
+            if topic not in _DETACHED:
+                await self._delete_consumer(topic, name)
+            await self._kv_delete(self._key(_SUB_START, name))
+        elif kind == "snapshots":
+            await self._kv_delete(self._key(_SNAPSHOT_STATE, name))
+        return True
+
+    async def _values(self, kind: str, names: list[str]) -> list[tuple[str, bytes]]:
+        found = await asyncio.gather(*(self._kv_get(self._key(kind, n)) for n in names))
+        return [(n, base64.b64decode(f[0]["p"])) for n, f in zip(names, found, strict=True)
+                if f is not None]
+
+    def list_resources(self, kind: str, prefix: str, page_size: int, page_token: str) -> Page:
+        after = _untoken(page_token) if page_token else ""
+        return self._run(self._list(self._key(kind, "x").rpartition(".")[0] + ".*", prefix,
+                                    after, kind, page_size))
+
+    def list_by_topic(self, kind: str, topic: str, page_size: int, page_token: str) -> Page:
+        after = _untoken(page_token) if page_token else ""
+        return self._run(self._list(self._link(kind, topic) + ".*", "", after, kind, page_size))
+
+    async def _list(self, pattern: str, prefix: str, after: str, kind: str,
+                    page_size: int) -> Page:
+        names = sorted(n for n in (_unb64(s.rpartition(".")[2])
+                                   for s in await self._subjects(pattern))
+                       if n.startswith(prefix) and n > after)
+        items: list[tuple[str, bytes]] = []
+        want = page_size + 1 if page_size else len(names)
+        while names and len(items) < want:  # a name may vanish between listing and reading
+            chunk, names = names[:want - len(items)], names[want - len(items):]
+            items.extend(await self._values(kind, chunk))
+        return _page(items, page_size)
+
+    # --- topics and subscriptions ------------------------------------------------------------
+    def _stream(self, topic: str) -> str:
+        return f"{self._NS}_T_{_hash(topic)}"
+
+    def _subject(self, topic: str) -> str:
+        return f"{self._ns}.msg.{_hash(topic)}"
+
+    def _consumer(self, subscription: str) -> str:
+        return f"C_{_hash(subscription)}"
+
+    async def _topic_stream(self, topic: str) -> str:
+        stream = self._stream(topic)
+        if stream not in self._streams:
+            info = await self._ensure_stream(
+                stream, [self._subject(topic)],
+                description=f"pubsub topic {topic}; id-prefix {random.randrange(1, 1 << 23)}",
+                max_age=_MAX_AGE_S * 10**9)
+            self._remember(stream, info)
+        return stream
+
+    def _remember(self, stream: str, info: Mapping[str, Any]) -> None:
+        description = info.get("config", {}).get("description", "")
+        self._streams[stream] = int(description.rpartition(" ")[2] or 0)
+
+    async def _prefix(self, stream: str) -> int:
+        if stream not in self._streams:
+            self._remember(stream, await self._api(f"STREAM.INFO.{stream}"))
+        return self._streams[stream]
+
+    async def _create_consumer(self, topic: str, subscription: str,
+                               start: Mapping[str, Any]) -> None:
+        stream = await self._topic_stream(topic)
+        consumer = self._consumer(subscription)
+        config = {"durable_name": consumer, "ack_policy": "explicit",
+                  "ack_wait": _ACK_WAIT_MS * 10**6, "max_deliver": -1,
+                  "max_ack_pending": 1_000_000, "max_waiting": 512, "replay_policy": "instant",
+                  "filter_subject": self._subject(topic),
+                  **{k: v for k, v in start.items() if k != "keep_origin"}}
+        info = await self._api(f"CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+                               {"stream_name": stream, "config": config})
+        if start.get("deliver_policy") == "new" and not start.get("keep_origin"):
+            # Where the subscription began: a seek never goes back beyond it (unless the topic
+            # retains messages), and retained acked messages are kept from there on.
+            await self._kv_put(self._key(_SUB_START, subscription),
+                               {"t": topic, "seq": info["delivered"]["stream_seq"] + 1, "p": ""},
+                               None)
+
+    async def _delete_consumer(self, topic: str, subscription: str) -> None:
+        try:
+            await self._api(f"CONSUMER.DELETE.{self._stream(topic)}.{self._consumer(subscription)}")
+        except NatsError as exc:
+            if exc.err_code not in (_STREAM_NOT_FOUND, _CONSUMER_NOT_FOUND):
+                raise
+
+    async def _sub_topic(self, subscription: str, fresh: bool = False) -> str:
+        """The subscription's topic link ("" when detached); KeyError if it does not exist."""
+        if fresh or subscription not in self._subs:
+            found = await self._kv_get(self._key(_SUBSCRIPTIONS, subscription))
+            if found is None:
+                self._subs.pop(subscription, None)
+                raise KeyError(subscription)
+            topic = found[0].get("t", "")
+            self._subs[subscription] = "" if topic in _DETACHED else topic
+        return self._subs[subscription]
+
+    async def _consumer_call(self, subscription: str,
+                             call: Callable[[str, str], Any], default: Any) -> Any:
+        """Run `call(stream, consumer)`; refresh the cached topic link once if it is gone."""
+        for fresh in (False, True):
+            topic = await self._sub_topic(subscription, fresh)
+            if not topic:
+                return default
+            try:
+                return await call(self._stream(topic), self._consumer(subscription))
+            except NatsError as exc:
+                if exc.err_code not in (_STREAM_NOT_FOUND, _CONSUMER_NOT_FOUND):
+                    raise
+        return default
+
+    # --- messages ---------------------------------------------------------------------------
+    def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                skip: Mapping[str, set[int]] | None = None,
+                ordering_keys: Sequence[str] | None = None, retain: bool = False) -> list[str]:
+        return self._run(self._publish(topic, messages, now_ms, skip or {}, ordering_keys))
+
+    async def _publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                       skip: Mapping[str, set[int]], ordering_keys: Sequence[str] | None
+                       ) -> list[str]:
+        try:
+            return await self._publish_once(topic, messages, now_ms, skip, ordering_keys)
+        except _NoStream:  # the stream went away (deleted by hand): create it again
+            self._streams.pop(self._stream(topic), None)
+            return await self._publish_once(topic, messages, now_ms, skip, ordering_keys)
+
+    async def _publish_once(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                            skip: Mapping[str, set[int]], ordering_keys: Sequence[str] | None
+                            ) -> list[str]:
+        stream = await self._topic_stream(topic)
+        subject = self._subject(topic)
+        stamp = timestamp_pb2.Timestamp(seconds=now_ms // 1000, nanos=(now_ms % 1000) * 1_000_000)
+        tail = _PubsubMessage(publish_time=stamp).SerializeToString()
+        skipped: dict[int, list[str]] = {}
+        for name, indexes in skip.items():
+            for index in indexes:
+                skipped.setdefault(index, []).append(self._consumer(name))
+        items = []
+        for index, raw in enumerate(messages):
+            headers = {_H_TIME: str(now_ms), _H_SIZE: str(len(raw))}
+            if ordering_keys and ordering_keys[index]:
+                headers[_H_KEY] = ordering_keys[index]
+            if index in skipped:
+                headers[_H_SKIP] = ",".join(skipped[index])
+            items.append((subject, raw + tail, headers))
+        acks = await self._publish_many(items)
+        if any("error" in a for a in acks):
+            raise NatsError(next(a["error"] for a in acks if "error" in a))
+        prefix = await self._prefix(stream)
+        await self._nc.publish(f"{self._ns}.wake.{_hash(topic)}",
+                               f"{self._origin}\n{topic}".encode())
+        return [str(prefix * _ID_SCALE + a["seq"]) for a in acks]
+
+    def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
+             max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
+        return self._run(self._consumer_call(
+            subscription, lambda s, c: self._pull(s, c, max_messages, lease_ms, now_ms,
+                                                  max_bytes, policy), []))
+
+    async def _fetch(self, stream: str, consumer: str, batch: int) -> list[Any]:
+        # A subscription per fetch: deliveries arrive under their own subject, not the inbox's.
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def put(msg: Any) -> None:
+            queue.put_nowait(msg)
+
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox, cb=put)
+        try:
+            await self._nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+                                   json.dumps({"batch": batch, "no_wait": True}).encode(),
+                                   reply=inbox)
+            got = []
+            while len(got) < batch:
+                msg = await asyncio.wait_for(queue.get(), 5.0)
+                status = (msg.headers or {}).get("Status")
+                if status == "100":
+                    continue  # flow control / heartbeat
+                if status:
+                    if status == "409" and "consumer deleted" in str(msg.headers).lower():
+                        raise NatsError({"err_code": _CONSUMER_NOT_FOUND, "description":
+                                         "consumer deleted"})
+                    if not got and status not in ("404", "408"):
+                        # 409 (no such consumer, ...) or 503 (no leader yet): ask, so the
+                        # right error is raised
+                        await self._api(f"CONSUMER.INFO.{stream}.{consumer}")
+                    break  # 404/408: nothing more now
+                got.append(msg)
+            return got
+        except TimeoutError:
+            await self._api(f"CONSUMER.INFO.{stream}.{consumer}")  # raises if it is gone
+            return []
+        finally:
+            await sub.unsubscribe()
+
+    async def _pull(self, stream: str, consumer: str, max_messages: int, lease_ms: int,
+                    now_ms: int, max_bytes: int, policy: DeliveryPolicy) -> list[Delivery]:
+        msgs = await self._fetch(stream, consumer, max_messages)
+        prefix = await self._prefix(stream)
+        deliveries: list[Delivery] = []
+        total = 0
+        retry = policy.retry
+        chosen = []
+        for msg in msgs:
+            headers = msg.headers or {}
+            ack = _Ack(msg.reply[len("$JS.ACK."):])
+            if consumer in headers.get(_H_SKIP, "").split(","):
+                await self._nc.publish(msg.reply, b"+TERM")  # its filter rejects it
+                continue
+            size = int(headers.get(_H_SIZE, len(msg.data)))
+            if max_bytes and chosen and total + size > max_bytes:
+                await self._nc.publish(msg.reply, b"-NAK")  # over the byte budget: back now
+                continue
+            total += size
+            chosen.append((msg, ack, size))
+        if policy.exactly_once and chosen:
+            chosen = await self._lease_current(chosen, now_ms + lease_ms)
+        for msg, ack, size in chosen:
+            delay = lease_ms + (retry.delay_ms(ack.delivered) if retry else 0)
+            if delay != _ACK_WAIT_MS:
+                await self._nc.publish(msg.reply, f'-NAK {{"delay": {delay * 10**6}}}'.encode())
+            message = msg.data + _PubsubMessage(
+                message_id=str(prefix * _ID_SCALE + ack.sseq)).SerializeToString()
+            deliveries.append(Delivery(msg.reply[len("$JS.ACK."):], message, ack.delivered, size))
+        return deliveries
+
+    def _parse(self, subscription: str, ack_ids: Sequence[str]) -> list[_Ack]:
+        consumer = self._consumer(subscription)
+        parsed = []
+        for ack_id in ack_ids:
+            ack = _Ack(ack_id)
+            if ack.consumer != consumer:
+                raise InvalidAckId(ack_id)
+            parsed.append(ack)
+        return parsed
+
+    # Exactly-once: each delivery's lease is a record `<ns>.lease.<consumer>.<sseq>` in the
+    # resource stream ({"d": delivery count, "until": ms} or {"acked": true}), changed only
+    # with compare-and-set on its subject sequence, so of two processes racing on a message
+    # (an ack at the deadline, a redelivery elsewhere) exactly one wins.
+    def _lease_key(self, ack: _Ack) -> str:
+        return f"{self._ns}.lease.{ack.consumer}.{ack.sseq}"
+
+    async def _lease_current(self, chosen: list[Any], until: int) -> list[Any]:
+        """Record the leases of fresh deliveries; drop those acked meanwhile."""
+        records = await asyncio.gather(*(self._kv_get(self._lease_key(a)) for _, a, _ in chosen))
+        writes, kept = [], []
+        for (msg, ack, size), record in zip(chosen, records, strict=True):
+            if record is not None and record[0].get("acked"):
+                await self._nc.publish(msg.reply, b"+ACK")  # acked by the previous lease
+                continue
+            writes.append((self._lease_key(ack),
+                           json.dumps({"d": ack.delivered, "until": until}).encode(),
+                           {"Nats-Expected-Last-Subject-Sequence":
+                            str(record[1] if record else 0)}))
+            kept.append((msg, ack, size))
+        results = await self._publish_many(writes)
+        # A failed compare-and-set: another process acked or leased it first; JetStream
+        # redelivers it later if it still needs to.
+        return [item for item, result in zip(kept, results, strict=True) if "error" not in result]
+
+    async def _settle(self, parsed: list[_Ack], ack_ids: Sequence[str], now_ms: int,
+                      value: Callable[[_Ack], dict[str, Any]]) -> tuple[list[_Ack], list[str]]:
+        """Under exactly-once: move current leases to `value`; the rest are stale."""
+        records = await asyncio.gather(*(self._kv_get(self._lease_key(a)) for a in parsed))
+        writes, candidates, stale = [], [], []
+        for ack_id, ack, record in zip(ack_ids, parsed, records, strict=True):
+            if (record is None or record[0].get("acked") or record[0].get("d") != ack.delivered
+                    or now_ms >= record[0].get("until", 0)):
+                stale.append(ack_id)
+                continue
+            writes.append((self._lease_key(ack), json.dumps(value(ack)).encode(),
+                           {"Nats-Expected-Last-Subject-Sequence": str(record[1])}))
+            candidates.append((ack_id, ack))
+        current = []
+        for (ack_id, ack), result in zip(candidates, await self._publish_many(writes),
+                                         strict=True):
+            if "error" in result:
+                stale.append(ack_id)
+            else:
+                current.append(ack)
+        return current, stale
+
+    def _targets(self, subscription: str, ack_ids: Sequence[str], policy: DeliveryPolicy
+                 ) -> tuple[list[_Ack], list[str], list[str]]:
+        """(parsed, their ids, refused ids): exactly-once refuses malformed ids, else raises."""
+        if not policy.exactly_once:
+            return self._parse(subscription, ack_ids), list(ack_ids), []
+        parsed, ids, bad = [], [], []
+        for ack_id in ack_ids:
+            try:
+                parsed += self._parse(subscription, [ack_id])
+                ids.append(ack_id)
+            except InvalidAckId:
+                bad.append(ack_id)
+        return parsed, ids, bad
+
+    def acknowledge(self, subscription: str, ack_ids: Sequence[str],
+                    policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
+        parsed, ids, bad = self._targets(subscription, ack_ids, policy)
+        return bad + self._run(self._acknowledge(parsed, ids, policy, now_ms))
+
+    async def _acknowledge(self, parsed: list[_Ack], ack_ids: Sequence[str],
+                           policy: DeliveryPolicy, now_ms: int) -> list[str]:
+        stale: list[str] = []
+        if policy.exactly_once:
+            parsed, stale = await self._settle(parsed, ack_ids, now_ms, lambda a: {"acked": True})
+        await self._send([(a.subject, b"+ACK") for a in parsed])
+        return stale
+
+    def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
+                        now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
+        parsed, ids, bad = self._targets(subscription, ack_ids, policy)
+        return bad + self._run(self._modify(parsed, ids, deadline_ms, now_ms, policy))
+
+    async def _modify(self, parsed: list[_Ack], ack_ids: Sequence[str], deadline_ms: int,
+                      now_ms: int, policy: DeliveryPolicy) -> list[str]:
+        stale: list[str] = []
+        if policy.exactly_once:
+            # a nack ends the lease (until = now); an extension moves it
+            parsed, stale = await self._settle(
+                parsed, ack_ids, now_ms,
+                lambda a: {"d": a.delivered, "until": now_ms + deadline_ms})
+        retry = policy.retry
+        sends = []
+        for ack in parsed:
+            delay = deadline_ms + (retry.delay_ms(ack.delivered) if retry else 0)
+            body = f'-NAK {{"delay": {delay * 10**6}}}' if delay else "-NAK"
+            sends.append((ack.subject, body.encode()))
+        await self._send(sends)
+        return stale
+
+    async def _send(self, sends: list[tuple[str, bytes]]) -> list[str]:
+        for subject, body in sends:
+            await self._nc.publish(subject, body)
+        await self._nc.flush()
+        return []
+
+    async def _info(self, stream: str, consumer: str) -> dict[str, Any]:
+        return await self._api(f"CONSUMER.INFO.{stream}.{consumer}")
+
+    def next_due_ms(self, subscription: str) -> int | None:
+        info = self._run(self._consumer_call(subscription, self._info, None))
+        if not info:
+            return None
+        now = int(time.time() * 1000)
+        if info.get("num_pending", 0) > 0:
+            return now
+        if info.get("num_ack_pending", 0) > 0:
+            return now + 1000  # leased or backing off: JetStream does not say until when
+        return None  # nothing stored: a publish (from any process) wakes the waiters
+
+    def backlog(self, subscription: str) -> int:
+        info = self._run(self._consumer_call(subscription, self._info, None))
+        return (info.get("num_pending", 0) + info.get("num_ack_pending", 0)) if info else 0
+
+    def purge(self, subscription: str) -> None:
+        self._run(self._restart(subscription, {"deliver_policy": "new", "keep_origin": True}))
+
+    async def _restart(self, subscription: str, start: Mapping[str, Any]) -> None:
+        topic = await self._sub_topic(subscription, fresh=True)
+        if not topic:
+            return
+        await self._delete_consumer(topic, subscription)
+        await self._create_consumer(topic, subscription, start)
+
+    async def _seq_at(self, stream: str, time_ms: int) -> int:
+        """The first stream sequence published at or after time_ms (last + 1 if none)."""
+        state = (await self._api(f"STREAM.INFO.{stream}"))["state"]
+        low, high = state["first_seq"], state["last_seq"] + 1
+        while low < high:
+            mid = (low + high) // 2
+            try:
+                resp = await self._api(f"STREAM.MSG.GET.{stream}", {"seq": mid})
+                message = resp["message"]
+                seq = message["seq"]
+                published = int(_parse_headers(base64.b64decode(message.get("hdrs") or b""))
+                                .get(_H_TIME, 0))
+            except NatsError:  # deleted: treat as early
+                seq, published = mid, -1
+            if published >= time_ms:
+                high = seq
+            else:
+                low = seq + 1
+        return low
+
+    def seek_to_time(self, subscription: str, time_ms: int, now_ms: int,
+                     policy: DeliveryPolicy = DEFAULT_POLICY, from_topic: bool = False) -> None:
+        self._run(self._seek_time(subscription, time_ms, policy, from_topic))
+
+    async def _seek_time(self, subscription: str, time_ms: int, policy: DeliveryPolicy,
+                         from_topic: bool) -> None:
+        topic = await self._sub_topic(subscription, fresh=True)
+        if not topic:
+            return
+        stream = await self._topic_stream(topic)
+        start = await self._seq_at(stream, time_ms)
+        if not from_topic:
+            start = max(start, await self._origin_seq(subscription))
+        if not (from_topic or policy.retain_acked):
+            # Without kept acks, what the subscription acknowledged below its ack floor stays
+            # acknowledged (acks above the floor are not known: those come again).
+            try:
+                info = await self._info(stream, self._consumer(subscription))
+                start = max(start, _needed_from(info))
+            except NatsError:
+                pass
+        await self._restart(subscription, {"deliver_policy": "by_start_sequence",
+                                           "opt_start_seq": start})
+
+    async def _origin_seq(self, subscription: str) -> int:
+        found = await self._kv_get(self._key(_SUB_START, subscription))
+        return int(found[0]["seq"]) if found else 0
+
+    def save_snapshot(self, snapshot: str, subscription: str) -> None:
+        self._run(self._save_snapshot(snapshot, subscription))
+
+    async def _save_snapshot(self, snapshot: str, subscription: str) -> None:
+        topic = await self._sub_topic(subscription, fresh=True)
+        floor = 0
+        if topic:
+            stream = await self._topic_stream(topic)
+            info = await self._info(stream, self._consumer(subscription))
+            floor = _needed_from(info) - 1
+        await self._kv_put(self._key(_SNAPSHOT_STATE, snapshot),
+                           {"t": topic, "floor": floor, "p": ""}, None)
+
+    def seek_to_snapshot(self, subscription: str, snapshot: str, now_ms: int) -> None:
+        self._run(self._seek_snapshot(subscription, snapshot))
+
+    async def _seek_snapshot(self, subscription: str, snapshot: str) -> None:
+        found = await self._kv_get(self._key(_SNAPSHOT_STATE, snapshot))
+        if found is None:
+            raise KeyError(snapshot)
+        await self._restart(subscription, {"deliver_policy": "by_start_sequence",
+                                           "opt_start_seq": found[0]["floor"] + 1})
+
+    def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
+        return self._run(self._sweep(now_ms, rules or RetentionRules()), 120)
+
+    async def _sweep(self, now_ms: int, rules: RetentionRules) -> int:
+        floors: dict[str, int] = {}
+        gone = 0
+        for subject in await self._subjects(self._key(_SNAPSHOT_STATE, "x").rpartition(".")[0]
+                                            + ".*"):
+            found = await self._kv_get(subject)
+            if found and found[0].get("t"):
+                stream = self._stream(found[0]["t"])
+                floors[stream] = min(floors.get(stream, 1 << 62), found[0]["floor"] + 1)
+        for name, retention_ms in rules.subscription_ms.items():
+            # retain_acked_messages: acked messages stay for the subscription's retention.
+            found = await self._kv_get(self._key(_SUBSCRIPTIONS, name))
+            if not found or found[0].get("t", "") in _DETACHED:
+                continue
+            try:
+                sub = _Subscription.FromString(base64.b64decode(found[0]["p"]))
+            except Exception:  # noqa: BLE001 - not a Subscription proto (contract tests)
+                sub = _Subscription()
+            if not sub.retain_acked_messages:
+                gone += await self._expire_backlog(name, found[0]["t"], now_ms - retention_ms)
+            else:
+                stream = self._stream(found[0]["t"])
+                try:
+                    keep = max(await self._seq_at(stream, now_ms - retention_ms),
+                               await self._origin_seq(name))
+                except NatsError:
+                    continue
+                floors[stream] = min(floors.get(stream, 1 << 62), keep)
+        retained = {self._stream(t): ms for t, ms in rules.topic_ms.items()}
+        offset = 0
+        needed: dict[str, int] = {}  # consumer -> first stream sequence it may deliver
+        while True:
+            resp = await self._api("STREAM.NAMES", {"offset": offset,
+                                                    "subject": f"{self._ns}.msg.*"})
+            names = resp.get("streams") or []
+            for stream in names:
+                gone += await self._sweep_stream(stream, floors.get(stream, 1 << 62),
+                                                 retained.get(stream), now_ms, needed)
+            offset += len(names)
+            if not names or offset >= resp.get("total", 0):
+                break
+        # exactly-once lease records of messages no consumer can deliver again
+        done = []
+        for subject in await self._subjects(f"{self._ns}.lease.>"):
+            _, _, consumer, sseq = subject.rsplit(".", 3)
+            if int(sseq) < needed.get(consumer, 1 << 62):
+                done.append(subject)
+        for start in range(0, len(done), 256):
+            await asyncio.gather(*(self._kv_delete(subject)
+                                   for subject in done[start:start + 256]))
+        return gone
+
+    async def _expire_backlog(self, subscription: str, topic: str, cutoff_ms: int) -> int:
+        """Drop the subscription's unacked messages published before the cutoff."""
+        stream, consumer = self._stream(topic), self._consumer(subscription)
+        try:
+            info = await self._info(stream, consumer)
+            if info.get("num_pending", 0) + info.get("num_ack_pending", 0) == 0:
+                return 0
+            oldest = _needed_from(info)
+            resp = await self._api(f"STREAM.MSG.GET.{stream}",
+                                   {"seq": oldest, "next_by_subj": self._subject(topic)})
+            hdrs = _parse_headers(base64.b64decode(resp["message"].get("hdrs") or b""))
+            if int(hdrs.get(_H_TIME, cutoff_ms)) >= cutoff_ms:
+                return 0
+            start = max(oldest, await self._seq_at(stream, cutoff_ms))
+        except NatsError:
+            return 0
+        # Restart the consumer past them (acks above its ack floor are forgotten: those
+        # messages come once more, as at-least-once allows).
+        log.info("%s: dropping unacked messages older than its retention", subscription)
+        await self._restart(subscription, {"deliver_policy": "by_start_sequence",
+                                           "opt_start_seq": start})
+        return 0
+
+    async def _sweep_stream(self, stream: str, low: int, retention_ms: int | None,
+                            now_ms: int, needed: dict[str, int]) -> int:
+        info = await self._api(f"STREAM.INFO.{stream}")
+        state = info["state"]
+        low = min(low, state["last_seq"] + 1)
+        offset = 0
+        while True:
+            resp = await self._api(f"CONSUMER.LIST.{stream}", {"offset": offset})
+            consumers = resp.get("consumers") or []
+            for consumer in consumers:
+                needed[consumer["name"]] = _needed_from(consumer)
+                low = min(low, _needed_from(consumer))
+            offset += len(consumers)
+            if not consumers or offset >= resp.get("total", 0):
+                break
+        if state.get("messages", 0) == 0:
+            return 0
+        if retention_ms is not None:  # the topic keeps what is younger than its retention
+            low = min(low, await self._seq_at(stream, now_ms - retention_ms))
+        if low <= state["first_seq"]:
+            return 0
+        resp = await self._api(f"STREAM.PURGE.{stream}", {"seq": low})
+        return int(resp.get("purged", 0))
+
+    # --- wake-ups across processes -----------------------------------------------------------
+    def set_listener(self, callback: Callable[[str], None]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = asyncio.get_event_loop()
+        first = self._listener is None
+        self._listener = callback
+
+        async def on_wake(msg: Any) -> None:
+            origin, _, topic = msg.data.decode().partition("\n")
+            if origin != self._origin and self._listener is not None:
+                try:
+                    loop.call_soon_threadsafe(self._listener, topic)
+                except RuntimeError:  # that loop is closed: nobody waits any more
+                    pass
+
+        if first:
+            async def subscribe() -> None:
+                await self._nc.subscribe(f"{self._ns}.wake.*", cb=on_wake)
+                await self._nc.flush()
+
+            self._run(subscribe())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._nc.close(), 10)
+        except Exception:  # noqa: BLE001 - closing anyway
+            log.debug("closing the NATS connection failed", exc_info=True)
+        self._stop_loop()
