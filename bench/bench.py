@@ -597,6 +597,8 @@ def main() -> None:
     ap.add_argument("--skip-reference", action="store_true",
                     help="do not run Google's reference emulator")
     ap.add_argument("--skip-in-memory", action="store_true", help="no --in-memory column")
+    ap.add_argument("--skip-nats", action="store_true",
+                    help="no column for the NATS JetStream backend (--store nats://)")
     ap.add_argument("--repeat", type=int, default=None,
                     help="repetitions per workload, median reported (default 3; --quick 1)")
     ap.add_argument("--rate", type=float, default=200.0, help="latency workload msgs/s")
@@ -633,6 +635,11 @@ def main() -> None:
     columns: list[tuple[str, str]] = [("ours", "ours (one port)"), ("ours_g", "ours (gRPC port)")]
     if not args.skip_in_memory:
         columns.append(("mem", "ours in-memory"))
+    nats_bin = None if args.skip_nats else (
+        shutil.which("nats-server") or
+        ("/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None))
+    if nats_bin:
+        columns.append(("nats", "ours on NATS"))
     if ref_bin:
         columns.append(("ref", "reference"))
     grpc_only = {"ours_g", "mem"}
@@ -716,7 +723,29 @@ def main() -> None:
                                             str(d / "data"), "--log-level", "warning"],
                          port, "/healthz", str(d))
             serve(mem, [("mem", f"127.0.0.1:{port}", ("grpc",))])
-        # 3. Google's reference emulator (Java; serves gRPC and REST on one port)
+        # 3. ours on the NATS JetStream backend (a nats-server of its own)
+        if nats_bin:
+            nport, mport = free_port(), free_port()
+            d = Path(tmp, "nats")
+            (d / "server").mkdir(parents=True)
+            (d / "emulator").mkdir()
+            nats = Server("nats-server", [nats_bin, "-a", "127.0.0.1", "-p", str(nport), "-js",
+                                          "-sd", str(d / "js"), "-m", str(mport)],
+                          mport, "/healthz", str(d / "server"))
+            try:
+                nats.start()
+                port = free_port()
+                on_nats = Server("ours-on-nats", [emu, "start", "--host", "127.0.0.1", "--port",
+                                                  str(port), "--store",
+                                                  f"nats://127.0.0.1:{nport}",
+                                                  "--log-level", "warning"],
+                                 port, "/healthz", str(d / "emulator"))
+                serve(on_nats, [("nats", f"127.0.0.1:{port}", ("grpc", "rest"))])
+            except Exception as e:  # noqa: BLE001
+                problems.append(f"nats-server: {e}")
+            finally:
+                nats.stop()
+        # 4. Google's reference emulator (Java; serves gRPC and REST on one port)
         if ref_bin:
             port = free_port()
             d = Path(tmp, "ref")
