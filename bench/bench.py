@@ -43,6 +43,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -851,7 +852,58 @@ def main() -> None:
         for p in problems:
             print(f"  - {p}")
     print()
+    if nats_bin:
+        scaling_on_nats(nats_bin, n, args.size, args.timeout)
     print(f"# total bench time {time.monotonic() - started:.0f}s")
+
+
+def scaling_on_nats(nats_bin: str, n: int, size: int, timeout: float) -> None:
+    """Aggregate gRPC throughput with 1 and with 3 emulator processes sharing one nats-server,
+    each process driven by its own client process (n messages in all, split evenly)."""
+    emu = str(VENV_BIN / "pubsub-emulator")
+    print("\n# Scaling on the NATS backend: K emulator processes on one nats-server, one client "
+          "process per emulator, gRPC, all on the same cores", flush=True)
+    print("| emulator processes | publish (msgs/s, all clients) | receive+ack (msgs/s) |")
+    print("|---|---|---|")
+    for k in (1, 3):
+        with tempfile.TemporaryDirectory(prefix="pubsub-scale-") as tmp:
+            nport, mport = free_port(), free_port()
+            Path(tmp, "nats").mkdir()
+            nats = Server("nats-server", [nats_bin, "-a", "127.0.0.1", "-p", str(nport), "-js",
+                                          "-sd", str(Path(tmp, "js")), "-m", str(mport)],
+                          mport, "/healthz", str(Path(tmp, "nats")))
+            emulators: list[Server] = []
+            try:
+                nats.start()
+                for i in range(k):
+                    port = free_port()
+                    Path(tmp, f"e{i}").mkdir()
+                    emulators.append(Server(f"ours-nats-{i}", [
+                        emu, "start", "--host", "127.0.0.1", "--port", str(port), "--store",
+                        f"nats://127.0.0.1:{nport}", "--log-level", "warning"],
+                        port, "/healthz", str(Path(tmp, f"e{i}"))))
+                    emulators[-1].start()
+                cells = []
+                for workload in ("publish", "receive"):
+                    specs = [{"kind": workload, "host": f"127.0.0.1:{e.port}",
+                              "transport": "grpc", "n": n // k, "size": size,
+                              "timeout": timeout} for e in emulators]
+                    with ThreadPoolExecutor(k) as pool:  # the clients run at the same time
+                        results = list(pool.map(run_worker, specs, [timeout + 30] * k))
+                    errors = [r.get("error") for r in results if r.get("error")]
+                    seconds = [r.get("seconds") or (n // k) / r["rate"] for r in results
+                               if r.get("rate")]
+                    if errors or len(seconds) != k:
+                        cells.append(f"error: {errors[:1]}")
+                    else:
+                        cells.append(f"{(n // k) * k / max(seconds):,.0f}")
+                print(f"| {k} | {cells[0]} | {cells[1]} |", flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"| {k} | error: {e} | |", flush=True)
+            finally:
+                for server in emulators:
+                    server.stop()
+                nats.stop()
 
 
 def _pubsub_version() -> str:
