@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -133,15 +132,6 @@ def _ordered_publisher(host):
         publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True))
 
 
-# Per-key ordering is not on the NATS backend yet (docs/nats.md): holding a key back and
-# redelivering in order must fail there until it is (strict: the day it works is noticed).
-# Without nacks JetStream's stream order already keeps each key in order, so the streaming test
-# below passes there too.
-NOT_ON_NATS = pytest.mark.xfail(os.environ.get("PUBSUB_TEST_STORE") == "nats", strict=True,
-                                reason="per-key ordering is not on the NATS backend yet")
-
-
-@NOT_ON_NATS
 def test_ordering_key_waits_for_earlier_and_nack_redelivers_in_order(clients):
     publisher, subscriber = clients
     topic = publisher.create_topic(name=f"projects/{P}/topics/{unique('t')}").name

@@ -223,6 +223,88 @@ def test_other_process_publish_wakes_the_listener(open_store, store):
         loop.close()
 
 
+def test_ordering_keys_hold_across_two_processes(open_store, store):
+    from pubsub_emulator._store import DeliveryPolicy
+
+    ordered = DeliveryPolicy(ordered=True)
+    other = open_store()  # a second process: it shares nothing with `store` but the server
+    store.publish(T, [msg(b"a1"), msg(b"a2"), msg(b"b1"), msg(b"a3"), msg(b"n1")], 0,
+                  ordering_keys=["a", "a", "b", "a", ""])
+    [a1] = store.pull(S, 1, 60_000, 0, policy=ordered)
+    assert data_of(a1) == b"a1"
+    # a1 is leased by the first process: the second gets b1 and n1, never a2 or a3
+    assert [data_of(d) for d in other.pull(S, 10, 60_000, 0, policy=ordered)] == [b"b1", b"n1"]
+    assert other.pull(S, 10, 60_000, 0, policy=ordered) == []
+    other.acknowledge(S, [a1.ack_id], ordered)  # acked on the second process
+    got = _pull_until(store, S, 2, 60_000, ordered, timeout=10)
+    assert [data_of(d) for d in got] == [b"a2", b"a3"]
+    assert [d.delivery_attempt for d in got] == [1, 1]  # being held back is not an attempt
+    # a nack on the second process brings a3 back with a2, in order, to either process
+    other.modify_deadline(S, [got[0].ack_id], 0, 0, ordered)
+    again = _pull_until(store, S, 2, 1_000, ordered, timeout=10)
+    assert [data_of(d) for d in again] == [b"a2", b"a3"]
+    assert [d.delivery_attempt for d in again] == [2, 2]
+    # a2's lease (1 s) runs out while a3's is extended: a3 comes again after a2
+    other.modify_deadline(S, [again[1].ack_id], 60_000, 0, ordered)
+    [a2] = _pull_until(other, S, 1, 60_000, ordered, timeout=10)
+    assert data_of(a2) == b"a2" and a2.delivery_attempt == 3
+    assert store.pull(S, 10, 60_000, 0, policy=ordered) == []
+    store.acknowledge(S, [a2.ack_id], ordered)
+    [a3] = _pull_until(other, S, 1, 60_000, ordered, timeout=10)
+    assert data_of(a3) == b"a3" and a3.delivery_attempt == 3
+    store.acknowledge(S, [a3.ack_id], ordered)
+
+
+def test_ordering_keys_under_concurrent_pulls_on_two_processes(open_store, store):
+    import random
+
+    from pubsub_emulator._store import DeliveryPolicy
+
+    ordered = DeliveryPolicy(ordered=True)
+    keys, count = ("k1", "k2", "k3"), 15
+    for i in range(count):  # (several publishes: pulls race with them too)
+        store.publish(T, [msg(f"{k}:{i}".encode()) for k in keys], 0, ordering_keys=list(keys))
+    acked: dict[str, list[int]] = {k: [] for k in keys}
+    first_attempts: dict[bytes, int] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    stop = time.monotonic() + 60
+
+    def work(s, seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            while time.monotonic() < stop and sum(map(len, acked.values())) < len(keys) * count:
+                batch = s.pull(S, rnd.randint(1, 4), 30_000, 0, policy=ordered)
+                nacked: set[str] = set()
+                for d in batch:
+                    key, index = data_of(d).decode().split(":")
+                    with lock:
+                        first_attempts.setdefault(data_of(d), d.delivery_attempt)
+                    if key in nacked:
+                        continue  # comes again after the nacked one
+                    if rnd.random() < 0.2:
+                        nacked.add(key)
+                        s.modify_deadline(S, [d.ack_id], 0, 0, ordered)
+                        continue
+                    with lock:  # (noted before the ack: the next one can follow at once)
+                        acked[key].append(int(index))
+                    s.acknowledge(S, [d.ack_id], ordered)
+                time.sleep(0.01 if batch else 0.05)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s, n))
+               for n, s in enumerate((store, open_store(), open_store(), open_store()))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert not errors, errors
+    for key in keys:
+        assert acked[key] == list(range(count)), (key, acked[key])
+    assert set(first_attempts.values()) == {1}, first_attempts
+
+
 # --- the emulator on NATS ----------------------------------------------------------------------
 def _emulator(nats_url: str, *extra: str) -> EmulatorProcess:
     return EmulatorProcess(extra_args=["--store", nats_url, *extra])
@@ -311,6 +393,42 @@ def test_two_emulators_share_one_nats_server(nats_server):
         waiter.join(30)
         assert result and result[0].received_messages[0].message.data == b"wake"
         assert time.monotonic() - started < 5
+        for client in (sub1, sub2):
+            client.close()
+
+
+def test_two_emulators_keep_ordering_keys(nats_server):
+    with _emulator(nats_server.url) as one, _emulator(nats_server.url) as two:
+        pub1, sub1 = make_clients(one.host, "grpc")
+        _, sub2 = make_clients(two.host, "grpc")
+        topic = pub1.topic_path("p", unique("t"))
+        sub = sub1.subscription_path("p", unique("s"))
+        pub1.create_topic(name=topic)
+        sub1.create_subscription(request={"name": sub, "topic": topic,
+                                          "enable_message_ordering": True})
+        pub1.api.publish(topic=topic, messages=[
+            {"data": b"a1", "ordering_key": "a"}, {"data": b"a2", "ordering_key": "a"},
+            {"data": b"b1", "ordering_key": "b"}, {"data": b"a3", "ordering_key": "a"}])
+
+        def pull(client, n=10):
+            return client.pull(subscription=sub, max_messages=n,
+                               return_immediately=True).received_messages
+
+        [a1] = wait_for(lambda: pull(sub1, 1), timeout=15, message="a1 on process one")
+        assert a1.message.data == b"a1"
+        # a1 is leased through process one: process two hands out b1 only
+        [b1] = wait_for(lambda: pull(sub2), timeout=15, message="b1 on process two")
+        assert b1.message.data == b"b1"
+        assert pull(sub2) == [] and pull(sub1) == []
+        sub2.acknowledge(subscription=sub, ack_ids=[a1.ack_id, b1.ack_id])
+        later = wait_for(lambda: pull(sub2), timeout=15, message="a2 and a3 after a1's ack")
+        assert [m.message.data for m in later] == [b"a2", b"a3"]
+        # a nack through process one brings a3 back with a2, in order
+        sub1.modify_ack_deadline(subscription=sub, ack_ids=[later[0].ack_id],
+                                 ack_deadline_seconds=0)
+        again = wait_for(lambda: pull(sub1), timeout=15, message="the redelivery")
+        assert [m.message.data for m in again] == [b"a2", b"a3"]
+        sub2.acknowledge(subscription=sub, ack_ids=[m.ack_id for m in again])
         for client in (sub1, sub2):
             client.close()
 

@@ -55,8 +55,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "test_retry_policy_delays_redelivery": _VIRTUAL_CLOCK,
         "test_sweep_reclaims_only_unneeded_messages": _VIRTUAL_CLOCK,
         "test_durable_across_reopen": _VIRTUAL_CLOCK,
-        "test_ordering_keys_keep_publish_order_through_redelivery":
-            "not yet on NATS: per-key ordering is not native on JetStream 2.9",
     },
 }
 

@@ -12,6 +12,8 @@ Layout (everything under a namespace, "pubsub" unless told otherwise):
 - a subscription is a durable pull consumer `C_<hash>` (deliver new, explicit ack, max_deliver -1);
   the lease of a delivery is set with `-NAK {"delay": ...}` (see docs: engines.md).
 - an ack id is the delivery's reply subject (without `$JS.ACK.`): any process can ack it.
+- per-key ordering (not native on 2.9): a record per ordered subscription in stream
+  `<NS>_OKEY`, changed by compare-and-set (see `_order`; docs/nats.md).
 - every publish also sends a core-NATS notification `<ns>.wake.<hash>` that other processes turn
   into wake-ups of their waiting pulls (set_listener).
 
@@ -56,6 +58,7 @@ _SNAPSHOT_STATE = "_snapshot-state"  # internal kind: a snapshot's recorded posi
 _SUB_START = "_subscription-start"  # internal kind: a subscription's first stream sequence
 _DETACHED = ("", "_deleted-topic_")
 _ACK_WAIT_MS = 10_000
+_PARK_MS = 30_000  # how long a message held back behind its ordering key waits at most
 _MAX_AGE_S = 31 * 24 * 3600  # the longest retention Pub/Sub allows
 _ID_SCALE = 10**12
 _TIMEOUT = 30.0
@@ -147,10 +150,27 @@ class _Ack:
         self.subject = "$JS.ACK." + ack_id
 
 
+def _entry(entries: list[list[Any]], seq: int, create: bool = True) -> list[Any] | None:
+    """The ordering entry of `seq` in a key's entries (sorted by sseq), added if `create`."""
+    at = 0
+    for at, entry in enumerate(entries):  # noqa: B007 - `at` is used after the loop
+        if entry[0] == seq:
+            return entry
+        if entry[0] > seq:
+            break
+    else:
+        at = len(entries)
+    if not create:
+        return None
+    entry = [seq, "", 0, "G", 0]
+    entries.insert(at, entry)
+    return entry
+
+
 class NatsStore(Store):
     """All state in NATS JetStream, shared by every emulator process using the same servers."""
 
-    ordered_delivery = False  # JetStream 2.9 has no per-key ordering (docs/nats.md)
+    ordered_delivery = True  # not native on JetStream 2.9: a record per subscription
 
     def __init__(self, servers: Sequence[str], replicas: int = 1, namespace: str = "pubsub",
                  connect_timeout: float = 10.0) -> None:
@@ -196,6 +216,8 @@ class NatsStore(Store):
         await self._nc.subscribe(self._inbox + ".*", cb=self._on_reply)
         await self._ensure_stream(f"{self._NS}_RES", [f"{self._ns}.res.>", f"{self._ns}.link.>",
                                                        f"{self._ns}.lease.>"],
+                                  max_msgs_per_subject=1)
+        await self._ensure_stream(f"{self._NS}_OKEY", [f"{self._ns}.okey.>"],
                                   max_msgs_per_subject=1)
 
     async def _on_reply(self, msg: Any) -> None:
@@ -268,9 +290,10 @@ class NatsStore(Store):
         base = f"{self._ns}.link.{_b64(kind)}.{_b64(topic)}"
         return f"{base}.{_b64(name)}" if name else base
 
-    async def _kv_get(self, subject: str) -> tuple[dict[str, Any], int] | None:
+    async def _kv_get(self, subject: str, table: str = "RES") -> tuple[dict[str, Any], int] | None:
         try:
-            resp = await self._api(f"STREAM.MSG.GET.{self._NS}_RES", {"last_by_subj": subject})
+            resp = await self._api(f"STREAM.MSG.GET.{self._NS}_{table}",
+                                   {"last_by_subj": subject})
         except NatsError as exc:
             if exc.err_code == _NO_MESSAGE or exc.code == 404:
                 return None
@@ -288,8 +311,8 @@ class NatsStore(Store):
             raise NatsError(ack["error"])
         return True
 
-    async def _kv_delete(self, subject: str) -> bool:
-        resp = await self._api(f"STREAM.PURGE.{self._NS}_RES", {"filter": subject})
+    async def _kv_delete(self, subject: str, table: str = "RES") -> bool:
+        resp = await self._api(f"STREAM.PURGE.{self._NS}_{table}", {"filter": subject})
         return resp.get("purged", 0) > 0
 
     async def _subjects(self, pattern: str) -> list[str]:
@@ -438,6 +461,7 @@ class NatsStore(Store):
                                None)
 
     async def _delete_consumer(self, topic: str, subscription: str) -> None:
+        await self._kv_delete(self._order_key(self._consumer(subscription)), "OKEY")
         try:
             await self._api(f"CONSUMER.DELETE.{self._stream(topic)}.{self._consumer(subscription)}")
         except NatsError as exc:
@@ -560,7 +584,7 @@ class NatsStore(Store):
         deliveries: list[Delivery] = []
         total = 0
         retry = policy.retry
-        chosen = []
+        chosen, over = [], []
         for msg in msgs:
             headers = msg.headers or {}
             ack = _Ack(msg.reply[len("$JS.ACK."):])
@@ -569,20 +593,197 @@ class NatsStore(Store):
                 continue
             size = int(headers.get(_H_SIZE, len(msg.data)))
             if max_bytes and chosen and total + size > max_bytes:
-                await self._nc.publish(msg.reply, b"-NAK")  # over the byte budget: back now
+                if policy.ordered:
+                    over.append((msg, ack, size))  # (sent back once recorded)
+                else:
+                    await self._nc.publish(msg.reply, b"-NAK")  # over the byte budget: back now
                 continue
             total += size
             chosen.append((msg, ack, size))
+        attempts: dict[int, int] = {}  # stream sequence -> delivery attempt, when not `delivered`
+        if policy.ordered and (chosen or over):
+            chosen = await self._order(stream, consumer, chosen, over, attempts)
         if policy.exactly_once and chosen:
             chosen = await self._lease_current(chosen, now_ms + lease_ms)
         for msg, ack, size in chosen:
-            delay = lease_ms + (retry.delay_ms(ack.delivered) if retry else 0)
+            attempt = attempts.get(ack.sseq, ack.delivered)
+            delay = lease_ms + (retry.delay_ms(attempt) if retry else 0)
             if delay != _ACK_WAIT_MS:
                 await self._nc.publish(msg.reply, f'-NAK {{"delay": {delay * 10**6}}}'.encode())
             message = msg.data + _PubsubMessage(
                 message_id=str(prefix * _ID_SCALE + ack.sseq)).SerializeToString()
-            deliveries.append(Delivery(msg.reply[len("$JS.ACK."):], message, ack.delivered, size))
+            deliveries.append(Delivery(msg.reply[len("$JS.ACK."):], message, attempt, size))
         return deliveries
+
+    # Per-key ordering: one record per ordered subscription, `<ns>.okey.<consumer>` in the
+    # OKEY stream, changed only by compare-and-set (so every process sees one history):
+    #   {"c": the consumer's creation time (a record of an older consumer is void),
+    #    "hi": every keyed message up to this stream sequence that is not acked has an entry,
+    #    "k": {ordering key: [[sseq, reply subject, holds, state, delivered], ...] by sseq}}
+    # An entry is a fetched (or seen) message of the key that is not acked; state is
+    # L leased, W waiting for its redelivery (nacked, over a byte budget), P parked (held back
+    # behind an earlier message of its key, sent back with a long delay), G seen by another
+    # process's pull that has not recorded it yet. A keyed message is delivered only when every
+    # earlier entry of its key is delivered in the same pull, else it is parked; an ack of a
+    # key's message sends the parked ones at the front of the key back at once, a nack sends the
+    # key's later leased and parked messages back with it, in order. A park is not a delivery
+    # attempt: `holds` counts them and the attempt reported is delivered - holds.
+    def _order_key(self, consumer: str) -> str:
+        return f"{self._ns}.okey.{consumer}"
+
+    async def _key_of(self, stream: str, consumer: str, seq: int) -> str:
+        """The ordering key of a stored message ("" if none, gone, or skipped by the consumer)."""
+        try:
+            resp = await self._api(f"STREAM.MSG.GET.{stream}", {"seq": seq})
+        except NatsError:
+            return ""
+        headers = _parse_headers(base64.b64decode(resp["message"].get("hdrs") or b""))
+        if consumer in headers.get(_H_SKIP, "").split(","):
+            return ""
+        return headers.get(_H_KEY, "")
+
+    async def _order(self, stream: str, consumer: str, chosen: list[Any], over: list[Any],
+                     attempts: dict[int, int]) -> list[Any]:
+        """Of a pull's messages, those per-key ordering lets out now (the rest go back)."""
+        subject = self._order_key(consumer)
+        batch = {ack.sseq: (msg, ack, size, (msg.headers or {}).get(_H_KEY, ""), False)
+                 for msg, ack, size in chosen}
+        batch.update({ack.sseq: (msg, ack, size, (msg.headers or {}).get(_H_KEY, ""), True)
+                      for msg, ack, size in over})
+        top = max(batch)
+        looked: dict[int, str] = {}
+        park = f'-NAK {{"delay": {_PARK_MS * 10**6}}}'.encode()
+        while True:
+            found, info = await asyncio.gather(self._kv_get(subject, "OKEY"),
+                                               self._info(stream, consumer))
+            created = str(info.get("created", ""))
+            if found is None or found[0].get("c") != created:
+                record: dict[str, Any] = {"c": created, "k": {},
+                                          "hi": int(info["ack_floor"]["stream_seq"])}
+                last = found[1] if found else 0
+            else:
+                record, last = found
+            hi = record["hi"]
+            keys: dict[str, list[list[Any]]] = record["k"]
+            # Messages between what the record covers and this pull's went to other pulls
+            # (maybe not recorded yet): their keys are read from the stream.
+            gap = [seq for seq in range(hi + 1, top) if seq not in batch and seq not in looked]
+            for start in range(0, len(gap), 256):
+                chunk = gap[start:start + 256]
+                found_keys = await asyncio.gather(*(self._key_of(stream, consumer, seq)
+                                                    for seq in chunk))
+                looked.update(zip(chunk, found_keys, strict=True))
+            for seq in range(hi + 1, top):
+                if seq not in batch and looked.get(seq):
+                    _entry(keys.setdefault(looked[seq], []), seq)
+            deliver, sends, delivering = [], [], set()
+            for seq in sorted(batch):
+                msg, ack, size, key, is_over = batch[seq]
+                if not key:
+                    if is_over:
+                        sends.append((msg.reply, b"-NAK"))
+                    else:
+                        deliver.append((msg, ack, size))
+                    continue
+                entries = keys.setdefault(key, [])
+                entry = _entry(entries, seq, create=seq > hi)
+                if entry is None:  # covered by the record and without entry: acked
+                    sends.append((msg.reply, b"+ACK"))
+                    continue
+                previous = entry[3]
+                entry[1], entry[4] = msg.reply, ack.delivered
+                if is_over or any(e[0] not in delivering for e in entries if e[0] < seq):
+                    entry[2] += 1  # fetched, not delivered: not an attempt
+                    entry[3] = "W" if is_over else "P"
+                    sends.append((msg.reply, b"-NAK" if is_over else park))
+                    continue
+                entry[3] = "L"
+                delivering.add(seq)
+                attempts[seq] = max(1, ack.delivered - entry[2])
+                deliver.append((msg, ack, size))
+                if previous == "L":
+                    # Its lease ran out: the key's later leased messages come again after it.
+                    for later in entries:
+                        if later[0] > seq and later[3] == "L" and later[0] not in batch:
+                            later[3] = "P"
+                            sends.append((later[1], park))
+            record["hi"] = max(hi, top)
+            record["k"] = {k: v for k, v in keys.items() if v}
+            if await self._kv_put(subject, record, last):
+                await self._send(sends)
+                parked = {(r, body) for r, body in sends if body == park}
+                if parked:
+                    await self._unpark_released(subject, {r for r, _ in parked})
+                return deliver
+            attempts.clear()
+
+    async def _unpark_released(self, subject: str, replies: set[str]) -> None:
+        """Send back at once what was released while this process was parking it.
+
+        A release (after the earlier message's ack) may reach the server before the park it
+        undoes; the park was processed before this read, so what the read shows released (state
+        W, not fetched again since) is sent back once more, after the park.
+        """
+        found = await self._kv_get(subject, "OKEY")
+        if found is None:
+            return
+        again = [(e[1], b"-NAK") for entries in found[0]["k"].values() for e in entries
+                 if e[3] == "W" and e[1] in replies]
+        await self._send(again)
+
+    async def _order_settle(self, parsed: list[_Ack], nack: Callable[[_Ack, int], bytes] | None
+                            ) -> dict[int, list[tuple[str, bytes]]]:
+        """Record acks (nack None) or nacks of ordered messages; returns the sends by sseq.
+
+        An ack drops the message's entry and sends back the parked messages at the front of its
+        key; a nack (`nack(ack, attempt)` gives its body) marks it waiting and sends the key's
+        later leased or parked messages back with the same body, to come again after it.
+        """
+        by_consumer: dict[str, list[_Ack]] = {}
+        for ack in parsed:
+            by_consumer.setdefault(ack.consumer, []).append(ack)
+        result: dict[int, list[tuple[str, bytes]]] = {}
+        for consumer, acks in by_consumer.items():
+            subject = self._order_key(consumer)
+            while True:
+                found = await self._kv_get(subject, "OKEY")
+                sends: dict[int, list[tuple[str, bytes]]] = {}
+                changed = False
+                keys: dict[str, list[list[Any]]] = found[0]["k"] if found else {}
+                where = {e[0]: (k, e) for k, entries in keys.items() for e in entries}
+                for ack in acks:
+                    key, entry = where.get(ack.sseq, ("", None))
+                    if nack is None:
+                        sends.setdefault(ack.sseq, []).append((ack.subject, b"+ACK"))
+                        if entry is None:
+                            continue
+                        entries = keys[key]
+                        entries.remove(entry)
+                        changed = True
+                        for later in entries:
+                            if later[3] != "P":
+                                break
+                            later[3] = "W"
+                            sends.setdefault(later[0], [(later[1], b"-NAK")])
+                        continue
+                    attempt = ack.delivered - (entry[2] if entry else 0)
+                    body = nack(ack, attempt)
+                    sends[ack.sseq] = [(ack.subject, body)]
+                    if entry is None:
+                        continue
+                    entry[3] = "W"
+                    changed = True
+                    for later in keys[key]:
+                        if later[0] > ack.sseq and later[3] in ("L", "P"):
+                            later[3] = "W"
+                            sends.setdefault(later[0], [(later[1], body)])
+                if not changed or await self._kv_put(
+                        subject, {**found[0], "k": {k: v for k, v in keys.items() if v}},
+                        found[1]):
+                    for seq, items in sends.items():
+                        result.setdefault(seq, []).extend(items)
+                    break
+        return result
 
     def _parse(self, subscription: str, ack_ids: Sequence[str]) -> list[_Ack]:
         consumer = self._consumer(subscription)
@@ -665,7 +866,9 @@ class NatsStore(Store):
         stale: list[str] = []
         if policy.exactly_once:
             parsed, stale = await self._settle(parsed, ack_ids, now_ms, lambda a: {"acked": True})
-        await self._send([(a.subject, b"+ACK") for a in parsed])
+        # (whatever the policy says: a subscription's ordering record, if any, is kept current)
+        sends = await self._order_settle(parsed, None)
+        await self._send([item for seq in sorted(sends) for item in sends[seq]])
         return stale
 
     def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
@@ -682,6 +885,14 @@ class NatsStore(Store):
                 parsed, ack_ids, now_ms,
                 lambda a: {"d": a.delivered, "until": now_ms + deadline_ms})
         retry = policy.retry
+        if deadline_ms == 0:  # a nack: through the ordering record (if any), as an ack
+            def body(ack: _Ack, attempt: int) -> bytes:
+                delay = retry.delay_ms(attempt) if retry else 0
+                return f'-NAK {{"delay": {delay * 10**6}}}'.encode() if delay else b"-NAK"
+
+            by_seq = await self._order_settle(parsed, body)
+            await self._send([item for seq in sorted(by_seq) for item in by_seq[seq]])
+            return stale
         sends = []
         for ack in parsed:
             delay = deadline_ms + (retry.delay_ms(ack.delivered) if retry else 0)
