@@ -227,3 +227,31 @@ def test_snapshot_restores_messages_acked_after_it_and_expires(env):
     restored, expired = run(scenario())
     assert restored == [b"after"]
     assert expired
+
+
+def test_expiration_sees_activity_through_another_process_on_the_same_store(env):
+    """Two emulator processes sharing a store (as on NATS): use through one keeps the
+    subscription alive in the other's sweeper."""
+    service, clock = env
+    other = PubSubService(service.store, clock=clock)
+
+    async def scenario():
+        await service.create_topic(req("Topic", name=T))
+        await service.create_subscription(req(
+            "Subscription", name=S, topic=T, expiration_policy={"ttl": {"seconds": 86400}}))
+        await service.sweep()  # the sweeping process has seen the subscription from the start
+        clock.now += DAY // 2
+        await pull(other, S)  # used only through the other process
+        clock.now += DAY // 2 + 1
+        await service.sweep()
+        alive = await service.get_subscription(req("GetSubscriptionRequest", subscription=S))
+        clock.now += DAY + 1  # now idle everywhere beyond its ttl
+        await service.sweep()
+        try:
+            await service.get_subscription(req("GetSubscriptionRequest", subscription=S))
+            return alive.name, False
+        except ApiError as exc:
+            return alive.name, exc.status is Status.NOT_FOUND
+
+    name, expired_later = run(scenario())
+    assert name == S and expired_later

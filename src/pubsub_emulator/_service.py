@@ -43,6 +43,11 @@ PubsubMessage = t.PubsubMessage.pb()
 ReceivedMessage = t.ReceivedMessage.pb()
 
 TOPICS, SUBSCRIPTIONS, SNAPSHOTS = "topics", "subscriptions", "snapshots"
+# When a subscription was last used, kept in the store so that every emulator process sharing
+# it (NATS) sees activity on the others before expiring a subscription; written at most once a
+# minute per subscription and process.
+ACTIVITY = "activity"
+ACTIVITY_WRITE_EVERY_MS = 60_000
 
 # Fields UpdateTopic/UpdateSubscription/UpdateSnapshot may change (Google's update_mask paths).
 _TOPIC_MUTABLE = {"labels", "message_storage_policy", "kms_key_name", "schema_settings",
@@ -192,8 +197,9 @@ class PubSubService:
         self.store = store
         self.clock = clock
         store.set_listener(lambda topic: self._wake_all())  # publishes by other processes
-        # When each subscription was last used (expiration_policy), since this process started.
+        # When each subscription was last used here (expiration_policy), and last recorded.
         self._last_active: dict[str, int] = {}
+        self._activity_written: dict[str, int] = {}
         self._streams: dict[str, set[_Stream]] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
         # Called with a subscription's name whenever it is created, changed or deleted (the
@@ -504,6 +510,9 @@ class PubSubService:
         rn = names.subscription(request.subscription)
         if not self.store.delete_resource(SUBSCRIPTIONS, request.subscription):
             raise not_found(rn.id)
+        self.store.delete_resource(ACTIVITY, request.subscription)
+        self._last_active.pop(request.subscription, None)
+        self._activity_written.pop(request.subscription, None)
         self._wake(request.subscription)
         self._changed(request.subscription)
         log.info("deleted subscription %s", request.subscription)
@@ -531,6 +540,22 @@ class PubSubService:
         self._acknowledge(request.subscription, list(request.ack_ids))
         return empty_pb2.Empty()
 
+    def _touch(self, subscription: str) -> None:
+        now = self.clock()
+        self._last_active[subscription] = now
+        if now - self._activity_written.get(subscription, -ACTIVITY_WRITE_EVERY_MS) \
+                >= ACTIVITY_WRITE_EVERY_MS:
+            self._activity_written[subscription] = now
+            stamp = str(now).encode()
+            if not self.store.update_resource(ACTIVITY, subscription, stamp):
+                self.store.create_resource(ACTIVITY, subscription, stamp)
+
+    def _last_activity(self, subscription: str, now: int) -> int:
+        """Last use here or, as recorded in the store, by any process sharing it."""
+        recorded = self.store.get_resource(ACTIVITY, subscription)
+        local = self._last_active.setdefault(subscription, now)  # since this process started
+        return max(local, int(recorded) if recorded else 0)
+
     def _policy(self, subscription: str) -> DeliveryPolicy:
         raw = self.store.get_resource(SUBSCRIPTIONS, subscription)
         return delivery_policy(Subscription.FromString(raw)) if raw is not None else \
@@ -539,7 +564,7 @@ class PubSubService:
     def _acknowledge(self, subscription: str, ack_ids: list[str], strict: bool = True
                      ) -> list[str]:
         """Acknowledge; under exactly-once, returns the ids that failed (raises if `strict`)."""
-        self._last_active[subscription] = self.clock()
+        self._touch(subscription)
         try:
             invalid = self.store.acknowledge(subscription, ack_ids, self._policy(subscription),
                                              self.clock())
@@ -582,7 +607,7 @@ class PubSubService:
 
     def _receive(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int = 0,
                  ) -> tuple[list[Any], list[tuple[str, int]]]:
-        self._last_active[sub.name] = self.clock()
+        self._touch(sub.name)
         deliveries = self.store.pull(sub.name, max_messages, lease_ms, self.clock(), max_bytes,
                                      delivery_policy(sub))
         dead_letter = sub.dead_letter_policy if sub.HasField("dead_letter_policy") else None
@@ -859,9 +884,9 @@ class PubSubService:
         for name, raw in self.store.list_resources(SUBSCRIPTIONS, "projects/", 0, "").items:
             sub = Subscription.FromString(raw)
             sub_retention[name] = int(_duration_s(sub.message_retention_duration) * 1000)
-            last = self._last_active.setdefault(name, now)
             if sub.expiration_policy.HasField("ttl"):
                 ttl_ms = int(_duration_s(sub.expiration_policy.ttl) * 1000)
+                last = self._last_activity(name, now)
                 if now - last > ttl_ms and name not in self._streams:
                     expired.append(name)
         topic_retention = {}
@@ -876,7 +901,6 @@ class PubSubService:
         for name in expired:
             log.info("subscription %s expired (inactive beyond its expiration policy)", name)
             await self.delete_subscription(t.DeleteSubscriptionRequest.pb()(subscription=name))
-            self._last_active.pop(name, None)
         gone = self.store.sweep(now, RetentionRules(sub_retention, topic_retention))
         if gone:
             log.debug("swept %d messages nothing needs any more", gone)
