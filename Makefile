@@ -64,7 +64,8 @@ test-py3: setup nats-server
 
 # The client-level suites once more, with the emulator on the NATS JetStream backend.
 NATS_SUITES := tests/test_emulator_clients.py tests/test_delivery_policies.py \
-  tests/test_emulator_parity.py tests/test_emulator_errors.py tests/test_push.py
+  tests/test_emulator_parity.py tests/test_emulator_errors.py tests/test_push.py \
+  tests/test_schemas.py
 test-nats: setup nats-server
 	PUBSUB_TEST_STORE=nats $(VENV)/bin/pytest -q -p no:cacheprovider $(NATS_SUITES)
 
