@@ -311,3 +311,38 @@ def test_exactly_once_streaming_pull_confirms_acks(emulator):
     finally:
         stop.set()
         stream.cancel()
+
+
+def test_retained_acked_messages_replay_on_seek_to_time(clients):
+    import datetime
+
+    publisher, subscriber = clients
+    topic = publisher.create_topic(name=f"projects/{P}/topics/{unique('t')}").name
+    sub = subscriber.create_subscription(request={
+        "name": f"projects/{P}/subscriptions/{unique('s')}", "topic": topic,
+        "retain_acked_messages": True}).name
+    before = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
+    publisher.publish(topic, b"kept after ack").result()
+    [m] = wait_for(lambda: _pull(subscriber, sub), timeout=15, message="a delivery")
+    subscriber.acknowledge(subscription=sub, ack_ids=[m.ack_id])
+    assert _pull(subscriber, sub) == []
+    subscriber.seek(request={"subscription": sub, "time": before})
+    [again] = wait_for(lambda: _pull(subscriber, sub), timeout=15, message="the replay")
+    assert again.message.data == b"kept after ack"
+
+
+def test_topic_retention_lets_a_new_subscription_seek_back(clients):
+    import datetime
+
+    publisher, subscriber = clients
+    topic = publisher.create_topic(request={
+        "name": f"projects/{P}/topics/{unique('t')}",
+        "message_retention_duration": {"seconds": 600}}).name
+    before = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
+    publisher.publish(topic, b"from before the subscription").result()
+    sub = subscriber.create_subscription(name=f"projects/{P}/subscriptions/{unique('s')}",
+                                         topic=topic).name
+    assert _pull(subscriber, sub) == []  # it starts at its creation...
+    subscriber.seek(request={"subscription": sub, "time": before})  # ...the topic kept more
+    [m] = wait_for(lambda: _pull(subscriber, sub), timeout=15, message="the retained message")
+    assert m.message.data == b"from before the subscription"
