@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,8 +11,28 @@ from google.pubsub_v1 import types
 
 from pubsub_emulator._sqlite_store import SqliteStore
 from pubsub_emulator._store import InvalidAckId, Store
+from support import wait_for
 
 PubsubMessage = types.PubsubMessage.pb()
+# Leases, expiries and backoffs run in real time, so every backend is held to the same clock
+# (JetStream's timers are the server's): short leases keep the suite quick.
+LEASE_MS = 600
+
+
+def now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def pull_until(store: Store, count: int, timeout: float = 15.0, **kwargs):
+    """Pull (real time) until `count` deliveries came back; fail after `timeout` seconds."""
+    got: list = []
+
+    def enough() -> bool:
+        got.extend(store.pull(S, 10, LEASE_MS, now(), **kwargs))
+        return len(got) >= count
+
+    wait_for(enough, timeout=timeout, interval=0.02, message=f"{count} deliveries")
+    return got
 T = "projects/p/topics/t"
 S = "projects/p/subscriptions/s"
 
@@ -44,17 +65,12 @@ BACKENDS: dict[str, tuple[Callable[[Path], Store], bool]] = {
     "nats": (_nats, True),
 }
 
-_VIRTUAL_CLOCK = ("JetStream's lease and redelivery timers run on the server's wall clock; this "
-                  "test moves a virtual now_ms (test_nats_backend covers it in real time)")
 # Contract tests a backend does not pass yet: expected to fail (strict), never skipped.
 UNSUPPORTED: dict[str, dict[str, str]] = {
     "nats": {
-        "test_lease_expiry_redelivers_with_next_attempt": _VIRTUAL_CLOCK,
-        "test_ack_removes_and_stale_ack_still_acks": _VIRTUAL_CLOCK,
-        "test_modify_deadline_extends_nacks_and_ignores_stale": _VIRTUAL_CLOCK,
-        "test_retry_policy_delays_redelivery": _VIRTUAL_CLOCK,
-        "test_sweep_reclaims_only_unneeded_messages": _VIRTUAL_CLOCK,
-        "test_durable_across_reopen": _VIRTUAL_CLOCK,
+        "test_stale_modify_deadline_leaves_the_current_lease_alone":
+            "JetStream tracks acks by stream sequence: a stale reply subject moves the current "
+            "lease (docs/nats.md)",
     },
 }
 
@@ -145,22 +161,24 @@ def test_only_messages_after_subscription_creation(store):
 
 
 def test_lease_expiry_redelivers_with_next_attempt(store):
-    store.publish(T, [msg(b"x")], 0)
-    [first] = store.pull(S, 10, 5_000, 0)
-    assert store.pull(S, 10, 5_000, 4_999) == []
-    [second] = store.pull(S, 10, 5_000, 5_000)
+    store.publish(T, [msg(b"x")], now())
+    [first] = store.pull(S, 10, LEASE_MS, now())
+    assert store.pull(S, 10, LEASE_MS, now()) == []  # leased
+    [second] = pull_until(store, 1)
     assert second.delivery_attempt == 2 and second.ack_id != first.ack_id
-    assert store.next_due_ms(S) == 10_000
+    due = store.next_due_ms(S)
+    assert due is not None and due > now()  # leased again: due when that lease ends
 
 
 def test_ack_removes_and_stale_ack_still_acks(store):
-    store.publish(T, [msg(b"x"), msg(b"y")], 0)
-    first = store.pull(S, 10, 1_000, 0)
-    again = store.pull(S, 10, 1_000, 1_000)  # redelivered: new ack ids
-    store.acknowledge(S, [first[0].ack_id])  # an older ack id of x
-    store.acknowledge(S, [again[1].ack_id])
+    store.publish(T, [msg(b"x"), msg(b"y")], now())
+    first = {data_of(d): d for d in store.pull(S, 10, LEASE_MS, now())}
+    again = {data_of(d): d for d in pull_until(store, 2)}  # redelivered: new ack ids
+    assert again[b"x"].ack_id != first[b"x"].ack_id
+    store.acknowledge(S, [first[b"x"].ack_id])  # an older ack id of x still acks it
+    store.acknowledge(S, [again[b"y"].ack_id])
     assert store.backlog(S) == 0
-    assert store.pull(S, 10, 1_000, 10_000) == []
+    assert store.pull(S, 10, LEASE_MS, now()) == []
 
 
 def test_invalid_ack_ids_are_rejected(store):
@@ -175,16 +193,26 @@ def test_invalid_ack_ids_are_rejected(store):
         store.acknowledge(S, [d.ack_id])  # not this subscription's
 
 
-def test_modify_deadline_extends_nacks_and_ignores_stale(store):
-    store.publish(T, [msg(b"x")], 0)
-    [d] = store.pull(S, 1, 1_000, 0)
-    store.modify_deadline(S, [d.ack_id], 60_000, 500)
-    assert store.pull(S, 1, 1_000, 30_000) == []
-    store.modify_deadline(S, [d.ack_id], 0, 31_000)  # nack
-    [d2] = store.pull(S, 1, 1_000, 31_000)
-    store.modify_deadline(S, [d.ack_id], 600_000, 31_500)  # stale lease: no effect
-    assert store.pull(S, 1, 1_000, 32_000)[0].delivery_attempt == 3
+def test_modify_deadline_extends_and_nacks(store):
+    store.publish(T, [msg(b"x")], now())
+    [d] = store.pull(S, 1, LEASE_MS, now())
+    store.modify_deadline(S, [d.ack_id], 60_000, now())
+    passed = now() + 2 * LEASE_MS
+    wait_for(lambda: now() > passed, message="the original lease to be over")
+    assert store.pull(S, 1, LEASE_MS, now()) == []  # extended: still leased
+    store.modify_deadline(S, [d.ack_id], 0, now())  # nack: available at once
+    [d2] = pull_until(store, 1)
     assert d2.delivery_attempt == 2
+
+
+def test_stale_modify_deadline_leaves_the_current_lease_alone(store):
+    store.publish(T, [msg(b"x")], now())
+    [d] = store.pull(S, 1, LEASE_MS, now())
+    store.modify_deadline(S, [d.ack_id], 0, now())
+    [d2] = pull_until(store, 1)
+    store.modify_deadline(S, [d.ack_id], 600_000, now())  # stale lease: no effect
+    [d3] = pull_until(store, 1)  # d2's lease runs out as it would have
+    assert (d2.delivery_attempt, d3.delivery_attempt) == (2, 3)
 
 
 def test_pull_respects_max_messages_and_bytes(store):
@@ -225,11 +253,11 @@ def test_seek_to_time_and_snapshot(store):
 
 
 def test_sweep_reclaims_only_unneeded_messages(store):
-    store.publish(T, [msg(b"a"), msg(b"b")], 0)
-    [a, b] = store.pull(S, 10, 1_000, 0)
-    store.acknowledge(S, [a.ack_id])
-    assert store.sweep(10) == 1
-    assert [data_of(d) for d in store.pull(S, 10, 1_000, 5_000)] == [b"b"]
+    store.publish(T, [msg(b"a"), msg(b"b")], now())
+    got = {data_of(d): d for d in store.pull(S, 10, LEASE_MS, now())}
+    store.acknowledge(S, [got[b"a"].ack_id])
+    assert store.sweep(now()) == 1
+    assert [data_of(d) for d in pull_until(store, 1)] == [b"b"]
 
 
 def test_durable_across_reopen(backend):
@@ -239,14 +267,14 @@ def test_durable_across_reopen(backend):
     first = open_store()
     first.create_resource("topics", T, b"topic")
     first.create_resource("subscriptions", S, b"sub", topic=T)
-    ids = first.publish(T, [msg(b"keep"), msg(b"acked")], 0)
-    got = first.pull(S, 10, 1_000, 0)
-    first.acknowledge(S, [got[1].ack_id])
+    ids = first.publish(T, [msg(b"keep"), msg(b"acked")], now())
+    got = {data_of(d): d for d in first.pull(S, 10, LEASE_MS, now())}
+    first.acknowledge(S, [got[b"acked"].ack_id])
     first.close()
     second = open_store()
     assert second.get_resource("subscriptions", S) == b"sub"
-    assert [data_of(d) for d in second.pull(S, 10, 1_000, 10_000)] == [b"keep"]
-    more = second.publish(T, [msg(b"later")], 20_000)
+    assert [data_of(d) for d in pull_until(second, 1)] == [b"keep"]  # once its lease is over
+    more = second.publish(T, [msg(b"later")], now())
     assert int(more[0]) > max(int(i) for i in ids)  # ids never repeat after a restart
 
 
@@ -263,15 +291,17 @@ def test_retry_policy_delays_redelivery(store):
 
     policy = DeliveryPolicy(retry=RetryPolicy(minimum_ms=1_000, maximum_ms=3_000))
     assert [policy.retry.delay_ms(n) for n in (1, 2, 3, 4)] == [1_000, 2_000, 3_000, 3_000]
-    store.publish(T, [msg(b"x")], 0)
-    [d] = store.pull(S, 1, 10_000, 0, policy=policy)
-    store.modify_deadline(S, [d.ack_id], 0, 100, policy=policy)  # nack: back after 1 s
-    assert store.pull(S, 1, 10_000, 1_099, policy=policy) == []
-    [d2] = store.pull(S, 1, 10_000, 1_100, policy=policy)
-    # lease expiry (10 s) plus the second attempt's delay (2 s)
-    assert store.pull(S, 1, 10_000, 13_099, policy=policy) == []
-    assert store.pull(S, 1, 10_000, 13_100, policy=policy)[0].delivery_attempt == 3
-    assert d2.delivery_attempt == 2
+    store.publish(T, [msg(b"x")], now())
+    [d] = store.pull(S, 1, LEASE_MS, now(), policy=policy)
+    nacked = time.monotonic()
+    store.modify_deadline(S, [d.ack_id], 0, now(), policy=policy)  # nack: back after 1 s
+    assert store.pull(S, 1, LEASE_MS, now(), policy=policy) == []
+    [d2] = pull_until(store, 1, policy=policy)
+    assert time.monotonic() - nacked >= 0.9 and d2.delivery_attempt == 2
+    leased = time.monotonic()  # lease expiry plus the second attempt's delay (2 s)
+    [d3] = pull_until(store, 1, policy=policy)
+    assert time.monotonic() - leased >= (LEASE_MS + 2_000) / 1000 - 0.1
+    assert d3.delivery_attempt == 3
 
 
 def test_ordering_keys_keep_publish_order_through_redelivery(store):
