@@ -47,6 +47,8 @@ from ._store import (
     Page,
     RetentionRules,
     Store,
+    decode_page_token,
+    encode_page_token,
 )
 
 log = logging.getLogger("pubsub_emulator.nats")
@@ -92,21 +94,10 @@ def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _token(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode()
-
-
-def _untoken(token: str) -> str:
-    try:
-        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("invalid page token") from exc
-
-
 def _page(items: list[tuple[str, bytes]], page_size: int) -> Page:
     if page_size and len(items) > page_size:
         items = items[:page_size]
-        return Page(items, _token(items[-1][0]))
+        return Page(items, encode_page_token(items[-1][0]))
     return Page(items, "")
 
 
@@ -393,12 +384,12 @@ class NatsStore(Store):
                 if f is not None]
 
     def list_resources(self, kind: str, prefix: str, page_size: int, page_token: str) -> Page:
-        after = _untoken(page_token) if page_token else ""
+        after = decode_page_token(page_token) if page_token else ""
         return self._run(self._list(self._key(kind, "x").rpartition(".")[0] + ".*", prefix,
                                     after, kind, page_size))
 
     def list_by_topic(self, kind: str, topic: str, page_size: int, page_token: str) -> Page:
-        after = _untoken(page_token) if page_token else ""
+        after = decode_page_token(page_token) if page_token else ""
         return self._run(self._list(self._link(kind, topic) + ".*", "", after, kind, page_size))
 
     async def _list(self, pattern: str, prefix: str, after: str, kind: str,

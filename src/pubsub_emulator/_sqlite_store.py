@@ -8,7 +8,6 @@ would not notice on a laptop or CI machine and which buys an order of magnitude 
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,8 @@ from ._store import (
     Page,
     RetentionRules,
     Store,
+    decode_page_token,
+    encode_page_token,
 )
 
 _PubsubMessage = pubsub_types.PubsubMessage.pb()
@@ -72,17 +73,6 @@ CREATE TABLE IF NOT EXISTS snapshot_items (
 _SUBSCRIPTIONS = "subscriptions"
 # `next_at` of an acknowledged message kept for seek (retain_acked_messages): never due.
 ACKED = 1 << 62
-
-
-def _token(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode()
-
-
-def _untoken(token: str) -> str:
-    try:
-        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("invalid page token") from exc
 
 
 class SqliteStore(Store):
@@ -169,11 +159,11 @@ class SqliteStore(Store):
         items = list(rows)
         if page_size and len(items) > page_size:
             items = items[:page_size]
-            return Page(items, _token(items[-1][0]))
+            return Page(items, encode_page_token(items[-1][0]))
         return Page(items, "")
 
     def list_resources(self, kind: str, prefix: str, page_size: int, page_token: str) -> Page:
-        after = _untoken(page_token) if page_token else ""
+        after = decode_page_token(page_token) if page_token else ""
         limit = page_size + 1 if page_size else -1
         rows = self._db.execute(
             "SELECT name, proto FROM resources WHERE kind=? AND name>=? AND name<? AND name>? "
@@ -181,7 +171,7 @@ class SqliteStore(Store):
         return self._page(rows, page_size)
 
     def list_by_topic(self, kind: str, topic: str, page_size: int, page_token: str) -> Page:
-        after = _untoken(page_token) if page_token else ""
+        after = decode_page_token(page_token) if page_token else ""
         limit = page_size + 1 if page_size else -1
         rows = self._db.execute(
             "SELECT name, proto FROM resources WHERE kind=? AND topic=? AND name>? "

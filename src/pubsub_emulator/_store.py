@@ -9,6 +9,7 @@ and forgets them once acknowledged.
 from __future__ import annotations
 
 import abc
+import base64
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +53,19 @@ class RetentionRules:
 
     subscription_ms: Mapping[str, int] = field(default_factory=dict)
     topic_ms: Mapping[str, int] = field(default_factory=dict)  # only topics with retention
+
+
+def encode_page_token(name: str) -> str:
+    """The opaque page token of list calls: the last name of the page, encoded."""
+    return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def decode_page_token(token: str) -> str:
+    """The name a page token stands for; ValueError for a token we did not issue."""
+    try:
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("invalid page token") from exc
 
 
 class InvalidAckId(ValueError):
