@@ -258,11 +258,15 @@ class PubSubService:
             raise invalid_argument("page_size must not be negative.")
         return min(page_size or limits.DEFAULT_PAGE_SIZE, limits.MAX_PAGE_SIZE)
 
-    def _list(self, kind: str, prefix: str, page_size: int, token: str) -> Any:
+    def _list(self, kind: str, request: Any, message_type: Any) -> tuple[list[Any], str]:
+        """One page of a project's topics, subscriptions or snapshots, and the next token."""
+        project = names.parse_project(request.project)
         try:
-            return self.store.list_resources(kind, prefix, self._page(page_size), token)
+            page = self.store.list_resources(kind, f"projects/{project}/{kind}/",
+                                             self._page(request.page_size), request.page_token)
         except ValueError:
             raise invalid_argument("The page_token is invalid.") from None
+        return [message_type.FromString(raw) for _, raw in page.items], page.next_token
 
     # --- Publisher -------------------------------------------------------------------------
     def _validate_topic(self, topic: Any) -> None:
@@ -363,11 +367,8 @@ class PubSubService:
         return self._topic(request.topic)
 
     async def list_topics(self, request: Any) -> Any:
-        project = names.parse_project(request.project)
-        page = self._list(TOPICS, f"projects/{project}/topics/", request.page_size,
-                          request.page_token)
-        return t.ListTopicsResponse.pb()(topics=[Topic.FromString(raw) for _, raw in page.items],
-                                         next_page_token=page.next_token)
+        topics, token = self._list(TOPICS, request, Topic)
+        return t.ListTopicsResponse.pb()(topics=topics, next_page_token=token)
 
     def _by_topic(self, kind: str, request: Any) -> Any:
         self._topic(request.topic)
@@ -499,12 +500,9 @@ class PubSubService:
         return updated
 
     async def list_subscriptions(self, request: Any) -> Any:
-        project = names.parse_project(request.project)
-        page = self._list(SUBSCRIPTIONS, f"projects/{project}/subscriptions/", request.page_size,
-                          request.page_token)
-        return t.ListSubscriptionsResponse.pb()(
-            subscriptions=[Subscription.FromString(raw) for _, raw in page.items],
-            next_page_token=page.next_token)
+        subscriptions, token = self._list(SUBSCRIPTIONS, request, Subscription)
+        return t.ListSubscriptionsResponse.pb()(subscriptions=subscriptions,
+                                                next_page_token=token)
 
     async def delete_subscription(self, request: Any) -> Any:
         rn = names.subscription(request.subscription)
@@ -535,9 +533,9 @@ class PubSubService:
         return self._streams.get(subscription, set())
 
     async def acknowledge(self, request: Any) -> Any:
-        self._subscription(request.subscription)
+        sub = self._subscription(request.subscription)
         self._check_ack_ids(request.ack_ids)
-        self._acknowledge(request.subscription, list(request.ack_ids))
+        self._acknowledge(sub.name, list(request.ack_ids), policy=delivery_policy(sub))
         return empty_pb2.Empty()
 
     def _touch(self, subscription: str) -> None:
@@ -561,12 +559,13 @@ class PubSubService:
         return delivery_policy(Subscription.FromString(raw)) if raw is not None else \
             DeliveryPolicy()
 
-    def _acknowledge(self, subscription: str, ack_ids: list[str], strict: bool = True
-                     ) -> list[str]:
+    def _acknowledge(self, subscription: str, ack_ids: list[str], strict: bool = True,
+                     policy: DeliveryPolicy | None = None) -> list[str]:
         """Acknowledge; under exactly-once, returns the ids that failed (raises if `strict`)."""
         self._touch(subscription)
         try:
-            invalid = self.store.acknowledge(subscription, ack_ids, self._policy(subscription),
+            invalid = self.store.acknowledge(subscription, ack_ids,
+                                             policy or self._policy(subscription),
                                              self.clock())
         except InvalidAckId as exc:
             raise invalid_argument(f"Invalid ack ID: {exc}") from None
@@ -577,13 +576,14 @@ class PubSubService:
         return invalid
 
     async def modify_ack_deadline(self, request: Any) -> Any:
-        self._subscription(request.subscription)
+        sub = self._subscription(request.subscription)
         self._check_ack_ids(request.ack_ids)
-        self._modify(request.subscription, list(request.ack_ids), request.ack_deadline_seconds)
+        self._modify(sub.name, list(request.ack_ids), request.ack_deadline_seconds,
+                     policy=delivery_policy(sub))
         return empty_pb2.Empty()
 
-    def _modify(self, subscription: str, ack_ids: list[str], seconds: int, strict: bool = True
-                ) -> list[str]:
+    def _modify(self, subscription: str, ack_ids: list[str], seconds: int, strict: bool = True,
+                policy: DeliveryPolicy | None = None) -> list[str]:
         if not 0 <= seconds <= limits.MAX_MODIFY_DEADLINE_S:
             raise invalid_argument(
                 f"Invalid ack deadline given: {seconds}. It must be between 0 and "
@@ -591,7 +591,7 @@ class PubSubService:
         now = self.clock()
         try:
             invalid = self.store.modify_deadline(subscription, ack_ids, seconds * 1000, now,
-                                                 self._policy(subscription))
+                                                 policy or self._policy(subscription))
         except InvalidAckId as exc:
             raise invalid_argument(f"Invalid ack ID: {exc}") from None
         for stream in self._leases(subscription):
@@ -806,12 +806,8 @@ class PubSubService:
         return self._snapshot(request.snapshot)
 
     async def list_snapshots(self, request: Any) -> Any:
-        project = names.parse_project(request.project)
-        page = self._list(SNAPSHOTS, f"projects/{project}/snapshots/", request.page_size,
-                          request.page_token)
-        return t.ListSnapshotsResponse.pb()(
-            snapshots=[Snapshot.FromString(raw) for _, raw in page.items],
-            next_page_token=page.next_token)
+        snapshots, token = self._list(SNAPSHOTS, request, Snapshot)
+        return t.ListSnapshotsResponse.pb()(snapshots=snapshots, next_page_token=token)
 
     async def create_snapshot(self, request: Any) -> Any:
         sub = self._subscription(request.subscription)
