@@ -447,7 +447,8 @@ def test_cluster_r3_survives_losing_a_node_and_an_emulator(tmp_path):
         node.start()
     urls = ",".join(node.url for node in nodes)
     emus: list[EmulatorProcess] = []
-    stop = threading.Event()
+    stop = threading.Event()  # the pullers
+    stop_publishing = threading.Event()
     lock = threading.Lock()
     published: set[str] = set()
     acked: set[str] = set()
@@ -468,7 +469,7 @@ def test_cluster_r3_survives_losing_a_node_and_an_emulator(tmp_path):
         def publish(i: int) -> None:  # one publisher per emulator process
             publisher = clients[i][0]
             n = 0
-            while not stop.is_set() and n < 300:
+            while not stop_publishing.is_set() and n < 300:
                 try:
                     message_id = publisher.publish(topic, f"p{i}-{n}".encode()).result(
                         timeout=30)
@@ -503,8 +504,9 @@ def test_cluster_r3_survives_losing_a_node_and_an_emulator(tmp_path):
                 with lock:
                     acked.update(ids)
 
-        threads = [threading.Thread(target=f, args=(i,), daemon=True)
-                   for i in range(3) for f in (publish, pull)]
+        publishers = [threading.Thread(target=publish, args=(i,), daemon=True) for i in range(3)]
+        pullers = [threading.Thread(target=pull, args=(i,), daemon=True) for i in range(3)]
+        threads = publishers + pullers
         for thread in threads:
             thread.start()
         wait_for(lambda: len(acked) >= 100, timeout=60, message="traffic on all processes")
@@ -513,15 +515,20 @@ def test_cluster_r3_survives_losing_a_node_and_an_emulator(tmp_path):
         at_failure = len(published)
         wait_for(lambda: len(published) >= at_failure + 100, timeout=120,
                  message="publishing to go on after the failures")
-        wait_for(lambda: published <= received and len(published) >= 600, timeout=120,
-                 interval=0.2, message="every published message to be delivered")
+        stop_publishing.set()  # then every message whose publish returned must arrive
+        for thread in publishers:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in publishers)
+        wait_for(lambda: published <= received, timeout=120, interval=0.2,
+                 message="every published message to be delivered")
         stop.set()
-        for thread in threads:
+        for thread in pullers:
             thread.join(30)
         assert published <= received
         assert not redelivered_after_ack, redelivered_after_ack[:5]
     finally:
         stop.set()
+        stop_publishing.set()
         for emu in emus:
             emu.close()
         for node in nodes:

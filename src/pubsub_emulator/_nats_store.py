@@ -893,9 +893,27 @@ class NatsStore(Store):
         return stale
 
     async def _send(self, sends: list[tuple[str, bytes]]) -> list[str]:
-        for subject, body in sends:
-            await self._nc.publish(subject, body)
-        await self._nc.flush()
+        """Send acks and nacks in order; return once the server confirmed every +ACK.
+
+        An acknowledgement the caller is told succeeded must not be lost with a NATS node, so
+        acks go with a reply subject (JetStream answers once the consumer recorded them), all
+        before awaiting any answer: one round trip for the batch.
+        """
+        tokens = []
+        try:
+            for subject, body in sends:
+                if body == b"+ACK":
+                    token, queue = self._reply_queue()
+                    tokens.append((token, queue))
+                    await self._nc.publish(subject, body, reply=f"{self._inbox}.{token}")
+                else:
+                    await self._nc.publish(subject, body)
+            await self._nc.flush()
+            for _, queue in tokens:
+                await asyncio.wait_for(queue.get(), 10.0)
+        finally:
+            for token, _ in tokens:
+                self._waiting.pop(token, None)
         return []
 
     async def _info(self, stream: str, consumer: str) -> dict[str, Any]:
