@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -37,6 +40,57 @@ def wait_for(condition: Callable[[], T], timeout: float = 30.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+class SyncStore:
+    """A store driven from synchronous test code, standing for one emulator process.
+
+    Stores are asynchronous and a NATS store lives on the loop that opened it, so each
+    SyncStore runs its own event loop on a thread of its own, for as long as it is open (its
+    connection keeps reading and writing between calls, as a process's would); every call is
+    run there and waited for.
+    """
+
+    def __init__(self, opener: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> None:
+        self.timeout = timeout
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="store-loop",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            self.store = self.run(opener())
+        except BaseException:
+            self._stop()
+            raise
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        async def wrapped() -> T:
+            return await awaitable
+
+        future = asyncio.run_coroutine_threadsafe(wrapped(), self.loop)
+        return future.result(self.timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.store, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.run(attr(*args, **kwargs))
+
+        return call
+
+    def _stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            try:
+                self.run(self.store.close())
+            finally:
+                self._stop()
 
 
 class EmulatorProcess:

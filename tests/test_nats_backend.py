@@ -14,7 +14,7 @@ import pytest
 from google.pubsub_v1 import types
 
 from clients import make_clients, unique
-from support import EmulatorProcess, NatsServer, free_port, wait_for
+from support import EmulatorProcess, NatsServer, SyncStore, free_port, wait_for
 
 PubsubMessage = types.PubsubMessage.pb()
 T = "projects/p/topics/t"
@@ -36,8 +36,8 @@ def open_store(nats_server):
     namespace = "n" + uuid.uuid4().hex[:12]
     opened = []
 
-    def open_() -> NatsStore:
-        store = NatsStore([nats_server.url], namespace=namespace)
+    def open_() -> SyncStore:
+        store = SyncStore(lambda: NatsStore.open([nats_server.url], namespace=namespace))
         opened.append(store)
         return store
 
@@ -205,22 +205,18 @@ def test_other_process_publish_wakes_the_listener(open_store, store):
     import asyncio
 
     woke: list[str] = []
-    loop = asyncio.new_event_loop()
-    store.set_listener(woke.append)  # captures `loop` as the current event loop
-    asyncio.set_event_loop(loop)
-    try:
-        listening = open_store()
-        listening.set_listener(woke.append)
-        store.publish(T, [msg(b"x")], 0)
+    store.set_listener(woke.append)
+    listening = open_store()
+    listening.set_listener(woke.append)
+    store.publish(T, [msg(b"x")], 0)
 
-        def woken() -> bool:
-            loop.run_until_complete(asyncio.sleep(0.02))
-            return T in woke
+    def woken() -> bool:
+        listening.run(asyncio.sleep(0.02))  # (its connection reads while its loop runs)
+        return T in woke
 
-        wait_for(woken, timeout=10, message="a wake-up from the other store")
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    wait_for(woken, timeout=10, message="a wake-up from the other store")
+    store.run(asyncio.sleep(0.05))
+    assert woke == [T]  # the publishing store does not wake itself
 
 
 def test_ordering_keys_hold_across_two_processes(open_store, store):

@@ -30,7 +30,7 @@ def env():
     clock = Clock()
     store = SqliteStore(None)
     yield PubSubService(store, clock=clock), clock
-    store.close()
+    asyncio.run(store.close())
 
 
 def req(type_name: str, **fields):

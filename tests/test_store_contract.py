@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from google.pubsub_v1 import types
 
 from pubsub_emulator._sqlite_store import SqliteStore
 from pubsub_emulator._store import InvalidAckId, Store
-from support import wait_for
+from support import SyncStore, wait_for
 
 PubsubMessage = types.PubsubMessage.pb()
 # Leases, expiries and backoffs run in real time, so every backend is held to the same clock
@@ -23,7 +23,7 @@ def now() -> int:
     return time.time_ns() // 1_000_000
 
 
-def pull_until(store: Store, count: int, timeout: float = 15.0, **kwargs):
+def pull_until(store: SyncStore, count: int, timeout: float = 15.0, **kwargs):
     """Pull (real time) until `count` deliveries came back; fail after `timeout` seconds."""
     got: list = []
 
@@ -37,33 +37,34 @@ T = "projects/p/topics/t"
 S = "projects/p/subscriptions/s"
 
 
-def _sqlite_file(tmp: Path) -> Store:
+async def _sqlite_file(tmp: Path) -> Store:
     return SqliteStore(tmp / "store.sqlite3")
 
 
-def _sqlite_memory(tmp: Path) -> Store:
+async def _sqlite_memory(tmp: Path) -> Store:
     return SqliteStore(None)
 
 
 _NATS_URL: list[str] = []  # the session's nats-server, set by the backend fixture
 
 
-def _nats(tmp: Path) -> Store:
+async def _nats(tmp: Path) -> Store:
     import hashlib
 
     from pubsub_emulator._nats_store import NatsStore
 
     # One server for the session; each test its own namespace (reopening sees the same one).
     namespace = "t" + hashlib.sha256(str(tmp).encode()).hexdigest()[:12]
-    return NatsStore(_NATS_URL, namespace=namespace)
+    return await NatsStore.open(_NATS_URL, namespace=namespace)
 
 
 # Each backend: a factory given a fresh directory, and whether it survives reopening.
-BACKENDS: dict[str, tuple[Callable[[Path], Store], bool]] = {
+BACKENDS: dict[str, tuple[Callable[[Path], Awaitable[Store]], bool]] = {
     "sqlite-file": (_sqlite_file, True),
     "sqlite-memory": (_sqlite_memory, False),
     "nats": (_nats, True),
 }
+
 
 # Contract tests a backend does not pass yet: expected to fail (strict), never skipped.
 UNSUPPORTED: dict[str, dict[str, str]] = {
@@ -76,17 +77,17 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def backend(request, tmp_path) -> Iterator[tuple[Callable[[], Store], bool]]:
+def backend(request, tmp_path) -> Iterator[tuple[Callable[[], SyncStore], bool]]:
     factory, durable = BACKENDS[request.param]
     reason = UNSUPPORTED.get(request.param, {}).get(request.node.originalname)
     if reason:
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     if request.param == "nats" and not _NATS_URL:
         _NATS_URL.append(request.getfixturevalue("nats_server").url)
-    opened: list[Store] = []
+    opened: list[SyncStore] = []
 
-    def open_store() -> Store:
-        store = factory(tmp_path)
+    def open_store() -> SyncStore:
+        store = SyncStore(lambda: factory(tmp_path))
         opened.append(store)
         return store
 
@@ -99,7 +100,7 @@ def backend(request, tmp_path) -> Iterator[tuple[Callable[[], Store], bool]]:
 
 
 @pytest.fixture
-def store(backend) -> Store:
+def store(backend) -> SyncStore:
     open_store, _ = backend
     s = open_store()
     s.create_resource("topics", T, b"topic")
@@ -315,7 +316,7 @@ def test_ordering_keys_keep_publish_order_through_redelivery(store):
     # a1 is leased, so a2 and a3 wait; unkeyed n1 does not.
     second = store.pull(S, 10, 10_000, 0, policy=ordered)
     assert [data_of(d) for d in second] == [b"n1"]
-    store.acknowledge(S, [first[0].ack_id])
+    store.acknowledge(S, [first[0].ack_id], ordered)
     third = store.pull(S, 10, 10_000, 1, policy=ordered)
     assert [data_of(d) for d in third] == [b"a2", b"a3"]
     # Nacking a2 brings a3 back with it: both come again, in order.

@@ -30,7 +30,6 @@ import json
 import logging
 import random
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -163,48 +162,41 @@ class NatsStore(Store):
 
     ordered_delivery = True  # not native on JetStream 2.9: a record per subscription
 
-    def __init__(self, servers: Sequence[str], replicas: int = 1, namespace: str = "pubsub",
-                 connect_timeout: float = 10.0) -> None:
+    def __init__(self, servers: Sequence[str], replicas: int = 1, namespace: str = "pubsub"
+                 ) -> None:
+        """Use `await NatsStore.open(...)`: the store lives on the event loop that opened it."""
         if not _TOKEN.match(namespace):
             raise ValueError(f"invalid NATS namespace {namespace!r}")
-        import nats  # imported here: the default (SQLite) store does not need nats-py
-
-        self._nats = nats
         self._servers = list(servers)
         self._replicas = replicas
         self._ns = namespace
         self._NS = namespace.upper().replace("-", "_")
         self._origin = uuid.uuid4().hex
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="nats-store",
-                                        daemon=True)
-        self._thread.start()
         self._streams: dict[str, int] = {}  # stream name -> message id prefix
         self._subs: dict[str, str] = {}  # subscription -> topic link (cache)
         self._waiting: dict[str, asyncio.Queue[Any]] = {}
         self._seq = 0
         self._listener: Callable[[str], None] | None = None
         self._closed = False
-        try:
-            self._run(self._connect(connect_timeout), connect_timeout + 5)
-        except BaseException:
-            self._stop_loop()
-            raise
+
+    @classmethod
+    async def open(cls, servers: Sequence[str], replicas: int = 1, namespace: str = "pubsub",
+                   connect_timeout: float = 10.0) -> NatsStore:
+        """Connect to the servers and make sure the shared streams exist."""
+        store = cls(servers, replicas, namespace)
+        await asyncio.wait_for(store._connect(connect_timeout), connect_timeout + 5)
+        return store
 
     # --- plumbing ---------------------------------------------------------------------------
-    def _run(self, coro: Any, timeout: float = _TIMEOUT) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
     async def _connect(self, timeout: float) -> None:
-        self._nc = await self._nats.connect(
+        import nats  # imported here: the default (SQLite) store does not need nats-py
+
+        self._nc = await nats.connect(
             servers=self._servers, connect_timeout=timeout, allow_reconnect=True,
             max_reconnect_attempts=-1, reconnect_time_wait=0.25, name="pubsub-emulator")
         self._inbox = f"_INBOX.{uuid.uuid4().hex}"
         await self._nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+        await self._nc.subscribe(f"{self._ns}.wake.*", cb=self._on_wake)
         await self._ensure_stream(f"{self._NS}_RES", [f"{self._ns}.res.>", f"{self._ns}.link.>",
                                                        f"{self._ns}.lease.>"],
                                   max_msgs_per_subject=1)
@@ -310,8 +302,8 @@ class NatsStore(Store):
         resp = await self._api(f"STREAM.INFO.{self._NS}_RES", {"subjects_filter": pattern})
         return list((resp.get("state", {}).get("subjects") or {}).keys())
 
-    def create_resource(self, kind: str, name: str, proto: bytes, topic: str = "") -> bool:
-        return self._run(self._create(kind, name, proto, topic))
+    async def create_resource(self, kind: str, name: str, proto: bytes, topic: str = "") -> bool:
+        return await self._create(kind, name, proto, topic)
 
     async def _create(self, kind: str, name: str, proto: bytes, topic: str) -> bool:
         value = {"t": topic, "p": base64.b64encode(proto).decode()}
@@ -325,8 +317,9 @@ class NatsStore(Store):
                 await self._create_consumer(topic, name, {"deliver_policy": "new"})
         return True
 
-    def update_resource(self, kind: str, name: str, proto: bytes, topic: str | None = None) -> bool:
-        return self._run(self._update(kind, name, proto, topic))
+    async def update_resource(self, kind: str, name: str, proto: bytes,
+                              topic: str | None = None) -> bool:
+        return await self._update(kind, name, proto, topic)
 
     async def _update(self, kind: str, name: str, proto: bytes, topic: str | None) -> bool:
         key = self._key(kind, name)
@@ -352,12 +345,12 @@ class NatsStore(Store):
                     await self._create_consumer(new_topic, name, {"deliver_policy": "new"})
         return True
 
-    def get_resource(self, kind: str, name: str) -> bytes | None:
-        found = self._run(self._kv_get(self._key(kind, name)))
+    async def get_resource(self, kind: str, name: str) -> bytes | None:
+        found = await self._kv_get(self._key(kind, name))
         return base64.b64decode(found[0]["p"]) if found else None
 
-    def delete_resource(self, kind: str, name: str) -> bool:
-        return self._run(self._delete(kind, name))
+    async def delete_resource(self, kind: str, name: str) -> bool:
+        return await self._delete(kind, name)
 
     async def _delete(self, kind: str, name: str) -> bool:
         key = self._key(kind, name)
@@ -383,14 +376,14 @@ class NatsStore(Store):
         return [(n, base64.b64decode(f[0]["p"])) for n, f in zip(names, found, strict=True)
                 if f is not None]
 
-    def list_resources(self, kind: str, prefix: str, page_size: int, page_token: str) -> Page:
+    async def list_resources(self, kind: str, prefix: str, page_size: int, page_token: str) -> Page:
         after = decode_page_token(page_token) if page_token else ""
-        return self._run(self._list(self._key(kind, "x").rpartition(".")[0] + ".*", prefix,
-                                    after, kind, page_size))
+        return await self._list(self._key(kind, "x").rpartition(".")[0] + ".*", prefix,
+                                after, kind, page_size)
 
-    def list_by_topic(self, kind: str, topic: str, page_size: int, page_token: str) -> Page:
+    async def list_by_topic(self, kind: str, topic: str, page_size: int, page_token: str) -> Page:
         after = decode_page_token(page_token) if page_token else ""
-        return self._run(self._list(self._link(kind, topic) + ".*", "", after, kind, page_size))
+        return await self._list(self._link(kind, topic) + ".*", "", after, kind, page_size)
 
     async def _list(self, pattern: str, prefix: str, after: str, kind: str,
                     page_size: int) -> Page:
@@ -485,10 +478,11 @@ class NatsStore(Store):
         return default
 
     # --- messages ---------------------------------------------------------------------------
-    def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
-                skip: Mapping[str, set[int]] | None = None,
-                ordering_keys: Sequence[str] | None = None, retain: bool = False) -> list[str]:
-        return self._run(self._publish(topic, messages, now_ms, skip or {}, ordering_keys))
+    async def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                      skip: Mapping[str, set[int]] | None = None,
+                      ordering_keys: Sequence[str] | None = None,
+                      retain: bool = False) -> list[str]:
+        return await self._publish(topic, messages, now_ms, skip or {}, ordering_keys)
 
     async def _publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
                        skip: Mapping[str, set[int]], ordering_keys: Sequence[str] | None
@@ -526,11 +520,11 @@ class NatsStore(Store):
                                f"{self._origin}\n{topic}".encode())
         return [str(prefix * _ID_SCALE + a["seq"]) for a in acks]
 
-    def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
-             max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
-        return self._run(self._consumer_call(
+    async def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
+                   max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
+        return await self._consumer_call(
             subscription, lambda s, c: self._pull(s, c, max_messages, lease_ms, now_ms,
-                                                  max_bytes, policy), []))
+                                                  max_bytes, policy), [])
 
     async def _fetch(self, stream: str, consumer: str, batch: int) -> list[Any]:
         # A subscription per fetch: deliveries arrive under their own subject, not the inbox's.
@@ -847,25 +841,27 @@ class NatsStore(Store):
                 bad.append(ack_id)
         return parsed, ids, bad
 
-    def acknowledge(self, subscription: str, ack_ids: Sequence[str],
-                    policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
+    async def acknowledge(self, subscription: str, ack_ids: Sequence[str],
+                          policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
         parsed, ids, bad = self._targets(subscription, ack_ids, policy)
-        return bad + self._run(self._acknowledge(parsed, ids, policy, now_ms))
+        return bad + await self._acknowledge(parsed, ids, policy, now_ms)
 
     async def _acknowledge(self, parsed: list[_Ack], ack_ids: Sequence[str],
                            policy: DeliveryPolicy, now_ms: int) -> list[str]:
         stale: list[str] = []
         if policy.exactly_once:
             parsed, stale = await self._settle(parsed, ack_ids, now_ms, lambda a: {"acked": True})
-        # (whatever the policy says: a subscription's ordering record, if any, is kept current)
-        sends = await self._order_settle(parsed, None)
-        await self._send([item for seq in sorted(sends) for item in sends[seq]])
+        if policy.ordered:
+            sends = await self._order_settle(parsed, None)
+            await self._send([item for seq in sorted(sends) for item in sends[seq]])
+        else:
+            await self._send([(ack.subject, b"+ACK") for ack in parsed])
         return stale
 
-    def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
-                        now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
+    async def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
+                              now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
         parsed, ids, bad = self._targets(subscription, ack_ids, policy)
-        return bad + self._run(self._modify(parsed, ids, deadline_ms, now_ms, policy))
+        return bad + await self._modify(parsed, ids, deadline_ms, now_ms, policy)
 
     async def _modify(self, parsed: list[_Ack], ack_ids: Sequence[str], deadline_ms: int,
                       now_ms: int, policy: DeliveryPolicy) -> list[str]:
@@ -881,8 +877,11 @@ class NatsStore(Store):
                 delay = retry.delay_ms(attempt) if retry else 0
                 return f'-NAK {{"delay": {delay * 10**6}}}'.encode() if delay else b"-NAK"
 
-            by_seq = await self._order_settle(parsed, body)
-            await self._send([item for seq in sorted(by_seq) for item in by_seq[seq]])
+            if policy.ordered:
+                by_seq = await self._order_settle(parsed, body)
+                await self._send([item for seq in sorted(by_seq) for item in by_seq[seq]])
+            else:
+                await self._send([(ack.subject, body(ack, ack.delivered)) for ack in parsed])
             return stale
         sends = []
         for ack in parsed:
@@ -892,35 +891,32 @@ class NatsStore(Store):
         await self._send(sends)
         return stale
 
-    async def _send(self, sends: list[tuple[str, bytes]]) -> list[str]:
-        """Send acks and nacks in order; return once the server confirmed every +ACK.
+    async def _send(self, sends: list[tuple[str, bytes]]) -> None:
+        """Send acks and nacks in order; return once the server processed every one.
 
-        An acknowledgement the caller is told succeeded must not be lost with a NATS node, so
-        acks go with a reply subject (JetStream answers once the consumer recorded them), all
-        before awaiting any answer: one round trip for the batch.
+        An acknowledgement the caller is told succeeded must not be lost with a NATS node, and
+        a nacked message must be available to the very next pull (JetStream queues acks and
+        nacks to the consumer, so a flush does not mean processed): each goes with a reply
+        subject, answered once the consumer applied it, all before awaiting any answer (one
+        round trip for the batch).
         """
         tokens = []
         try:
             for subject, body in sends:
-                if body == b"+ACK":
-                    token, queue = self._reply_queue()
-                    tokens.append((token, queue))
-                    await self._nc.publish(subject, body, reply=f"{self._inbox}.{token}")
-                else:
-                    await self._nc.publish(subject, body)
-            await self._nc.flush()
+                token, queue = self._reply_queue()
+                tokens.append((token, queue))
+                await self._nc.publish(subject, body, reply=f"{self._inbox}.{token}")
             for _, queue in tokens:
                 await asyncio.wait_for(queue.get(), 10.0)
         finally:
             for token, _ in tokens:
                 self._waiting.pop(token, None)
-        return []
 
     async def _info(self, stream: str, consumer: str) -> dict[str, Any]:
         return await self._api(f"CONSUMER.INFO.{stream}.{consumer}")
 
-    def next_due_ms(self, subscription: str) -> int | None:
-        info = self._run(self._consumer_call(subscription, self._info, None))
+    async def next_due_ms(self, subscription: str) -> int | None:
+        info = await self._consumer_call(subscription, self._info, None)
         if not info:
             return None
         now = int(time.time() * 1000)
@@ -930,12 +926,12 @@ class NatsStore(Store):
             return now + 1000  # leased or backing off: JetStream does not say until when
         return None  # nothing stored: a publish (from any process) wakes the waiters
 
-    def backlog(self, subscription: str) -> int:
-        info = self._run(self._consumer_call(subscription, self._info, None))
+    async def backlog(self, subscription: str) -> int:
+        info = await self._consumer_call(subscription, self._info, None)
         return (info.get("num_pending", 0) + info.get("num_ack_pending", 0)) if info else 0
 
-    def purge(self, subscription: str) -> None:
-        self._run(self._restart(subscription, {"deliver_policy": "new", "keep_origin": True}))
+    async def purge(self, subscription: str) -> None:
+        await self._restart(subscription, {"deliver_policy": "new", "keep_origin": True})
 
     async def _restart(self, subscription: str, start: Mapping[str, Any]) -> None:
         topic = await self._sub_topic(subscription, fresh=True)
@@ -964,9 +960,10 @@ class NatsStore(Store):
                 low = seq + 1
         return low
 
-    def seek_to_time(self, subscription: str, time_ms: int, now_ms: int,
-                     policy: DeliveryPolicy = DEFAULT_POLICY, from_topic: bool = False) -> None:
-        self._run(self._seek_time(subscription, time_ms, policy, from_topic))
+    async def seek_to_time(self, subscription: str, time_ms: int, now_ms: int,
+                           policy: DeliveryPolicy = DEFAULT_POLICY,
+                           from_topic: bool = False) -> None:
+        await self._seek_time(subscription, time_ms, policy, from_topic)
 
     async def _seek_time(self, subscription: str, time_ms: int, policy: DeliveryPolicy,
                          from_topic: bool) -> None:
@@ -992,8 +989,8 @@ class NatsStore(Store):
         found = await self._kv_get(self._key(_SUB_START, subscription))
         return int(found[0]["seq"]) if found else 0
 
-    def save_snapshot(self, snapshot: str, subscription: str) -> None:
-        self._run(self._save_snapshot(snapshot, subscription))
+    async def save_snapshot(self, snapshot: str, subscription: str) -> None:
+        await self._save_snapshot(snapshot, subscription)
 
     async def _save_snapshot(self, snapshot: str, subscription: str) -> None:
         topic = await self._sub_topic(subscription, fresh=True)
@@ -1005,8 +1002,8 @@ class NatsStore(Store):
         await self._kv_put(self._key(_SNAPSHOT_STATE, snapshot),
                            {"t": topic, "floor": floor, "p": ""}, None)
 
-    def seek_to_snapshot(self, subscription: str, snapshot: str, now_ms: int) -> None:
-        self._run(self._seek_snapshot(subscription, snapshot))
+    async def seek_to_snapshot(self, subscription: str, snapshot: str, now_ms: int) -> None:
+        await self._seek_snapshot(subscription, snapshot)
 
     async def _seek_snapshot(self, subscription: str, snapshot: str) -> None:
         found = await self._kv_get(self._key(_SNAPSHOT_STATE, snapshot))
@@ -1015,8 +1012,8 @@ class NatsStore(Store):
         await self._restart(subscription, {"deliver_policy": "by_start_sequence",
                                            "opt_start_seq": found[0]["floor"] + 1})
 
-    def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
-        return self._run(self._sweep(now_ms, rules or RetentionRules()), 120)
+    async def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
+        return await self._sweep(now_ms, rules or RetentionRules())
 
     async def _sweep(self, now_ms: int, rules: RetentionRules) -> int:
         floors: dict[str, int] = {}
@@ -1119,34 +1116,18 @@ class NatsStore(Store):
 
     # --- wake-ups across processes -----------------------------------------------------------
     def set_listener(self, callback: Callable[[str], None]) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = asyncio.get_event_loop()
-        first = self._listener is None
         self._listener = callback
 
-        async def on_wake(msg: Any) -> None:
-            origin, _, topic = msg.data.decode().partition("\n")
-            if origin != self._origin and self._listener is not None:
-                try:
-                    loop.call_soon_threadsafe(self._listener, topic)
-                except RuntimeError:  # that loop is closed: nobody waits any more
-                    pass
+    async def _on_wake(self, msg: Any) -> None:
+        origin, _, topic = msg.data.decode().partition("\n")
+        if origin != self._origin and self._listener is not None:
+            self._listener(topic)
 
-        if first:
-            async def subscribe() -> None:
-                await self._nc.subscribe(f"{self._ns}.wake.*", cb=on_wake)
-                await self._nc.flush()
-
-            self._run(subscribe())
-
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._run(self._nc.close(), 10)
+            await asyncio.wait_for(self._nc.close(), 10)
         except Exception:  # noqa: BLE001 - closing anyway
             log.debug("closing the NATS connection failed", exc_info=True)
-        self._stop_loop()

@@ -67,17 +67,18 @@ class TokenIssuer:
         self._cert_pem = ""
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
 
-    def _load(self) -> None:
+    async def load(self) -> None:
+        """Read the signing key from the store, or make and store one (first use only)."""
         if self._signer is not None:
             return
-        pem = self._store.get_resource(KEY_KIND, KEY_NAME)
+        pem = await self._store.get_resource(KEY_KIND, KEY_NAME)
         if pem is None:
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             made = key.private_bytes(serialization.Encoding.PEM,
                                      serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption())
-            if not self._store.create_resource(KEY_KIND, KEY_NAME, made):
-                made = self._store.get_resource(KEY_KIND, KEY_NAME) or made
+            if not await self._store.create_resource(KEY_KIND, KEY_NAME, made):
+                made = await self._store.get_resource(KEY_KIND, KEY_NAME) or made
             pem = made
         private = serialization.load_pem_private_key(pem, password=None)
         assert isinstance(private, rsa.RSAPrivateKey)
@@ -97,14 +98,9 @@ class TokenIssuer:
         self._cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
         self._signer = crypt.RSASigner.from_string(pem, key_id=self._kid)
 
-    @property
-    def key_id(self) -> str:
-        self._load()
-        return self._kid
-
-    def token(self, email: str, audience: str) -> str:
+    async def token(self, email: str, audience: str) -> str:
         """A JWT as Google signs for push: iss, aud, email, email_verified, sub, azp, iat, exp."""
-        self._load()
+        await self.load()
         now = time.time()
         cached = self._cache.get((email, audience))
         if cached is not None and cached[1] - now > 300:  # reuse until 5 min before expiry
@@ -118,15 +114,15 @@ class TokenIssuer:
         self._cache[(email, audience)] = (token, iat + TOKEN_LIFETIME_S)
         return token
 
-    def jwks(self) -> dict[str, Any]:
-        self._load()
+    async def jwks(self) -> dict[str, Any]:
+        await self.load()
         numbers = self._public_numbers
         return {"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self._kid,
                           "n": _b64url(_int_bytes(numbers.n)),
                           "e": _b64url(_int_bytes(numbers.e))}]}
 
-    def x509_certs(self) -> dict[str, str]:
-        self._load()
+    async def x509_certs(self) -> dict[str, str]:
+        await self.load()
         return {self._kid: self._cert_pem}
 
     def routes(self) -> list[web.RouteDef]:
@@ -145,10 +141,10 @@ class TokenIssuer:
             })
 
         async def certs_v3(_: web.Request) -> web.Response:
-            return web.json_response(self.jwks(), headers=_CACHE)
+            return web.json_response(await self.jwks(), headers=_CACHE)
 
         async def certs_v1(_: web.Request) -> web.Response:
-            return web.json_response(self.x509_certs(), headers=_CACHE)
+            return web.json_response(await self.x509_certs(), headers=_CACHE)
 
         return [web.get(DISCOVERY_PATH, discovery), web.get(CERT_PATH_V3, certs_v3),
                 web.get(CERT_PATH_V1, certs_v1)]

@@ -34,6 +34,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -192,7 +193,7 @@ class _Pusher:
         try:
             while True:
                 try:
-                    sub = self.service._deliverable(self.name)
+                    sub = await self.service._deliverable(self.name)
                 except ApiError:
                     break  # deleted or detached
                 if not sub.push_config.push_endpoint:
@@ -207,12 +208,12 @@ class _Pusher:
                 timeout = 30.0
                 if room > 0:
                     lease_ms = sub.ack_deadline_seconds * 1000 + LEASE_MARGIN_MS
-                    received, _ = self.service._receive(sub, room, lease_ms)
+                    received, _ = await self.service._receive(sub, room, lease_ms)
                     for rm in received:
                         self._spawn(sub, rm)
                     if received:
                         continue
-                    due = self.service.store.next_due_ms(self.name)
+                    due = await self.service.store.next_due_ms(self.name)
                     if due is not None:
                         timeout = max(0.001, (due - time.time_ns() // 1_000_000) / 1000)
                         timeout = min(timeout, 30.0)
@@ -263,8 +264,8 @@ class _Pusher:
                 body, headers = build_request(sub, received)
                 if config.HasField("oidc_token"):
                     oidc = config.oidc_token
-                    token = self.dispatcher.issuer.token(oidc.service_account_email,
-                                                         oidc.audience or url)
+                    token = await self.dispatcher.issuer.token(oidc.service_account_email,
+                                                               oidc.audience or url)
                     headers["Authorization"] = f"Bearer {token}"
                 timeout = aiohttp.ClientTimeout(total=sub.ack_deadline_seconds)
                 async with self._session().post(url, data=body, headers=headers,
@@ -275,9 +276,9 @@ class _Pusher:
             except Exception as exc:  # refused, reset, TLS, bad URL...: all nacks
                 error = f"{type(exc).__name__}: {exc}"
             acked = status in ACK_STATUSES
-            self._settle(ack_id, acked)
+            await self._settle(ack_id, acked)
         except asyncio.CancelledError:
-            self._settle(ack_id, False)  # shutting down: the message goes out again later
+            await self._settle(ack_id, False)  # shutting down: the message goes out again later
             raise
         finally:
             self.in_flight.pop(ack_id, None)
@@ -290,12 +291,12 @@ class _Pusher:
             self.poke()
             self._retire()
 
-    def _settle(self, ack_id: str, acked: bool) -> None:
+    async def _settle(self, ack_id: str, acked: bool) -> None:
         try:
             if acked:
-                self.service._acknowledge(self.name, [ack_id])
+                await self.service._acknowledge(self.name, [ack_id])
             else:
-                self.service._modify(self.name, [ack_id], 0)
+                await self.service._modify(self.name, [ack_id], 0)
         except Exception as exc:  # the subscription went away meanwhile, or the store closed
             log.debug("%s: could not settle a push delivery: %s", self.name, exc)
 
@@ -342,6 +343,8 @@ class PushDispatcher:
         self.issuer = issuer
         self._pushers: dict[str, _Pusher] = {}
         self._started = False
+        self._lock = asyncio.Lock()
+        self._reactions: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         """Begin pushing for every push subscription in the store; follow changes from now on."""
@@ -349,7 +352,7 @@ class PushDispatcher:
             return
         self._started = True
         self.service.subscription_listeners.append(self.subscription_changed)
-        page = self.service.store.list_resources("subscriptions", "projects/", 0, "")
+        page = await self.service.store.list_resources("subscriptions", "projects/", 0, "")
         for name, raw in page.items:
             sub = Subscription.FromString(raw)
             if sub.push_config.push_endpoint and not sub.detached:
@@ -357,10 +360,34 @@ class PushDispatcher:
 
     def subscription_changed(self, name: str) -> None:
         """A listener of the service: the subscription was created, changed or deleted."""
+        if self._started:
+            self._later(self._follow(name))
+
+    def forget_if_gone(self, pusher: _Pusher) -> None:
+        """Drop an idle pusher whose subscription was deleted (its counters go with it)."""
+        self._later(self._forget_if_gone(pusher))
+
+    def _later(self, step: Coroutine[Any, Any, None]) -> None:
+        # Listeners are called synchronously while the store is asynchronous: each reaction
+        # runs as a task, under one lock, so reactions read the store in the order of changes.
+        task = asyncio.ensure_future(self._in_order(step))
+        self._reactions.add(task)
+        task.add_done_callback(self._reactions.discard)
+
+    async def _in_order(self, step: Coroutine[Any, Any, None]) -> None:
+        try:
+            async with self._lock:
+                await step
+        except Exception:  # the store closed meanwhile, ...: the next change retries
+            log.debug("following a subscription change failed", exc_info=True)
+        finally:
+            step.close()  # (never started if cancelled while waiting for the lock)
+
+    async def _follow(self, name: str) -> None:
         if not self._started:
             return
         pusher = self._pushers.get(name)
-        raw = self.service.store.get_resource("subscriptions", name)
+        raw = await self.service.store.get_resource("subscriptions", name)
         sub = Subscription.FromString(raw) if raw is not None else None
         wants_push = sub is not None and bool(sub.push_config.push_endpoint) and not sub.detached
         if wants_push:
@@ -372,12 +399,12 @@ class PushDispatcher:
         if pusher is not None:
             pusher.poke()  # a running loop rereads the config (and stops if no longer push)
             if not pusher.running and not pusher.in_flight:
-                self.forget_if_gone(pusher)
+                await self._forget_if_gone(pusher)
 
-    def forget_if_gone(self, pusher: _Pusher) -> None:
-        """Drop an idle pusher whose subscription was deleted (its counters go with it)."""
+    async def _forget_if_gone(self, pusher: _Pusher) -> None:
         if (self._pushers.get(pusher.name) is pusher
-                and self.service.store.get_resource("subscriptions", pusher.name) is None):
+                and await self.service.store.get_resource("subscriptions", pusher.name) is None
+                and self._pushers.get(pusher.name) is pusher and not pusher.running):
             del self._pushers[pusher.name]
 
     async def stop(self) -> None:
@@ -385,6 +412,8 @@ class PushDispatcher:
         if self.subscription_changed in self.service.subscription_listeners:
             self.service.subscription_listeners.remove(self.subscription_changed)
         self._started = False
+        for task in list(self._reactions):
+            task.cancel()
         await asyncio.gather(*(p.cancel() for p in self._pushers.values()),
                              return_exceptions=True)
         self._pushers.clear()

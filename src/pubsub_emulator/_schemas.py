@@ -145,23 +145,23 @@ class SchemaRegistry:
         self._revisions: dict[str, list[Revision]] = {}  # schema name -> revisions (cache)
 
     # --- storage ---------------------------------------------------------------------------
-    def _load(self, name: str) -> list[Revision] | None:
+    async def _load(self, name: str) -> list[Revision] | None:
         cached = self._revisions.get(name)
         if cached is None:
-            raw = self.store.get_resource(SCHEMAS, name)
+            raw = await self.store.get_resource(SCHEMAS, name)
             if raw is None:
                 return None
             cached = self._revisions[name] = _parse(raw)
         return cached
 
-    def _get(self, name: str) -> list[Revision]:
-        revisions = self._load(name)
+    async def _get(self, name: str) -> list[Revision]:
+        revisions = await self._load(name)
         if revisions is None:
             raise not_found(_schema_id(name))
         return revisions
 
-    def _save(self, name: str, revisions: list[Revision]) -> None:
-        self.store.update_resource(SCHEMAS, name, _dump(revisions))
+    async def _save(self, name: str, revisions: list[Revision]) -> None:
+        await self.store.update_resource(SCHEMAS, name, _dump(revisions))
         self._revisions[name] = revisions
 
     def _new_revision_id(self, revisions: list[Revision]) -> str:
@@ -198,19 +198,19 @@ class SchemaRegistry:
             raise invalid_argument(
                 f"The schema name {request.schema.name!r} does not match the parent and "
                 f"schema_id ({name!r}).")
-        if self._load(name) is not None:
+        if await self._load(name) is not None:
             raise already_exists(schema_id)
         _, descriptor = await self._compile(request.schema)
         revision = Revision(self._new_revision_id([]), request.schema.type_,
                             request.schema.definition, self.clock(), descriptor)
-        if not self.store.create_resource(SCHEMAS, name, _dump([revision])):
+        if not await self.store.create_resource(SCHEMAS, name, _dump([revision])):
             raise already_exists(schema_id)
         self._revisions[name] = [revision]
         return revision.proto(name)
 
     async def get_schema(self, request: Any) -> Any:
         name, revision_id = _split_revision(request.name)
-        revisions = _live(self._get(name))
+        revisions = _live(await self._get(name))
         view = request.view or FULL
         if revision_id:
             for revision in revisions:
@@ -222,8 +222,9 @@ class SchemaRegistry:
     async def list_schemas(self, request: Any) -> Any:
         project = names.parse_project(request.parent)
         try:
-            page = self.store.list_resources(SCHEMAS, f"projects/{project}/schemas/",
-                                             _page_size(request.page_size), request.page_token)
+            page = await self.store.list_resources(SCHEMAS, f"projects/{project}/schemas/",
+                                                   _page_size(request.page_size),
+                                                   request.page_token)
         except ValueError:
             raise invalid_argument("The page_token is invalid.") from None
         view = request.view or BASIC
@@ -233,7 +234,7 @@ class SchemaRegistry:
 
     async def list_schema_revisions(self, request: Any) -> Any:
         name, _ = _split_revision(request.name)
-        newest_first = list(reversed(_live(self._get(name))))
+        newest_first = list(reversed(_live(await self._get(name))))
         start = 0
         if request.page_token:
             ids = [r.id for r in newest_first]
@@ -250,35 +251,35 @@ class SchemaRegistry:
         return t.ListSchemaRevisionsResponse.pb()(
             schemas=[r.proto(name, view) for r in chosen], next_page_token=token)
 
-    def _append(self, name: str, revisions: list[Revision], schema_type: int, definition: str,
-                descriptor: bytes) -> Any:
+    async def _append(self, name: str, revisions: list[Revision], schema_type: int, definition: str,
+                      descriptor: bytes) -> Any:
         revision = Revision(self._new_revision_id(revisions), schema_type, definition,
                             self.clock(), descriptor)
-        self._save(name, [*revisions, revision])
+        await self._save(name, [*revisions, revision])
         return revision.proto(name)
 
     async def commit_schema(self, request: Any) -> Any:
         name, _ = _split_revision(request.name)
-        revisions = self._get(name)
+        revisions = await self._get(name)
         latest = _live(revisions)[-1]
         if request.schema.type_ != latest.type:
             raise invalid_argument(
                 f"The schema type of a new revision must be the schema's type "
                 f"({_TYPE_NAMES[latest.type]}).")
         _, descriptor = await self._compile(request.schema)
-        revisions = self._get(name)  # it may have changed while protoc ran
-        return self._append(name, revisions, request.schema.type_, request.schema.definition,
-                            descriptor)
+        revisions = await self._get(name)  # it may have changed while protoc ran
+        return await self._append(name, revisions, request.schema.type_, request.schema.definition,
+                                  descriptor)
 
     async def rollback_schema(self, request: Any) -> Any:
         name, _ = _split_revision(request.name)
         if not request.revision_id:
             raise invalid_argument("The revision_id must be set.")
-        revisions = self._get(name)
+        revisions = await self._get(name)
         for revision in _live(revisions):
             if revision.id == request.revision_id:
-                return self._append(name, revisions, revision.type, revision.definition,
-                                    revision.descriptor)
+                return await self._append(name, revisions, revision.type, revision.definition,
+                                          revision.descriptor)
         raise not_found(f"{_schema_id(name)}@{request.revision_id}")
 
     async def delete_schema_revision(self, request: Any) -> Any:
@@ -288,7 +289,7 @@ class SchemaRegistry:
             raise invalid_argument(
                 "The name must include the revision id to delete "
                 "(projects/{project}/schemas/{schema}@{revision}).")
-        revisions = self._get(name)
+        revisions = await self._get(name)
         live = _live(revisions)
         for index, revision in enumerate(revisions):
             if revision.id == revision_id and not revision.deleted:
@@ -299,20 +300,20 @@ class SchemaRegistry:
                 updated = list(revisions)
                 updated[index] = Revision(revision.id, revision.type, "", revision.create_ms,
                                           deleted=True)
-                self._save(name, updated)
+                await self._save(name, updated)
                 return revision.proto(name)
         raise not_found(f"{_schema_id(name)}@{revision_id}")
 
     async def delete_schema(self, request: Any) -> Any:
         name, _ = _split_revision(request.name)
-        self._get(name)
+        await self._get(name)
         # Google keeps the topics, their schema_settings.schema saying "_deleted-schema_".
-        for topic_name, raw in self.store.list_resources(TOPICS, "", 0, "").items:
+        for topic_name, raw in (await self.store.list_resources(TOPICS, "", 0, "")).items:
             topic = t.Topic.pb().FromString(raw)
             if topic.schema_settings.schema == name:
                 topic.schema_settings.schema = DELETED_SCHEMA
-                self.store.update_resource(TOPICS, topic_name, topic.SerializeToString())
-        self.store.delete_resource(SCHEMAS, name)
+                await self.store.update_resource(TOPICS, topic_name, topic.SerializeToString())
+        await self.store.delete_resource(SCHEMAS, name)
         self._revisions.pop(name, None)
         return empty_pb2.Empty()
 
@@ -328,7 +329,7 @@ class SchemaRegistry:
         which = request.WhichOneof("schema_spec")
         if which == "name":
             name, revision_id = _split_revision(request.name)
-            live = _live(self._get(name))
+            live = _live(await self._get(name))
             revision = live[-1]
             if revision_id:
                 matching = [r for r in live if r.id == revision_id]
@@ -350,7 +351,7 @@ class SchemaRegistry:
         return t.ValidateMessageResponse.pb()()
 
     # --- topics ----------------------------------------------------------------------------
-    def check_topic_settings(self, topic: Any) -> None:
+    async def check_topic_settings(self, topic: Any) -> None:
         """Validate a topic's schema_settings (schema exists, encoding, revision range)."""
         if not topic.HasField("schema_settings"):
             return
@@ -364,7 +365,7 @@ class SchemaRegistry:
         except ApiError:
             raise invalid_argument(
                 f"Invalid schema name in schema_settings: {settings.schema!r}.") from None
-        revisions = self._get(settings.schema)
+        revisions = await self._get(settings.schema)
         if settings.encoding not in (JSON, BINARY):
             raise invalid_argument("The schema_settings.encoding must be JSON or BINARY.")
         positions = {r.id: i for i, r in enumerate(revisions)}
@@ -391,7 +392,7 @@ class SchemaRegistry:
             last = ids.index(settings.last_revision_id)
         return [r for r in reversed(revisions[first:last + 1]) if not r.deleted]
 
-    def validate_messages(self, topic: Any, messages: Sequence[Any]) -> list[bytes] | None:
+    async def validate_messages(self, topic: Any, messages: Sequence[Any]) -> list[bytes] | None:
         """Raise INVALID_ARGUMENT unless every message matches the topic's schema.
 
         Adds Google's googclient_schema* attributes to each message and returns the messages
@@ -400,7 +401,7 @@ class SchemaRegistry:
         settings = topic.schema_settings
         if settings.schema == DELETED_SCHEMA or not settings.schema:
             return None
-        revisions = self._load(settings.schema)
+        revisions = await self._load(settings.schema)
         if revisions is None:
             return None
         allowed = self._allowed(settings, revisions)

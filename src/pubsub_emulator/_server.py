@@ -25,14 +25,17 @@ log = logging.getLogger("pubsub_emulator")
 DB_FILE = "pubsub.sqlite3"
 
 
-def open_store(data_dir: str | Path | None, in_memory: bool = False, nats: str | None = None,
-               nats_replicas: int = 1) -> Store:
-    """The embedded SQLite store, or with `nats` ("nats://HOST:PORT[,nats://...]") JetStream."""
+async def open_store(data_dir: str | Path | None, in_memory: bool = False,
+                     nats: str | None = None, nats_replicas: int = 1) -> Store:
+    """The embedded SQLite store, or with `nats` ("nats://HOST:PORT[,nats://...]") JetStream.
+
+    A NATS store lives on the event loop that opens it.
+    """
     if nats:
         from ._nats_store import NatsStore
 
-        return NatsStore([url.strip() for url in nats.split(",") if url.strip()],
-                         replicas=nats_replicas)
+        return await NatsStore.open([url.strip() for url in nats.split(",") if url.strip()],
+                                    replicas=nats_replicas)
     if in_memory or data_dir is None:
         return SqliteStore(None)
     path = Path(data_dir)
@@ -105,11 +108,8 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
     async def stop_sweeper() -> None:
         sweeper.cancel()
 
-    async def close_store() -> None:
-        store.close()
-
     return RunningServer(bound, grpc_port, front, runner, grpc_server,
-                         [stop_sweeper, pusher.stop, close_store])
+                         [stop_sweeper, pusher.stop, store.close])
 
 
 async def create_gateway(upstream: str, host: str = "127.0.0.1", port: int = 0) -> RunningServer:

@@ -1,8 +1,10 @@
 """The Pub/Sub v1 service core: every Publisher and Subscriber RPC, protocol-free.
 
 Adapters (gRPC, REST) hand in request protos and get response protos or an ApiError back. All
-calls run on one asyncio event loop, so the core needs no locks; the store is synchronous and fast
-enough (SQLite, batched) to run inline.
+calls run on one asyncio event loop, so the core needs no locks. Store calls are awaited: the
+embedded store never suspends (each call is atomic), while a store that talks to a server (NATS)
+lets the loop serve other calls meanwhile; what the core does across such a wait must hold even
+if another call ran in between (as it must anyway with several processes on one store).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class _Stream:
     outstanding_bytes: int = 0
     exactly_once: bool = False
     confirmations: list[Any] = field(default_factory=list)  # responses owed to the client
+    # The subscription's delivery policy as of the stream's last look at it (every turn of
+    # its loop): acks and modacks on the stream use it rather than reading it again.
+    policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
 
     def release(self, ack_ids: list[str] | Any) -> None:
         for ack_id in ack_ids:
@@ -215,19 +220,19 @@ class PubSubService:
                            for name in SCHEMA_METHODS})
 
     # --- helpers ---------------------------------------------------------------------------
-    def _load(self, kind: str, name: str, message_type: Any, resource_id: str) -> Any:
-        raw = self.store.get_resource(kind, name)
+    async def _load(self, kind: str, name: str, message_type: Any, resource_id: str) -> Any:
+        raw = await self.store.get_resource(kind, name)
         if raw is None:
             raise not_found(resource_id)
         return message_type.FromString(raw)
 
-    def _topic(self, name: str) -> Any:
+    async def _topic(self, name: str) -> Any:
         rn = names.topic(name)
-        return self._load(TOPICS, name, Topic, rn.id)
+        return await self._load(TOPICS, name, Topic, rn.id)
 
-    def _subscription(self, name: str) -> Any:
+    async def _subscription(self, name: str) -> Any:
         rn = names.subscription(name)
-        return self._load(SUBSCRIPTIONS, name, Subscription, rn.id)
+        return await self._load(SUBSCRIPTIONS, name, Subscription, rn.id)
 
     def watch(self, subscription: str) -> asyncio.Event:
         """An event set whenever the subscription may have messages to deliver."""
@@ -258,20 +263,21 @@ class PubSubService:
             raise invalid_argument("page_size must not be negative.")
         return min(page_size or limits.DEFAULT_PAGE_SIZE, limits.MAX_PAGE_SIZE)
 
-    def _list(self, kind: str, request: Any, message_type: Any) -> tuple[list[Any], str]:
+    async def _list(self, kind: str, request: Any, message_type: Any) -> tuple[list[Any], str]:
         """One page of a project's topics, subscriptions or snapshots, and the next token."""
         project = names.parse_project(request.project)
         try:
-            page = self.store.list_resources(kind, f"projects/{project}/{kind}/",
-                                             self._page(request.page_size), request.page_token)
+            page = await self.store.list_resources(kind, f"projects/{project}/{kind}/",
+                                                   self._page(request.page_size),
+                                                   request.page_token)
         except ValueError:
             raise invalid_argument("The page_token is invalid.") from None
         return [message_type.FromString(raw) for _, raw in page.items], page.next_token
 
     # --- Publisher -------------------------------------------------------------------------
-    def _validate_topic(self, topic: Any) -> None:
+    async def _validate_topic(self, topic: Any) -> None:
         _check_labels(topic.labels)
-        self.schemas.check_topic_settings(topic)
+        await self.schemas.check_topic_settings(topic)
         if topic.HasField("message_retention_duration"):
             s = _duration_s(topic.message_retention_duration)
             if not limits.MIN_RETENTION_S <= s <= limits.MAX_TOPIC_RETENTION_S:
@@ -283,25 +289,25 @@ class PubSubService:
         rn = names.topic(request.name)
         topic = Topic()
         topic.CopyFrom(request)
-        self._validate_topic(topic)
+        await self._validate_topic(topic)
         topic.state = t.Topic.State.ACTIVE
-        if not self.store.create_resource(TOPICS, topic.name, topic.SerializeToString()):
+        if not await self.store.create_resource(TOPICS, topic.name, topic.SerializeToString()):
             raise already_exists(rn.id)
         log.info("created topic %s", topic.name)
         _note_unhonoured(topic)
         return topic
 
     async def update_topic(self, request: Any) -> Any:
-        current = self._topic(request.topic.name)
+        current = await self._topic(request.topic.name)
         paths = _check_mask(request.update_mask, _TOPIC_MUTABLE, "Topic")
-        self._validate_topic(request.topic)
+        await self._validate_topic(request.topic)
         _apply_mask(current, request.topic, paths)
-        self.store.update_resource(TOPICS, current.name, current.SerializeToString())
+        await self.store.update_resource(TOPICS, current.name, current.SerializeToString())
         _note_unhonoured(current)
         return current
 
     async def publish(self, request: Any) -> Any:
-        topic = self._topic(request.topic)
+        topic = await self._topic(request.topic)
         if not request.messages:
             raise invalid_argument("The request contains no messages.")
         if len(request.messages) > limits.MAX_MESSAGES_PER_PUBLISH:
@@ -339,24 +345,24 @@ class PubSubService:
                     f"The ordering key is longer than {limits.MAX_ORDERING_KEY_BYTES} bytes.")
             raws.append(message.SerializeToString())
         if topic.HasField("schema_settings"):
-            raws = self.schemas.validate_messages(topic, request.messages) or raws
+            raws = await self.schemas.validate_messages(topic, request.messages) or raws
         skip = None
-        filters = self._topic_filters(request.topic)
+        filters = await self._topic_filters(request.topic)
         if filters:
             skip = {sub: {i for i, m in enumerate(request.messages) if not accepts(m.attributes)}
                     for sub, accepts in filters.items()}
         keys = [m.ordering_key for m in request.messages]
-        ids = self.store.publish(request.topic, raws, self.clock(), skip,
-                                 keys if any(keys) else None,
-                                 retain=topic.HasField("message_retention_duration"))
+        ids = await self.store.publish(request.topic, raws, self.clock(), skip,
+                                       keys if any(keys) else None,
+                                       retain=topic.HasField("message_retention_duration"))
         self._wake_all()
         return t.PublishResponse.pb()(message_ids=ids)
 
-    def _topic_filters(self, topic: str) -> dict[str, Callable[[Any], bool]]:
+    async def _topic_filters(self, topic: str) -> dict[str, Callable[[Any], bool]]:
         cached = self._filters.get(topic)
         if cached is None:
             cached = {}
-            for name, raw in self.store.list_by_topic(SUBSCRIPTIONS, topic, 0, "").items:
+            for name, raw in (await self.store.list_by_topic(SUBSCRIPTIONS, topic, 0, "")).items:
                 sub = Subscription.FromString(raw)
                 if sub.filter:
                     cached[name] = compile_filter(sub.filter)
@@ -364,50 +370,51 @@ class PubSubService:
         return cached
 
     async def get_topic(self, request: Any) -> Any:
-        return self._topic(request.topic)
+        return await self._topic(request.topic)
 
     async def list_topics(self, request: Any) -> Any:
-        topics, token = self._list(TOPICS, request, Topic)
+        topics, token = await self._list(TOPICS, request, Topic)
         return t.ListTopicsResponse.pb()(topics=topics, next_page_token=token)
 
-    def _by_topic(self, kind: str, request: Any) -> Any:
-        self._topic(request.topic)
+    async def _by_topic(self, kind: str, request: Any) -> Any:
+        await self._topic(request.topic)
         try:
-            return self.store.list_by_topic(kind, request.topic, self._page(request.page_size),
-                                            request.page_token)
+            return await self.store.list_by_topic(kind, request.topic,
+                                                  self._page(request.page_size),
+                                                  request.page_token)
         except ValueError:
             raise invalid_argument("The page_token is invalid.") from None
 
     async def list_topic_subscriptions(self, request: Any) -> Any:
-        page = self._by_topic(SUBSCRIPTIONS, request)
+        page = await self._by_topic(SUBSCRIPTIONS, request)
         return t.ListTopicSubscriptionsResponse.pb()(
             subscriptions=[name for name, _ in page.items], next_page_token=page.next_token)
 
     async def list_topic_snapshots(self, request: Any) -> Any:
-        page = self._by_topic(SNAPSHOTS, request)
+        page = await self._by_topic(SNAPSHOTS, request)
         return t.ListTopicSnapshotsResponse.pb()(
             snapshots=[name for name, _ in page.items], next_page_token=page.next_token)
 
     async def delete_topic(self, request: Any) -> Any:
-        self._topic(request.topic)
+        await self._topic(request.topic)
         # Google keeps the topic's subscriptions, pointing at "_deleted-topic_".
-        page = self.store.list_by_topic(SUBSCRIPTIONS, request.topic, 0, "")
+        page = await self.store.list_by_topic(SUBSCRIPTIONS, request.topic, 0, "")
         for name, raw in page.items:
             sub = Subscription.FromString(raw)
             sub.topic = names.DELETED_TOPIC
-            self.store.update_resource(SUBSCRIPTIONS, name, sub.SerializeToString(),
-                                       topic=names.DELETED_TOPIC)
+            await self.store.update_resource(SUBSCRIPTIONS, name, sub.SerializeToString(),
+                                             topic=names.DELETED_TOPIC)
             self._changed(name)
-        self.store.delete_resource(TOPICS, request.topic)
+        await self.store.delete_resource(TOPICS, request.topic)
         self._filters.clear()
         log.info("deleted topic %s (%d subscriptions detached)", request.topic, len(page.items))
         return empty_pb2.Empty()
 
     async def detach_subscription(self, request: Any) -> Any:
-        sub = self._subscription(request.subscription)
+        sub = await self._subscription(request.subscription)
         sub.detached = True
-        self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(), topic="")
-        self.store.purge(sub.name)
+        await self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(), topic="")
+        await self.store.purge(sub.name)
         self._wake(sub.name)
         self._changed(sub.name)
         log.info("detached subscription %s", sub.name)
@@ -472,12 +479,12 @@ class PubSubService:
             raise invalid_argument("The topic of the subscription must be set.")
         if sub.topic != names.DELETED_TOPIC:
             topic_rn = names.topic(sub.topic)
-            if self.store.get_resource(TOPICS, sub.topic) is None:
+            if await self.store.get_resource(TOPICS, sub.topic) is None:
                 raise not_found(topic_rn.id)
         self._validate_subscription(sub, creating=True)
         sub.state = t.Subscription.State.ACTIVE
-        if not self.store.create_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(),
-                                          topic=sub.topic):
+        if not await self.store.create_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(),
+                                                topic=sub.topic):
             raise already_exists(rn.id)
         self._changed(sub.name)
         log.info("created subscription %s on %s", sub.name, sub.topic)
@@ -485,30 +492,30 @@ class PubSubService:
         return sub
 
     async def get_subscription(self, request: Any) -> Any:
-        return self._subscription(request.subscription)
+        return await self._subscription(request.subscription)
 
     async def update_subscription(self, request: Any) -> Any:
-        current = self._subscription(request.subscription.name)
+        current = await self._subscription(request.subscription.name)
         paths = _check_mask(request.update_mask, _SUBSCRIPTION_MUTABLE, "Subscription")
         updated = Subscription()
         updated.CopyFrom(current)
         _apply_mask(updated, request.subscription, paths)
         self._validate_subscription(updated, creating=False)
-        self.store.update_resource(SUBSCRIPTIONS, updated.name, updated.SerializeToString())
+        await self.store.update_resource(SUBSCRIPTIONS, updated.name, updated.SerializeToString())
         self._changed(updated.name)
         _note_unhonoured(updated, self.store)
         return updated
 
     async def list_subscriptions(self, request: Any) -> Any:
-        subscriptions, token = self._list(SUBSCRIPTIONS, request, Subscription)
+        subscriptions, token = await self._list(SUBSCRIPTIONS, request, Subscription)
         return t.ListSubscriptionsResponse.pb()(subscriptions=subscriptions,
                                                 next_page_token=token)
 
     async def delete_subscription(self, request: Any) -> Any:
         rn = names.subscription(request.subscription)
-        if not self.store.delete_resource(SUBSCRIPTIONS, request.subscription):
+        if not await self.store.delete_resource(SUBSCRIPTIONS, request.subscription):
             raise not_found(rn.id)
-        self.store.delete_resource(ACTIVITY, request.subscription)
+        await self.store.delete_resource(ACTIVITY, request.subscription)
         self._last_active.pop(request.subscription, None)
         self._activity_written.pop(request.subscription, None)
         self._wake(request.subscription)
@@ -517,10 +524,10 @@ class PubSubService:
         return empty_pb2.Empty()
 
     async def modify_push_config(self, request: Any) -> Any:
-        sub = self._subscription(request.subscription)
+        sub = await self._subscription(request.subscription)
         sub.push_config.CopyFrom(request.push_config)
         self._validate_subscription(sub, creating=False)
-        self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString())
+        await self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString())
         self._changed(sub.name)
         return empty_pb2.Empty()
 
@@ -533,40 +540,40 @@ class PubSubService:
         return self._streams.get(subscription, set())
 
     async def acknowledge(self, request: Any) -> Any:
-        sub = self._subscription(request.subscription)
+        sub = await self._subscription(request.subscription)
         self._check_ack_ids(request.ack_ids)
-        self._acknowledge(sub.name, list(request.ack_ids), policy=delivery_policy(sub))
+        await self._acknowledge(sub.name, list(request.ack_ids), policy=delivery_policy(sub))
         return empty_pb2.Empty()
 
-    def _touch(self, subscription: str) -> None:
+    async def _touch(self, subscription: str) -> None:
         now = self.clock()
         self._last_active[subscription] = now
         if now - self._activity_written.get(subscription, -ACTIVITY_WRITE_EVERY_MS) \
                 >= ACTIVITY_WRITE_EVERY_MS:
             self._activity_written[subscription] = now
             stamp = str(now).encode()
-            if not self.store.update_resource(ACTIVITY, subscription, stamp):
-                self.store.create_resource(ACTIVITY, subscription, stamp)
+            if not await self.store.update_resource(ACTIVITY, subscription, stamp):
+                await self.store.create_resource(ACTIVITY, subscription, stamp)
 
-    def _last_activity(self, subscription: str, now: int) -> int:
+    async def _last_activity(self, subscription: str, now: int) -> int:
         """Last use here or, as recorded in the store, by any process sharing it."""
-        recorded = self.store.get_resource(ACTIVITY, subscription)
+        recorded = await self.store.get_resource(ACTIVITY, subscription)
         local = self._last_active.setdefault(subscription, now)  # since this process started
         return max(local, int(recorded) if recorded else 0)
 
-    def _policy(self, subscription: str) -> DeliveryPolicy:
-        raw = self.store.get_resource(SUBSCRIPTIONS, subscription)
+    async def _policy(self, subscription: str) -> DeliveryPolicy:
+        raw = await self.store.get_resource(SUBSCRIPTIONS, subscription)
         return delivery_policy(Subscription.FromString(raw)) if raw is not None else \
             DeliveryPolicy()
 
-    def _acknowledge(self, subscription: str, ack_ids: list[str], strict: bool = True,
-                     policy: DeliveryPolicy | None = None) -> list[str]:
+    async def _acknowledge(self, subscription: str, ack_ids: list[str], strict: bool = True,
+                           policy: DeliveryPolicy | None = None) -> list[str]:
         """Acknowledge; under exactly-once, returns the ids that failed (raises if `strict`)."""
-        self._touch(subscription)
+        await self._touch(subscription)
         try:
-            invalid = self.store.acknowledge(subscription, ack_ids,
-                                             policy or self._policy(subscription),
-                                             self.clock())
+            invalid = await self.store.acknowledge(subscription, ack_ids,
+                                                   policy or await self._policy(subscription),
+                                                   self.clock())
         except InvalidAckId as exc:
             raise invalid_argument(f"Invalid ack ID: {exc}") from None
         for stream in self._leases(subscription):
@@ -576,22 +583,23 @@ class PubSubService:
         return invalid
 
     async def modify_ack_deadline(self, request: Any) -> Any:
-        sub = self._subscription(request.subscription)
+        sub = await self._subscription(request.subscription)
         self._check_ack_ids(request.ack_ids)
-        self._modify(sub.name, list(request.ack_ids), request.ack_deadline_seconds,
-                     policy=delivery_policy(sub))
+        await self._modify(sub.name, list(request.ack_ids), request.ack_deadline_seconds,
+                           policy=delivery_policy(sub))
         return empty_pb2.Empty()
 
-    def _modify(self, subscription: str, ack_ids: list[str], seconds: int, strict: bool = True,
-                policy: DeliveryPolicy | None = None) -> list[str]:
+    async def _modify(self, subscription: str, ack_ids: list[str], seconds: int,
+                      strict: bool = True, policy: DeliveryPolicy | None = None) -> list[str]:
         if not 0 <= seconds <= limits.MAX_MODIFY_DEADLINE_S:
             raise invalid_argument(
                 f"Invalid ack deadline given: {seconds}. It must be between 0 and "
                 f"{limits.MAX_MODIFY_DEADLINE_S} seconds.")
         now = self.clock()
         try:
-            invalid = self.store.modify_deadline(subscription, ack_ids, seconds * 1000, now,
-                                                 policy or self._policy(subscription))
+            invalid = await self.store.modify_deadline(subscription, ack_ids, seconds * 1000,
+                                                       now,
+                                                       policy or await self._policy(subscription))
         except InvalidAckId as exc:
             raise invalid_argument(f"Invalid ack ID: {exc}") from None
         for stream in self._leases(subscription):
@@ -605,11 +613,11 @@ class PubSubService:
             raise exactly_once_failure(invalid)
         return invalid
 
-    def _receive(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int = 0,
-                 ) -> tuple[list[Any], list[tuple[str, int]]]:
-        self._touch(sub.name)
-        deliveries = self.store.pull(sub.name, max_messages, lease_ms, self.clock(), max_bytes,
-                                     delivery_policy(sub))
+    async def _receive(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int = 0,
+                       ) -> tuple[list[Any], list[tuple[str, int]]]:
+        await self._touch(sub.name)
+        deliveries = await self.store.pull(sub.name, max_messages, lease_ms, self.clock(),
+                                           max_bytes, delivery_policy(sub))
         dead_letter = sub.dead_letter_policy if sub.HasField("dead_letter_policy") else None
         received, leased = [], []
         for d in deliveries:
@@ -617,17 +625,17 @@ class PubSubService:
             rm.message.MergeFromString(d.message)
             if dead_letter is not None:
                 if (d.delivery_attempt > dead_letter.max_delivery_attempts
-                        and self._dead_letter(sub, rm, d.delivery_attempt - 1)):
+                        and await self._dead_letter(sub, rm, d.delivery_attempt - 1)):
                     continue
                 rm.delivery_attempt = d.delivery_attempt
             received.append(rm)
             leased.append((d.ack_id, d.size))
         return received, leased
 
-    def _dead_letter(self, sub: Any, received: Any, attempts: int) -> bool:
+    async def _dead_letter(self, sub: Any, received: Any, attempts: int) -> bool:
         """Forward a message that ran out of delivery attempts; ack it on `sub`."""
         topic = sub.dead_letter_policy.dead_letter_topic
-        if self.store.get_resource(TOPICS, topic) is None:
+        if await self.store.get_resource(TOPICS, topic) is None:
             log.warning("%s: dead-letter topic %s does not exist; delivering again",
                         sub.name, topic)
             return False
@@ -641,8 +649,9 @@ class PubSubService:
             "CloudPubSubDeadLetterSourceSubscriptionProject": sub_name.project,
             "CloudPubSubDeadLetterSourceTopicPublishTime": source.publish_time.ToJsonString(),
         })
-        self.store.publish(topic, [forwarded.SerializeToString()], self.clock())
-        self.store.acknowledge(sub.name, [received.ack_id])
+        await self.store.publish(topic, [forwarded.SerializeToString()], self.clock())
+        await self.store.acknowledge(sub.name, [received.ack_id], delivery_policy(sub),
+                                     self.clock())
         log.info("%s: message %s dead-lettered to %s after %d delivery attempts", sub.name,
                  source.message_id, topic, attempts)
         self._wake_all()
@@ -652,18 +661,18 @@ class PubSubService:
         for sub in self._streams.keys() | self._waiters.keys():
             self._wake(sub)
 
-    def _deliverable(self, name: str) -> Any:
-        sub = self._subscription(name)
+    async def _deliverable(self, name: str) -> Any:
+        sub = await self._subscription(name)
         if sub.detached:
             raise failed_precondition(f"Subscription {name} is detached.")
         return sub
 
     async def pull(self, request: Any) -> Any:
-        sub = self._deliverable(request.subscription)
+        sub = await self._deliverable(request.subscription)
         if request.max_messages <= 0:
             raise invalid_argument("max_messages must be greater than 0.")
         lease_ms = sub.ack_deadline_seconds * 1000
-        received, _ = self._receive(sub, request.max_messages, lease_ms)
+        received, _ = await self._receive(sub, request.max_messages, lease_ms)
         if not received and not request.return_immediately:
             event = self.watch(sub.name)
             deadline = time.monotonic() + limits.PULL_WAIT_S
@@ -672,7 +681,7 @@ class PubSubService:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
-                    due = self.store.next_due_ms(sub.name)
+                    due = await self.store.next_due_ms(sub.name)
                     if due is not None:
                         remaining = min(remaining, max(0.0, (due - self.clock()) / 1000))
                     event.clear()
@@ -680,8 +689,8 @@ class PubSubService:
                         await asyncio.wait_for(event.wait(), remaining)
                     except TimeoutError:
                         pass
-                    sub = self._deliverable(request.subscription)
-                    received, _ = self._receive(sub, request.max_messages, lease_ms)
+                    sub = await self._deliverable(request.subscription)
+                    received, _ = await self._receive(sub, request.max_messages, lease_ms)
             finally:
                 self.unwatch(sub.name, event)
         return t.PullResponse.pb()(received_messages=received)
@@ -693,7 +702,7 @@ class PubSubService:
             return
         if not first.subscription:
             raise invalid_argument("The first StreamingPullRequest must name a subscription.")
-        sub = self._deliverable(first.subscription)
+        sub = await self._deliverable(first.subscription)
         if not (limits.MIN_ACK_DEADLINE_S <= first.stream_ack_deadline_seconds
                 <= limits.MAX_ACK_DEADLINE_S):
             raise invalid_argument(
@@ -701,7 +710,8 @@ class PubSubService:
                 f"must be between {limits.MIN_ACK_DEADLINE_S} and {limits.MAX_ACK_DEADLINE_S}.")
         stream = _Stream(sub.name, first.stream_ack_deadline_seconds * 1000,
                          first.max_outstanding_messages, first.max_outstanding_bytes,
-                         exactly_once=sub.enable_exactly_once_delivery)
+                         exactly_once=sub.enable_exactly_once_delivery,
+                         policy=delivery_policy(sub))
         self._streams.setdefault(sub.name, set()).add(stream)
         closed = asyncio.Event()
         failure: list[ApiError] = []
@@ -709,7 +719,7 @@ class PubSubService:
         async def read_requests(request: Any) -> None:
             try:
                 while request is not None:
-                    self._stream_request(stream, request)
+                    await self._stream_request(stream, request)
                     request = await anext(requests, None)
             except ApiError as exc:
                 failure.append(exc)
@@ -730,11 +740,12 @@ class PubSubService:
                     yield stream.confirmations.pop(0)
                 now = self.clock()
                 stream.expire(now)
-                sub = self._deliverable(stream.subscription)
+                sub = await self._deliverable(stream.subscription)
+                stream.policy = delivery_policy(sub)
                 count, size = stream.window()
                 received: list[Any] = []
                 if count > 0:
-                    received, leased = self._receive(sub, count, stream.lease_ms, size)
+                    received, leased = await self._receive(sub, count, stream.lease_ms, size)
                     for ack_id, nbytes in leased:
                         stream.outstanding[ack_id] = (now + stream.lease_ms, nbytes)
                         stream.outstanding_bytes += nbytes
@@ -744,7 +755,7 @@ class PubSubService:
                     continue
                 stream.wakeup.clear()
                 timeout = 30.0
-                due = self.store.next_due_ms(sub.name)
+                due = await self.store.next_due_ms(sub.name)
                 if due is not None and count > 0:
                     timeout = min(timeout, max(0.001, (due - self.clock()) / 1000))
                 if stream.outstanding:
@@ -765,14 +776,15 @@ class PubSubService:
                     self._streams.pop(stream.subscription, None)
             log.debug("StreamingPull closed on %s", stream.subscription)
 
-    def _stream_request(self, stream: _Stream, request: Any) -> None:
+    async def _stream_request(self, stream: _Stream, request: Any) -> None:
         """Acks and modacks on the stream; with exactly-once, queue their confirmations."""
         confirm = stream.exactly_once
         Confirmation = t.StreamingPullResponse.AcknowledgeConfirmation.pb()
         ModConfirmation = t.StreamingPullResponse.ModifyAckDeadlineConfirmation.pb()
         if request.ack_ids:
             ack_ids = list(request.ack_ids)
-            invalid = self._acknowledge(stream.subscription, ack_ids, strict=False)
+            invalid = await self._acknowledge(stream.subscription, ack_ids, strict=False,
+                                              policy=stream.policy)
             if confirm:
                 bad = set(invalid)
                 stream.confirmations.append(t.StreamingPullResponse.pb()(
@@ -786,7 +798,8 @@ class PubSubService:
                                    request.modify_deadline_ack_ids, strict=True):
             by_deadline.setdefault(seconds, []).append(ack_id)
         for seconds, ack_ids in by_deadline.items():
-            invalid = self._modify(stream.subscription, ack_ids, seconds, strict=False)
+            invalid = await self._modify(stream.subscription, ack_ids, seconds, strict=False,
+                                         policy=stream.policy)
             if confirm:
                 bad = set(invalid)
                 stream.confirmations.append(t.StreamingPullResponse.pb()(
@@ -798,19 +811,19 @@ class PubSubService:
             stream.lease_ms = request.stream_ack_deadline_seconds * 1000
 
     # --- snapshots and seek ----------------------------------------------------------------
-    def _snapshot(self, name: str) -> Any:
+    async def _snapshot(self, name: str) -> Any:
         rn = names.snapshot(name)
-        return self._load(SNAPSHOTS, name, Snapshot, rn.id)
+        return await self._load(SNAPSHOTS, name, Snapshot, rn.id)
 
     async def get_snapshot(self, request: Any) -> Any:
-        return self._snapshot(request.snapshot)
+        return await self._snapshot(request.snapshot)
 
     async def list_snapshots(self, request: Any) -> Any:
-        snapshots, token = self._list(SNAPSHOTS, request, Snapshot)
+        snapshots, token = await self._list(SNAPSHOTS, request, Snapshot)
         return t.ListSnapshotsResponse.pb()(snapshots=snapshots, next_page_token=token)
 
     async def create_snapshot(self, request: Any) -> Any:
-        sub = self._subscription(request.subscription)
+        sub = await self._subscription(request.subscription)
         if not request.name:  # Google assigns a name in the subscription's project
             project = names.subscription(sub.name).project
             request.name = f"projects/{project}/snapshots/snapshot-{uuid.uuid4().hex[:20]}"
@@ -820,42 +833,42 @@ class PubSubService:
         _check_labels(request.labels)
         snapshot = Snapshot(name=request.name, topic=sub.topic, labels=request.labels)
         snapshot.expire_time.FromMilliseconds(self.clock() + limits.SNAPSHOT_LIFETIME_S * 1000)
-        if not self.store.create_resource(SNAPSHOTS, snapshot.name,
-                                          snapshot.SerializeToString(), topic=sub.topic):
+        if not await self.store.create_resource(SNAPSHOTS, snapshot.name,
+                                                snapshot.SerializeToString(), topic=sub.topic):
             raise already_exists(rn.id)
-        self.store.save_snapshot(snapshot.name, sub.name)
+        await self.store.save_snapshot(snapshot.name, sub.name)
         return snapshot
 
     async def update_snapshot(self, request: Any) -> Any:
-        current = self._snapshot(request.snapshot.name)
+        current = await self._snapshot(request.snapshot.name)
         paths = _check_mask(request.update_mask, _SNAPSHOT_MUTABLE, "Snapshot")
         _check_labels(request.snapshot.labels)
         _apply_mask(current, request.snapshot, paths)
-        self.store.update_resource(SNAPSHOTS, current.name, current.SerializeToString())
+        await self.store.update_resource(SNAPSHOTS, current.name, current.SerializeToString())
         return current
 
     async def delete_snapshot(self, request: Any) -> Any:
         rn = names.snapshot(request.snapshot)
-        if not self.store.delete_resource(SNAPSHOTS, request.snapshot):
+        if not await self.store.delete_resource(SNAPSHOTS, request.snapshot):
             raise not_found(rn.id)
         return empty_pb2.Empty()
 
     async def seek(self, request: Any) -> Any:
-        sub = self._deliverable(request.subscription)
+        sub = await self._deliverable(request.subscription)
         target = request.WhichOneof("target")
         if target == "time":
-            topic = (self.store.get_resource(TOPICS, sub.topic)
+            topic = (await self.store.get_resource(TOPICS, sub.topic)
                      if sub.topic != names.DELETED_TOPIC else None)
             from_topic = topic is not None and Topic.FromString(topic).HasField(
                 "message_retention_duration")
-            self.store.seek_to_time(sub.name, request.time.ToMilliseconds(), self.clock(),
-                                    delivery_policy(sub), from_topic)
+            await self.store.seek_to_time(sub.name, request.time.ToMilliseconds(), self.clock(),
+                                          delivery_policy(sub), from_topic)
         elif target == "snapshot":
-            snapshot = self._snapshot(request.snapshot)
+            snapshot = await self._snapshot(request.snapshot)
             if snapshot.topic != sub.topic:
                 raise failed_precondition(
                     "The snapshot's topic is not the subscription's topic.")
-            self.store.seek_to_snapshot(sub.name, snapshot.name, self.clock())
+            await self.store.seek_to_snapshot(sub.name, snapshot.name, self.clock())
         else:
             raise invalid_argument("A seek target (time or snapshot) must be given.")
         for stream in self._leases(sub.name):
@@ -877,27 +890,27 @@ class PubSubService:
         now = self.clock()
         sub_retention: dict[str, int] = {}
         expired = []
-        for name, raw in self.store.list_resources(SUBSCRIPTIONS, "projects/", 0, "").items:
+        for name, raw in (await self.store.list_resources(SUBSCRIPTIONS, "projects/", 0, "")).items:
             sub = Subscription.FromString(raw)
             sub_retention[name] = int(_duration_s(sub.message_retention_duration) * 1000)
             if sub.expiration_policy.HasField("ttl"):
                 ttl_ms = int(_duration_s(sub.expiration_policy.ttl) * 1000)
-                last = self._last_activity(name, now)
+                last = await self._last_activity(name, now)
                 if now - last > ttl_ms and name not in self._streams:
                     expired.append(name)
         topic_retention = {}
-        for name, raw in self.store.list_resources(TOPICS, "projects/", 0, "").items:
+        for name, raw in (await self.store.list_resources(TOPICS, "projects/", 0, "")).items:
             topic = Topic.FromString(raw)
             if topic.HasField("message_retention_duration"):
                 topic_retention[name] = int(_duration_s(topic.message_retention_duration) * 1000)
-        for name, raw in self.store.list_resources(SNAPSHOTS, "projects/", 0, "").items:
+        for name, raw in (await self.store.list_resources(SNAPSHOTS, "projects/", 0, "")).items:
             if Snapshot.FromString(raw).expire_time.ToMilliseconds() <= now:
                 log.info("snapshot %s expired", name)
-                self.store.delete_resource(SNAPSHOTS, name)
+                await self.store.delete_resource(SNAPSHOTS, name)
         for name in expired:
             log.info("subscription %s expired (inactive beyond its expiration policy)", name)
             await self.delete_subscription(t.DeleteSubscriptionRequest.pb()(subscription=name))
-        gone = self.store.sweep(now, RetentionRules(sub_retention, topic_retention))
+        gone = await self.store.sweep(now, RetentionRules(sub_retention, topic_retention))
         if gone:
             log.debug("swept %d messages nothing needs any more", gone)
 

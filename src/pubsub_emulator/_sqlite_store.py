@@ -106,7 +106,7 @@ class SqliteStore(Store):
             raise KeyError(subscription) from None
 
     # --- resources -------------------------------------------------------------------------
-    def create_resource(self, kind: str, name: str, proto: bytes, topic: str = "") -> bool:
+    async def create_resource(self, kind: str, name: str, proto: bytes, topic: str = "") -> bool:
         try:
             self._db.execute("INSERT INTO resources (kind, name, topic, proto) VALUES (?,?,?,?)",
                              (kind, name, topic, proto))
@@ -116,7 +116,8 @@ class SqliteStore(Store):
             self._load_fanout()
         return True
 
-    def update_resource(self, kind: str, name: str, proto: bytes, topic: str | None = None) -> bool:
+    async def update_resource(self, kind: str, name: str, proto: bytes,
+                              topic: str | None = None) -> bool:
         if topic is None:
             cur = self._db.execute("UPDATE resources SET proto=? WHERE kind=? AND name=?",
                                    (proto, kind, name))
@@ -127,12 +128,12 @@ class SqliteStore(Store):
             self._load_fanout()
         return cur.rowcount > 0
 
-    def get_resource(self, kind: str, name: str) -> bytes | None:
+    async def get_resource(self, kind: str, name: str) -> bytes | None:
         row = self._db.execute("SELECT proto FROM resources WHERE kind=? AND name=?",
                                (kind, name)).fetchone()
         return row[0] if row else None
 
-    def delete_resource(self, kind: str, name: str) -> bool:
+    async def delete_resource(self, kind: str, name: str) -> bool:
         db = self._db
         db.execute("BEGIN")
         try:
@@ -162,7 +163,7 @@ class SqliteStore(Store):
             return Page(items, encode_page_token(items[-1][0]))
         return Page(items, "")
 
-    def list_resources(self, kind: str, prefix: str, page_size: int, page_token: str) -> Page:
+    async def list_resources(self, kind: str, prefix: str, page_size: int, page_token: str) -> Page:
         after = decode_page_token(page_token) if page_token else ""
         limit = page_size + 1 if page_size else -1
         rows = self._db.execute(
@@ -170,7 +171,7 @@ class SqliteStore(Store):
             "ORDER BY name LIMIT ?", (kind, prefix, prefix + "\uffff", after, limit))
         return self._page(rows, page_size)
 
-    def list_by_topic(self, kind: str, topic: str, page_size: int, page_token: str) -> Page:
+    async def list_by_topic(self, kind: str, topic: str, page_size: int, page_token: str) -> Page:
         after = decode_page_token(page_token) if page_token else ""
         limit = page_size + 1 if page_size else -1
         rows = self._db.execute(
@@ -179,9 +180,10 @@ class SqliteStore(Store):
         return self._page(rows, page_size)
 
     # --- messages --------------------------------------------------------------------------
-    def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
-                skip: Mapping[str, set[int]] | None = None,
-                ordering_keys: Sequence[str] | None = None, retain: bool = False) -> list[str]:
+    async def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                      skip: Mapping[str, set[int]] | None = None,
+                      ordering_keys: Sequence[str] | None = None,
+                      retain: bool = False) -> list[str]:
         first = self._last_seq + 1
         self._last_seq += len(messages)
         ids = [str(seq) for seq in range(first, self._last_seq + 1)]
@@ -216,8 +218,8 @@ class SqliteStore(Store):
             raise
         return ids
 
-    def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
-             max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
+    async def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
+                   max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
         sub_id = self._sub_id(subscription)
         db = self._db
         if policy.ordered:
@@ -308,8 +310,8 @@ class SqliteStore(Store):
             return self._stale(sub_id, ack_ids, now_ms)
         return self._parse_ack_ids(sub_id, ack_ids), []
 
-    def acknowledge(self, subscription: str, ack_ids: Sequence[str],
-                    policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
+    async def acknowledge(self, subscription: str, ack_ids: Sequence[str],
+                          policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
         sub_id = self._sub_id(subscription)
         parsed, stale = self._targets(sub_id, ack_ids, policy, now_ms)
         # At-least-once: an ack with an older ack id of the message still acknowledges it.
@@ -321,8 +323,8 @@ class SqliteStore(Store):
                                  [(sub_id, seq) for seq, _ in parsed])
         return stale
 
-    def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
-                        now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
+    async def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
+                              now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
         sub_id = self._sub_id(subscription)
         parsed, stale = self._targets(sub_id, ack_ids, policy, now_ms)
         retry = policy.retry
@@ -349,20 +351,21 @@ class SqliteStore(Store):
             raise
         return stale
 
-    def next_due_ms(self, subscription: str) -> int | None:
+    async def next_due_ms(self, subscription: str) -> int | None:
         row = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE sub_id=? AND next_at<?",
                                (self._sub_id(subscription), ACKED)).fetchone()
         return row[0]
 
-    def backlog(self, subscription: str) -> int:
+    async def backlog(self, subscription: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM deliveries WHERE sub_id=? AND next_at<?",
                                 (self._sub_id(subscription), ACKED)).fetchone()[0]
 
-    def purge(self, subscription: str) -> None:
+    async def purge(self, subscription: str) -> None:
         self._db.execute("DELETE FROM deliveries WHERE sub_id=?", (self._sub_id(subscription),))
 
-    def seek_to_time(self, subscription: str, time_ms: int, now_ms: int,
-                     policy: DeliveryPolicy = DEFAULT_POLICY, from_topic: bool = False) -> None:
+    async def seek_to_time(self, subscription: str, time_ms: int, now_ms: int,
+                           policy: DeliveryPolicy = DEFAULT_POLICY,
+                           from_topic: bool = False) -> None:
         sub_id = self._sub_id(subscription)
         db = self._db
         db.execute("BEGIN")
@@ -386,7 +389,7 @@ class SqliteStore(Store):
             db.execute("ROLLBACK")
             raise
 
-    def save_snapshot(self, snapshot: str, subscription: str) -> None:
+    async def save_snapshot(self, snapshot: str, subscription: str) -> None:
         sub_id = self._sub_id(subscription)
         topic = self._db.execute("SELECT topic FROM resources WHERE id=?", (sub_id,)).fetchone()[0]
         db = self._db
@@ -401,7 +404,7 @@ class SqliteStore(Store):
             db.execute("ROLLBACK")
             raise
 
-    def seek_to_snapshot(self, subscription: str, snapshot: str, now_ms: int) -> None:
+    async def seek_to_snapshot(self, subscription: str, snapshot: str, now_ms: int) -> None:
         sub_id = self._sub_id(subscription)
         db = self._db
         state = db.execute("SELECT topic, high_water FROM snapshot_state WHERE name=?",
@@ -423,7 +426,7 @@ class SqliteStore(Store):
             db.execute("ROLLBACK")
             raise
 
-    def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
+    async def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
         db = self._db
         rules = rules or RetentionRules()
         # Subscriptions drop what is older than their retention, acked-and-kept or not.
@@ -457,5 +460,5 @@ class SqliteStore(Store):
                                (topic, low, now_ms - retention_ms)).rowcount
         return gone
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._db.close()

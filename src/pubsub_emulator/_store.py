@@ -89,7 +89,12 @@ class Page:
 
 
 class Store(abc.ABC):
-    """Durable state behind the Pub/Sub API. Methods are called from one thread at a time."""
+    """Durable state behind the Pub/Sub API, used from one asyncio event loop.
+
+    Methods are coroutines so that a store that talks to a server (NATS) lets the loop serve
+    other calls while it waits; the embedded store never suspends, so each of its calls is
+    atomic with respect to the others.
+    """
 
     # Whether DeliveryPolicy.ordered is honoured (per-key ordering); the service logs it as a
     # setting stored but not honoured where it is not.
@@ -97,36 +102,38 @@ class Store(abc.ABC):
 
     # --- resources -------------------------------------------------------------------------
     @abc.abstractmethod
-    def create_resource(self, kind: str, name: str, proto: bytes, topic: str = "") -> bool:
+    async def create_resource(self, kind: str, name: str, proto: bytes, topic: str = "") -> bool:
         """Store a new topic/subscription/snapshot. False if the name exists.
 
         `topic` links a subscription or snapshot to its topic.
         """
 
     @abc.abstractmethod
-    def update_resource(self, kind: str, name: str, proto: bytes, topic: str | None = None) -> bool:
+    async def update_resource(self, kind: str, name: str, proto: bytes,
+                              topic: str | None = None) -> bool:
         """Replace a stored resource (and its topic link when given). False if absent."""
 
     @abc.abstractmethod
-    def get_resource(self, kind: str, name: str) -> bytes | None: ...
+    async def get_resource(self, kind: str, name: str) -> bytes | None: ...
 
     @abc.abstractmethod
-    def delete_resource(self, kind: str, name: str) -> bool:
+    async def delete_resource(self, kind: str, name: str) -> bool:
         """Delete a resource; for a subscription, its backlog too. False if absent."""
 
     @abc.abstractmethod
-    def list_resources(self, kind: str, prefix: str, page_size: int, page_token: str) -> Page:
+    async def list_resources(self, kind: str, prefix: str, page_size: int, page_token: str) -> Page:
         """Resources whose names start with `prefix`, in name order."""
 
     @abc.abstractmethod
-    def list_by_topic(self, kind: str, topic: str, page_size: int, page_token: str) -> Page:
+    async def list_by_topic(self, kind: str, topic: str, page_size: int, page_token: str) -> Page:
         """Subscriptions or snapshots linked to `topic`, in name order."""
 
     # --- messages --------------------------------------------------------------------------
     @abc.abstractmethod
-    def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
-                skip: Mapping[str, set[int]] | None = None,
-                ordering_keys: Sequence[str] | None = None, retain: bool = False) -> list[str]:
+    async def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                      skip: Mapping[str, set[int]] | None = None,
+                      ordering_keys: Sequence[str] | None = None,
+                      retain: bool = False) -> list[str]:
         """Append serialized PubsubMessages (without id and time) to a topic.
 
         Assigns each a message id and `now_ms` as publish time, and makes it available to every
@@ -138,8 +145,8 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
-             max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
+    async def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
+                   max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
         """Lease up to `max_messages` available messages (at least one even past `max_bytes`).
 
         With a retry policy, a lease that runs out makes the message available only after the
@@ -147,17 +154,19 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def acknowledge(self, subscription: str, ack_ids: Sequence[str],
-                    policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
+    async def acknowledge(self, subscription: str, ack_ids: Sequence[str],
+                          policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
         """Forget acknowledged messages (or keep them, acked, under retain_acked).
+
+        `policy` is the subscription's, as for pull (so is modify_deadline's).
 
         Raises InvalidAckId for ids it never issued. Under exactly_once, returns the ids whose
         lease is no longer current (expired, superseded, already acked), which change nothing.
         """
 
     @abc.abstractmethod
-    def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
-                        now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
+    async def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
+                              now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
         """Set the lease of still-current ack ids to end at now + deadline (0: a nack).
 
         A nack makes the message available now, or after the retry policy's delay. Under
@@ -165,20 +174,21 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def next_due_ms(self, subscription: str) -> int | None:
+    async def next_due_ms(self, subscription: str) -> int | None:
         """When the next message of the subscription becomes available (now or later)."""
 
     @abc.abstractmethod
-    def backlog(self, subscription: str) -> int:
+    async def backlog(self, subscription: str) -> int:
         """Unacknowledged messages of the subscription."""
 
     @abc.abstractmethod
-    def purge(self, subscription: str) -> None:
+    async def purge(self, subscription: str) -> None:
         """Drop the subscription's backlog (detach)."""
 
     @abc.abstractmethod
-    def seek_to_time(self, subscription: str, time_ms: int, now_ms: int,
-                     policy: DeliveryPolicy = DEFAULT_POLICY, from_topic: bool = False) -> None:
+    async def seek_to_time(self, subscription: str, time_ms: int, now_ms: int,
+                           policy: DeliveryPolicy = DEFAULT_POLICY,
+                           from_topic: bool = False) -> None:
         """Messages published before the time count as acked; the rest become available now.
 
         With retain_acked, acked messages kept since the time come back; `from_topic` replays
@@ -186,15 +196,15 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def save_snapshot(self, snapshot: str, subscription: str) -> None:
+    async def save_snapshot(self, snapshot: str, subscription: str) -> None:
         """Record the subscription's unacked set under a snapshot name."""
 
     @abc.abstractmethod
-    def seek_to_snapshot(self, subscription: str, snapshot: str, now_ms: int) -> None:
+    async def seek_to_snapshot(self, subscription: str, snapshot: str, now_ms: int) -> None:
         """Make the snapshot's unacked set, plus later messages still stored, the backlog."""
 
     @abc.abstractmethod
-    def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
+    async def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
         """Apply retention and reclaim messages nothing needs. Returns how many went."""
 
     def set_listener(self, callback: Callable[[str], None]) -> None:  # noqa: B027
@@ -205,4 +215,4 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def close(self) -> None: ...
+    async def close(self) -> None: ...

@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StoreUnavailable(RuntimeError):
+    """The store could not be opened (NATS unreachable, JetStream disabled, bad data dir)."""
+
+
 async def _run(start: Callable[[], Awaitable[RunningServer]], what: str) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -105,20 +109,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pubsub-emulator: unsupported --store {args.store!r} (expected nats://...)",
                   file=sys.stderr)
             return 2
-        try:
-            store = open_store(args.data_dir, args.in_memory, args.store, args.nats_replicas)
-        except Exception as exc:  # noqa: BLE001 - no server, JetStream disabled, ...
-            print(f"pubsub-emulator: cannot open the store {args.store}: {exc!r}",
-                  file=sys.stderr)
-            return 1
         where = args.store or ("memory" if args.in_memory else args.data_dir)
-        log.info("store: %s", where)
 
         async def start() -> RunningServer:
-            return await create_server(store, args.host, args.port, topology, args.grpc_port)
+            try:
+                store = await open_store(args.data_dir, args.in_memory, args.store,
+                                         args.nats_replicas)
+            except Exception as exc:  # no server, JetStream disabled, ...
+                raise _StoreUnavailable(f"{where}: {exc!r}") from exc
+            log.info("store: %s", where)
+            try:
+                return await create_server(store, args.host, args.port, topology,
+                                           args.grpc_port)
+            except BaseException:
+                await store.close()
+                raise
 
         try:
             return asyncio.run(_run(start, f"pubsub emulator on {args.host}"))
+        except _StoreUnavailable as exc:
+            print(f"pubsub-emulator: cannot open the store {exc}", file=sys.stderr)
+            return 1
         except _topology.TopologyError as exc:
             print(f"pubsub-emulator: {exc}", file=sys.stderr)
             return 2
