@@ -66,22 +66,9 @@ BACKENDS: dict[str, tuple[Callable[[Path], Awaitable[Store]], bool]] = {
 }
 
 
-# Contract tests a backend does not pass yet: expected to fail (strict), never skipped.
-UNSUPPORTED: dict[str, dict[str, str]] = {
-    "nats": {
-        "test_stale_modify_deadline_leaves_the_current_lease_alone":
-            "JetStream tracks acks by stream sequence: a stale reply subject moves the current "
-            "lease (docs/nats.md)",
-    },
-}
-
-
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request, tmp_path) -> Iterator[tuple[Callable[[], SyncStore], bool]]:
     factory, durable = BACKENDS[request.param]
-    reason = UNSUPPORTED.get(request.param, {}).get(request.node.originalname)
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     if request.param == "nats" and not _NATS_URL:
         _NATS_URL.append(request.getfixturevalue("nats_server").url)
     opened: list[SyncStore] = []
@@ -213,6 +200,18 @@ def test_stale_modify_deadline_leaves_the_current_lease_alone(store):
     [d2] = pull_until(store, 1)
     store.modify_deadline(S, [d.ack_id], 600_000, now())  # stale lease: no effect
     [d3] = pull_until(store, 1)  # d2's lease runs out as it would have
+    assert (d2.delivery_attempt, d3.delivery_attempt) == (2, 3)
+
+
+def test_stale_nack_leaves_the_current_lease_alone(store):
+    store.publish(T, [msg(b"x")], now())
+    [d] = store.pull(S, 1, LEASE_MS, now())
+    [d2] = pull_until(store, 1)  # d's lease ran out: redelivered
+    store.modify_deadline(S, [d2.ack_id], 600_000, now())
+    store.modify_deadline(S, [d.ack_id], 0, now())  # stale nack: no effect
+    assert store.pull(S, 10, LEASE_MS, now()) == []
+    store.modify_deadline(S, [d2.ack_id], 0, now())  # the current one does
+    [d3] = pull_until(store, 1)
     assert (d2.delivery_attempt, d3.delivery_attempt) == (2, 3)
 
 

@@ -57,6 +57,7 @@ _Subscription = pubsub_types.Subscription.pb()
 _SUBSCRIPTIONS = "subscriptions"
 _SNAPSHOT_STATE = "_snapshot-state"  # internal kind: a snapshot's recorded position
 _SUB_START = "_subscription-start"  # internal kind: a subscription's first stream sequence
+_REDELIVERED = "_redelivered"  # internal kind: a consumer's redelivered messages (see _current)
 _DETACHED = ("", "_deleted-topic_")
 _ACK_WAIT_MS = 10_000
 _PARK_MS = 30_000  # how long a message held back behind its ordering key waits at most
@@ -446,6 +447,7 @@ class NatsStore(Store):
 
     async def _delete_consumer(self, topic: str, subscription: str) -> None:
         await self._kv_delete(self._order_key(self._consumer(subscription)), "OKEY")
+        await self._kv_delete(self._key(_REDELIVERED, self._consumer(subscription)))
         try:
             await self._api(f"CONSUMER.DELETE.{self._stream(topic)}.{self._consumer(subscription)}")
         except NatsError as exc:
@@ -590,6 +592,9 @@ class NatsStore(Store):
             chosen = await self._order(stream, consumer, chosen, over, attempts)
         if policy.exactly_once and chosen:
             chosen = await self._lease_current(chosen, now_ms + lease_ms)
+        elif any(ack.delivered > 1 for _, ack, _ in chosen):
+            await self._note_redelivered(consumer, [ack for _, ack, _ in chosen
+                                                    if ack.delivered > 1])
         for msg, ack, size in chosen:
             attempt = attempts.get(ack.sseq, ack.delivered)
             delay = lease_ms + (retry.delay_ms(attempt) if retry else 0)
@@ -780,6 +785,48 @@ class NatsStore(Store):
             parsed.append(ack)
         return parsed
 
+    # Stale ack ids: JetStream applies a NAK (our modack) to a message's current delivery
+    # whatever delivery its reply subject names, so a modack with the ack id of an earlier
+    # delivery would move the current lease. Each consumer keeps a record of its redelivered
+    # messages ({"d": {sseq: delivery count}}, written before a redelivery is handed out, by
+    # compare-and-set, pruned below the ack floor by the sweeper); a modack whose delivery
+    # count is below the recorded one changes nothing, as on the embedded store. First
+    # deliveries write nothing: a message delivered once has no stale ack id.
+    async def _note_redelivered(self, consumer: str, acks: list[_Ack]) -> None:
+        key = self._key(_REDELIVERED, consumer)
+        while True:
+            found = await self._kv_get(key)
+            counts: dict[str, int] = found[0]["d"] if found else {}
+            for ack in acks:
+                counts[str(ack.sseq)] = max(counts.get(str(ack.sseq), 0), ack.delivered)
+            if await self._kv_put(key, {"d": counts}, found[1] if found else 0):
+                return
+
+    async def _current(self, parsed: list[_Ack]) -> list[_Ack]:
+        """The ack ids that name their message's latest delivery."""
+        consumers = sorted({ack.consumer for ack in parsed})
+        records = await asyncio.gather(*(self._kv_get(self._key(_REDELIVERED, c))
+                                         for c in consumers))
+        latest = {c: (r[0]["d"] if r else {}) for c, r in zip(consumers, records, strict=True)}
+        return [ack for ack in parsed
+                if ack.delivered >= latest[ack.consumer].get(str(ack.sseq), 0)]
+
+    async def _prune_redelivered(self, needed: Mapping[str, int]) -> None:
+        """Forget redeliveries below each consumer's ack floor (and of consumers gone)."""
+        for subject in await self._subjects(self._key(_REDELIVERED, "x").rpartition(".")[0]
+                                            + ".*"):
+            consumer = _unb64(subject.rpartition(".")[2])
+            found = await self._kv_get(subject)
+            if found is None:
+                continue
+            if consumer not in needed:
+                await self._kv_delete(subject)
+                continue
+            counts = {seq: n for seq, n in found[0]["d"].items()
+                      if int(seq) >= needed[consumer]}
+            if len(counts) < len(found[0]["d"]):
+                await self._kv_put(subject, {"d": counts}, found[1])  # (lost race: next time)
+
     # Exactly-once: each delivery's lease is a record `<ns>.lease.<consumer>.<sseq>` in the
     # resource stream ({"d": delivery count, "until": ms} or {"acked": true}), changed only
     # with compare-and-set on its subject sequence, so of two processes racing on a message
@@ -871,6 +918,8 @@ class NatsStore(Store):
             parsed, stale = await self._settle(
                 parsed, ack_ids, now_ms,
                 lambda a: {"d": a.delivered, "until": now_ms + deadline_ms})
+        else:
+            parsed = await self._current(parsed)
         retry = policy.retry
         if deadline_ms == 0:  # a nack: through the ordering record (if any), as an ack
             def body(ack: _Ack, attempt: int) -> bytes:
@@ -1056,6 +1105,7 @@ class NatsStore(Store):
             offset += len(names)
             if not names or offset >= resp.get("total", 0):
                 break
+        await self._prune_redelivered(needed)
         # exactly-once lease records of messages no consumer can deliver again
         done = []
         for subject in await self._subjects(f"{self._ns}.lease.>"):
