@@ -941,20 +941,28 @@ class NatsStore(Store):
         return stale
 
     async def _send(self, sends: list[tuple[str, bytes]]) -> None:
-        """Send acks and nacks in order; return once the server processed every one.
+        """Send acks and nacks in order; return once the server applied every one.
 
         An acknowledgement the caller is told succeeded must not be lost with a NATS node, and
-        a nacked message must be available to the very next pull (JetStream queues acks and
-        nacks to the consumer, so a flush does not mean processed): each goes with a reply
-        subject, answered once the consumer applied it, all before awaiting any answer (one
-        round trip for the batch).
+        a nacked message must be available to the very next pull; JetStream queues acks and
+        nacks to their consumer (a flush does not mean applied) and answers one sent with a
+        reply subject once the consumer applied it. A consumer applies what one connection
+        sends it in order, so only the last send to each consumer asks for an answer: one
+        round trip, and one answer per consumer, for the batch.
         """
+        last: dict[str, int] = {}
+        for index, (subject, _) in enumerate(sends):
+            last[_Ack(subject[len("$JS.ACK."):]).consumer] = index
+        confirming = set(last.values())
         tokens = []
         try:
-            for subject, body in sends:
-                token, queue = self._reply_queue()
-                tokens.append((token, queue))
-                await self._nc.publish(subject, body, reply=f"{self._inbox}.{token}")
+            for index, (subject, body) in enumerate(sends):
+                if index in confirming:
+                    token, queue = self._reply_queue()
+                    tokens.append((token, queue))
+                    await self._nc.publish(subject, body, reply=f"{self._inbox}.{token}")
+                else:
+                    await self._nc.publish(subject, body)
             for _, queue in tokens:
                 await asyncio.wait_for(queue.get(), 10.0)
         finally:
