@@ -5,6 +5,7 @@ Needs `nats-server` (apt-get install nats-server); without it these tests fail, 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -427,6 +428,87 @@ def test_two_emulators_keep_ordering_keys(nats_server):
         sub2.acknowledge(subscription=sub, ack_ids=[m.ack_id for m in again])
         for client in (sub1, sub2):
             client.close()
+
+
+def test_a_filter_holds_when_another_process_creates_the_subscription(nats_server):
+    """Process one has published to the topic (and knows its subscriptions) before process
+    two creates a filtered subscription: what process one publishes next follows the filter."""
+    with _emulator(nats_server.url) as one, _emulator(nats_server.url) as two:
+        pub1, sub1 = make_clients(one.host, "grpc")
+        _, sub2 = make_clients(two.host, "grpc")
+        topic = pub1.topic_path("p", unique("t"))
+        pub1.create_topic(name=topic)
+        pub1.api.publish(topic=topic, messages=[{"data": b"before", "attributes": {"k": "no"}}])
+        filtered = sub2.subscription_path("p", unique("f"))
+        sub2.create_subscription(request={"name": filtered, "topic": topic,
+                                          "filter": 'attributes.k = "yes"'})
+        pub1.api.publish(topic=topic, messages=[{"data": b"no", "attributes": {"k": "no"}},
+                                                {"data": b"yes", "attributes": {"k": "yes"}}])
+        got = []
+
+        def pulled_yes() -> bool:
+            for client in (sub1, sub2):
+                got.extend(client.pull(subscription=filtered, max_messages=10,
+                                       return_immediately=True).received_messages)
+            return any(m.message.data == b"yes" for m in got)
+
+        wait_for(pulled_yes, timeout=15, message="the matching message")
+        sub1.acknowledge(subscription=filtered, ack_ids=[m.ack_id for m in got])
+        assert [m.message.data for m in got] == [b"yes"]
+        for client in (sub1, sub2):
+            assert not client.pull(subscription=filtered, max_messages=10,
+                                   return_immediately=True).received_messages
+            client.close()
+
+
+def test_a_schema_revision_committed_on_another_process_validates_at_once(nats_server):
+    import grpc
+    from google import pubsub_v1 as gapic
+    from google.pubsub_v1.services.schema_service.transports import SchemaServiceGrpcTransport
+
+    item_v1 = json.dumps({"type": "record", "name": "Item", "fields": [
+        {"name": "name", "type": "string"}]})
+    item_v2 = json.dumps({"type": "record", "name": "Item", "fields": [
+        {"name": "price", "type": "double"}]})
+    with _emulator(nats_server.url) as one, _emulator(nats_server.url) as two:
+        pub1, _ = make_clients(one.host, "grpc")
+        schemas2 = gapic.SchemaServiceClient(transport=SchemaServiceGrpcTransport(
+            channel=grpc.insecure_channel(two.host)))
+        schema = schemas2.create_schema(request={
+            "parent": "projects/p", "schema_id": unique("s"),
+            "schema": {"type_": gapic.Schema.Type.AVRO, "definition": item_v1}})
+        topic = pub1.topic_path("p", unique("t"))
+        pub1.create_topic(request={"name": topic, "schema_settings": {
+            "schema": schema.name, "encoding": gapic.Encoding.JSON}})
+        pub1.api.publish(topic=topic, messages=[{"data": b'{"name": "a"}'}])  # (cached now)
+        schemas2.commit_schema(request={"name": schema.name, "schema": {
+            "type_": gapic.Schema.Type.AVRO, "definition": item_v2}})
+        # any revision of the schema validates: process one takes a v2 message at once
+        pub1.api.publish(topic=topic, messages=[{"data": b'{"price": 1.5}'}])
+
+
+def test_push_subscription_made_on_a_process_that_goes_away_is_pushed_by_another(nats_server):
+    from push_endpoint import Receiver
+
+    receiver = Receiver().start()
+    try:
+        with _emulator(nats_server.url) as one:
+            with _emulator(nats_server.url) as two:
+                _, sub2 = make_clients(two.host, "grpc")
+                pub1, _ = make_clients(one.host, "grpc")
+                topic = pub1.topic_path("p", unique("t"))
+                pub1.create_topic(name=topic)
+                sub = sub2.subscription_path("p", unique("s"))
+                sub2.create_subscription(request={"name": sub, "topic": topic, "push_config": {
+                    "push_endpoint": receiver.url()}})
+                sub2.close()
+            # process two is gone: process one, which heard of the subscription, pushes
+            pub1.api.publish(topic=topic, messages=[{"data": f"m{i}".encode()}
+                                                    for i in range(5)])
+            wait_for(lambda: {g.data for g in receiver.snapshot()} >= {
+                f"m{i}".encode() for i in range(5)}, timeout=30, message="five pushes")
+    finally:
+        receiver.stop()
 
 
 def test_cluster_r3_survives_losing_a_node_and_an_emulator(tmp_path):

@@ -38,6 +38,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from google.pubsub_v1 import types as pubsub_types
 
+from ._filter import compile_filter
 from ._store import (
     DEFAULT_POLICY,
     Delivery,
@@ -59,6 +60,7 @@ _SNAPSHOT_STATE = "_snapshot-state"  # internal kind: a snapshot's recorded posi
 _SUB_START = "_subscription-start"  # internal kind: a subscription's first stream sequence
 _REDELIVERED = "_redelivered"  # internal kind: a consumer's redelivered messages (see _current)
 _DETACHED = ("", "_deleted-topic_")
+_SHARED_KINDS = ("topics", "subscriptions", "snapshots", "schemas")  # changes announced
 _ACK_WAIT_MS = 10_000
 _PARK_MS = 30_000  # how long a message held back behind its ordering key waits at most
 _MAX_AGE_S = 31 * 24 * 3600  # the longest retention Pub/Sub allows
@@ -141,6 +143,10 @@ class _Ack:
         self.subject = "$JS.ACK." + ack_id
 
 
+def _accept_all(attributes: Any) -> bool:
+    return True
+
+
 def _entry(entries: list[list[Any]], seq: int, create: bool = True) -> list[Any] | None:
     """The ordering entry of `seq` in a key's entries (sorted by sseq), added if `create`."""
     at = 0
@@ -178,6 +184,8 @@ class NatsStore(Store):
         self._waiting: dict[str, asyncio.Queue[Any]] = {}
         self._seq = 0
         self._listener: Callable[[str], None] | None = None
+        self._change_listener: Callable[[str, str], None] | None = None
+        self._filters: dict[str, Callable[[Any], bool]] = {}  # filter text -> predicate
         self._closed = False
 
     @classmethod
@@ -198,6 +206,7 @@ class NatsStore(Store):
         self._inbox = f"_INBOX.{uuid.uuid4().hex}"
         await self._nc.subscribe(self._inbox + ".*", cb=self._on_reply)
         await self._nc.subscribe(f"{self._ns}.wake.*", cb=self._on_wake)
+        await self._nc.subscribe(f"{self._ns}.changed", cb=self._on_change)
         await self._ensure_stream(f"{self._NS}_RES", [f"{self._ns}.res.>", f"{self._ns}.link.>",
                                                        f"{self._ns}.lease.>"],
                                   max_msgs_per_subject=1)
@@ -304,7 +313,14 @@ class NatsStore(Store):
         return list((resp.get("state", {}).get("subjects") or {}).keys())
 
     async def create_resource(self, kind: str, name: str, proto: bytes, topic: str = "") -> bool:
-        return await self._create(kind, name, proto, topic)
+        return await self._announce(kind, name, await self._create(kind, name, proto, topic))
+
+    async def _announce(self, kind: str, name: str, changed: bool) -> bool:
+        """Tell the other processes of a change (they drop what they cached of it)."""
+        if changed and kind in _SHARED_KINDS:
+            await self._nc.publish(f"{self._ns}.changed",
+                                   f"{self._origin}\n{kind}\n{name}".encode())
+        return changed
 
     async def _create(self, kind: str, name: str, proto: bytes, topic: str) -> bool:
         value = {"t": topic, "p": base64.b64encode(proto).decode()}
@@ -320,7 +336,7 @@ class NatsStore(Store):
 
     async def update_resource(self, kind: str, name: str, proto: bytes,
                               topic: str | None = None) -> bool:
-        return await self._update(kind, name, proto, topic)
+        return await self._announce(kind, name, await self._update(kind, name, proto, topic))
 
     async def _update(self, kind: str, name: str, proto: bytes, topic: str | None) -> bool:
         key = self._key(kind, name)
@@ -351,7 +367,7 @@ class NatsStore(Store):
         return base64.b64decode(found[0]["p"]) if found else None
 
     async def delete_resource(self, kind: str, name: str) -> bool:
-        return await self._delete(kind, name)
+        return await self._announce(kind, name, await self._delete(kind, name))
 
     async def _delete(self, kind: str, name: str) -> bool:
         key = self._key(kind, name)
@@ -571,11 +587,14 @@ class NatsStore(Store):
         deliveries: list[Delivery] = []
         total = 0
         retry = policy.retry
+        accepts = self._accepts(policy.filter)
         chosen, over = [], []
         for msg in msgs:
             headers = msg.headers or {}
             ack = _Ack(msg.reply[len("$JS.ACK."):])
-            if consumer in headers.get(_H_SKIP, "").split(","):
+            if (consumer in headers.get(_H_SKIP, "").split(",")
+                    or (accepts is not _accept_all
+                        and not accepts(_PubsubMessage.FromString(msg.data).attributes))):
                 await self._nc.publish(msg.reply, b"+TERM")  # its filter rejects it
                 continue
             size = int(headers.get(_H_SIZE, len(msg.data)))
@@ -589,7 +608,7 @@ class NatsStore(Store):
             chosen.append((msg, ack, size))
         attempts: dict[int, int] = {}  # stream sequence -> delivery attempt, when not `delivered`
         if policy.ordered and (chosen or over):
-            chosen = await self._order(stream, consumer, chosen, over, attempts)
+            chosen = await self._order(stream, consumer, chosen, over, attempts, accepts)
         if policy.exactly_once and chosen:
             chosen = await self._lease_current(chosen, now_ms + lease_ms)
         elif any(ack.delivered > 1 for _, ack, _ in chosen):
@@ -621,19 +640,35 @@ class NatsStore(Store):
     def _order_key(self, consumer: str) -> str:
         return f"{self._ns}.okey.{consumer}"
 
-    async def _key_of(self, stream: str, consumer: str, seq: int) -> str:
-        """The ordering key of a stored message ("" if none, gone, or skipped by the consumer)."""
+    async def _key_of(self, stream: str, consumer: str, seq: int,
+                      accepts: Callable[[Any], bool]) -> str:
+        """The ordering key of a stored message ("" if none, gone, or not for the consumer)."""
         try:
             resp = await self._api(f"STREAM.MSG.GET.{stream}", {"seq": seq})
         except NatsError:
             return ""
         headers = _parse_headers(base64.b64decode(resp["message"].get("hdrs") or b""))
-        if consumer in headers.get(_H_SKIP, "").split(","):
+        key = headers.get(_H_KEY, "")
+        if not key or consumer in headers.get(_H_SKIP, "").split(","):
             return ""
-        return headers.get(_H_KEY, "")
+        if accepts is not _accept_all:
+            message = _PubsubMessage.FromString(base64.b64decode(resp["message"].get("data")
+                                                                 or b""))
+            if not accepts(message.attributes):
+                return ""
+        return key
+
+    def _accepts(self, text: str) -> Callable[[Any], bool]:
+        """A subscription filter's predicate over attributes (compiled once per text)."""
+        if not text:
+            return _accept_all
+        predicate = self._filters.get(text)
+        if predicate is None:
+            predicate = self._filters[text] = compile_filter(text)
+        return predicate
 
     async def _order(self, stream: str, consumer: str, chosen: list[Any], over: list[Any],
-                     attempts: dict[int, int]) -> list[Any]:
+                     attempts: dict[int, int], accepts: Callable[[Any], bool]) -> list[Any]:
         """Of a pull's messages, those per-key ordering lets out now (the rest go back)."""
         subject = self._order_key(consumer)
         batch = {ack.sseq: (msg, ack, size, (msg.headers or {}).get(_H_KEY, ""), False)
@@ -660,7 +695,8 @@ class NatsStore(Store):
             gap = [seq for seq in range(hi + 1, top) if seq not in batch and seq not in looked]
             for start in range(0, len(gap), 256):
                 chunk = gap[start:start + 256]
-                found_keys = await asyncio.gather(*(self._key_of(stream, consumer, seq)
+                found_keys = await asyncio.gather(*(self._key_of(stream, consumer, seq,
+                                                                 accepts)
                                                     for seq in chunk))
                 looked.update(zip(chunk, found_keys, strict=True))
             for seq in range(hi + 1, top):
@@ -1175,6 +1211,18 @@ class NatsStore(Store):
     # --- wake-ups across processes -----------------------------------------------------------
     def set_listener(self, callback: Callable[[str], None]) -> None:
         self._listener = callback
+
+    def set_change_listener(self, callback: Callable[[str, str], None]) -> None:
+        self._change_listener = callback
+
+    async def _on_change(self, msg: Any) -> None:
+        origin, kind, name = msg.data.decode().split("\n", 2)
+        if origin == self._origin:
+            return
+        if kind == _SUBSCRIPTIONS:
+            self._subs.pop(name, None)
+        if self._change_listener is not None:
+            self._change_listener(kind, name)
 
     async def _on_wake(self, msg: Any) -> None:
         origin, _, topic = msg.data.decode().partition("\n")

@@ -154,6 +154,10 @@ class SchemaRegistry:
             cached = self._revisions[name] = _parse(raw)
         return cached
 
+    def forget(self, name: str) -> None:
+        """Drop the cached revisions of a schema (another process changed it)."""
+        self._revisions.pop(name, None)
+
     async def _get(self, name: str) -> list[Revision]:
         revisions = await self._load(name)
         if revisions is None:

@@ -33,7 +33,7 @@ from ._errors import (
     not_found,
 )
 from ._filter import FilterError, compile_filter
-from ._schemas import SCHEMA_METHODS, SchemaRegistry
+from ._schemas import SCHEMA_METHODS, SCHEMAS, SchemaRegistry
 from ._store import DeliveryPolicy, InvalidAckId, RetentionRules, RetryPolicy, Store
 
 log = logging.getLogger("pubsub_emulator.service")
@@ -125,7 +125,7 @@ def delivery_policy(sub: Any) -> DeliveryPolicy:
                             int(_duration_s(policy.maximum_backoff) * 1000))
     return DeliveryPolicy(retry=retry, ordered=sub.enable_message_ordering,
                           retain_acked=sub.retain_acked_messages,
-                          exactly_once=sub.enable_exactly_once_delivery)
+                          exactly_once=sub.enable_exactly_once_delivery, filter=sub.filter)
 
 
 def _check_labels(labels: Any) -> None:
@@ -202,6 +202,7 @@ class PubSubService:
         self.store = store
         self.clock = clock
         store.set_listener(lambda topic: self._wake_all())  # publishes by other processes
+        store.set_change_listener(self._changed_elsewhere)
         # When each subscription was last used here (expiration_policy), and last recorded.
         self._last_active: dict[str, int] = {}
         self._activity_written: dict[str, int] = {}
@@ -251,6 +252,14 @@ class PubSubService:
         self._filters.clear()
         for listener in self.subscription_listeners:
             listener(subscription)
+
+    def _changed_elsewhere(self, kind: str, name: str) -> None:
+        """Another process sharing the store changed a resource: drop what is cached of it."""
+        if kind == SUBSCRIPTIONS:
+            self._changed(name)
+            self._wake(name)  # its streams and waiting pulls look at it again
+        elif kind == SCHEMAS:
+            self.schemas.forget(name)
 
     def _wake(self, subscription: str) -> None:
         for stream in self._streams.get(subscription, ()):

@@ -42,6 +42,10 @@ class DeliveryPolicy:
     # Exactly-once delivery: an ack id is good only while its lease is current; acks and
     # modacks report the ids that were not.
     exactly_once: bool = False
+    # The subscription's filter. The service leaves out what it rejects when publishing
+    # (`skip`); a store shared by several processes also applies it when delivering, since a
+    # process may publish before it learns of a subscription another process just created.
+    filter: str = ""
 
 
 DEFAULT_POLICY = DeliveryPolicy()
@@ -208,11 +212,15 @@ class Store(abc.ABC):
         """Apply retention and reclaim messages nothing needs. Returns how many went."""
 
     def set_listener(self, callback: Callable[[str], None]) -> None:  # noqa: B027
-        """Call `callback(topic)` (on the caller's event loop) when another process publishes.
+        """Call `callback(topic)` (on the store's event loop) when another process publishes.
 
         Stores shared by several processes (NATS) implement it; a store only this process
         writes to has nothing to report.
         """
+
+    def set_change_listener(self, callback: Callable[[str, str], None]) -> None:  # noqa: B027
+        """Call `callback(kind, name)` when another process creates, updates or deletes a
+        topic, subscription, snapshot or schema (stores shared by several processes)."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
