@@ -461,6 +461,36 @@ def test_a_filter_holds_when_another_process_creates_the_subscription(nats_serve
             client.close()
 
 
+def test_a_subscription_changed_or_deleted_on_one_process_is_seen_so_on_another(nats_server):
+    from google.api_core import exceptions
+
+    with _emulator(nats_server.url) as one, _emulator(nats_server.url) as two:
+        pub1, sub1 = make_clients(one.host, "grpc")
+        _, sub2 = make_clients(two.host, "grpc")
+        topic = pub1.topic_path("p", unique("t"))
+        pub1.create_topic(name=topic)
+        sub = sub1.subscription_path("p", unique("s"))
+        sub1.create_subscription(name=sub, topic=topic)
+        assert sub2.get_subscription(subscription=sub).ack_deadline_seconds == 10  # (read)
+        sub1.update_subscription(request={"subscription": {"name": sub,
+                                                           "ack_deadline_seconds": 42},
+                                          "update_mask": {"paths": ["ack_deadline_seconds"]}})
+        wait_for(lambda: sub2.get_subscription(subscription=sub).ack_deadline_seconds == 42,
+                 timeout=2, message="the new deadline on process two")  # (< cache life)
+        sub1.delete_subscription(subscription=sub)
+
+        def gone() -> bool:
+            try:
+                sub2.get_subscription(subscription=sub)
+            except exceptions.NotFound:
+                return True
+            return False
+
+        wait_for(gone, timeout=2, message="NOT_FOUND on process two")
+        for client in (sub1, sub2):
+            client.close()
+
+
 def test_a_schema_revision_committed_on_another_process_validates_at_once(nats_server):
     import grpc
     from google import pubsub_v1 as gapic

@@ -61,6 +61,7 @@ _SUB_START = "_subscription-start"  # internal kind: a subscription's first stre
 _REDELIVERED = "_redelivered"  # internal kind: a consumer's redelivered messages (see _current)
 _DETACHED = ("", "_deleted-topic_")
 _SHARED_KINDS = ("topics", "subscriptions", "snapshots", "schemas")  # changes announced
+_CACHE_S = 5.0  # the longest a resource read is reused (changes normally drop it at once)
 _ACK_WAIT_MS = 10_000
 _PARK_MS = 30_000  # how long a message held back behind its ordering key waits at most
 _MAX_AGE_S = 31 * 24 * 3600  # the longest retention Pub/Sub allows
@@ -186,6 +187,12 @@ class NatsStore(Store):
         self._listener: Callable[[str], None] | None = None
         self._change_listener: Callable[[str, str], None] | None = None
         self._filters: dict[str, Callable[[Any], bool]] = {}  # filter text -> predicate
+        # Topics, subscriptions, snapshots and schemas read recently, by (kind, name): every
+        # RPC reads one or two, so they are reused until changed here, announced changed by
+        # another process, the connection was lost (announcements may be missed) or _CACHE_S
+        # passed. `_generation` counts drops: a read that overlapped one is not kept.
+        self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self._generation = 0
         self._closed = False
 
     @classmethod
@@ -202,7 +209,8 @@ class NatsStore(Store):
 
         self._nc = await nats.connect(
             servers=self._servers, connect_timeout=timeout, allow_reconnect=True,
-            max_reconnect_attempts=-1, reconnect_time_wait=0.25, name="pubsub-emulator")
+            max_reconnect_attempts=-1, reconnect_time_wait=0.25, name="pubsub-emulator",
+            reconnected_cb=self._on_reconnect)
         self._inbox = f"_INBOX.{uuid.uuid4().hex}"
         await self._nc.subscribe(self._inbox + ".*", cb=self._on_reply)
         await self._nc.subscribe(f"{self._ns}.wake.*", cb=self._on_wake)
@@ -317,6 +325,7 @@ class NatsStore(Store):
 
     async def _announce(self, kind: str, name: str, changed: bool) -> bool:
         """Tell the other processes of a change (they drop what they cached of it)."""
+        self._forget(kind, name)
         if changed and kind in _SHARED_KINDS:
             await self._nc.publish(f"{self._ns}.changed",
                                    f"{self._origin}\n{kind}\n{name}".encode())
@@ -363,8 +372,27 @@ class NatsStore(Store):
         return True
 
     async def get_resource(self, kind: str, name: str) -> bytes | None:
+        cacheable = kind in _SHARED_KINDS
+        if cacheable:
+            cached = self._cache.get((kind, name))
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]
+        generation = self._generation
         found = await self._kv_get(self._key(kind, name))
-        return base64.b64decode(found[0]["p"]) if found else None
+        if found is None:
+            return None  # (not kept: another process may create it any moment)
+        raw = base64.b64decode(found[0]["p"])
+        if cacheable and generation == self._generation:
+            self._cache[(kind, name)] = (raw, time.monotonic() + _CACHE_S)
+        return raw
+
+    def _forget(self, kind: str, name: str) -> None:
+        self._generation += 1
+        self._cache.pop((kind, name), None)
+
+    async def _on_reconnect(self) -> None:
+        self._generation += 1
+        self._cache.clear()
 
     async def delete_resource(self, kind: str, name: str) -> bool:
         return await self._announce(kind, name, await self._delete(kind, name))
@@ -1219,6 +1247,7 @@ class NatsStore(Store):
         origin, kind, name = msg.data.decode().split("\n", 2)
         if origin == self._origin:
             return
+        self._forget(kind, name)
         if kind == _SUBSCRIPTIONS:
             self._subs.pop(name, None)
         if self._change_listener is not None:
