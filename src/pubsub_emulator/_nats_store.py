@@ -66,7 +66,6 @@ _ACK_WAIT_MS = 10_000
 _PARK_MS = 30_000  # how long a message held back behind its ordering key waits at most
 _MAX_AGE_S = 31 * 24 * 3600  # the longest retention Pub/Sub allows
 _ID_SCALE = 10**12
-_TIMEOUT = 30.0
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 _ACK_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 _H_SKIP, _H_KEY, _H_TIME, _H_SIZE = "Ps-Skip", "Ps-Key", "Ps-Time", "Ps-Size"
