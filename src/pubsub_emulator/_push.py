@@ -29,16 +29,15 @@ up another subscription.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
-import re
 import time
 from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+import push_worker
 
 from ._errors import ApiError
 from ._oidc import TokenIssuer
@@ -55,82 +54,30 @@ MAX_BACKOFF_MS = 60_000
 # nack, always lands on a lease we still hold.
 LEASE_MARGIN_MS = 5_000
 USER_AGENT = "CloudPubSub-Google"  # as in Google's push examples (docs/payload-unwrapping)
-CONTENT_TYPE_JSON = "application/json"
 DEBUG_PATH = "/debug/push"
-
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP header name (RFC 9110 token)
 
 
 # --- what a push request carries ---------------------------------------------------------------
-def wrapped_body(message: Any, subscription: str, delivery_attempt: int) -> bytes:
-    """Google's push envelope; field order and compact separators as push_worker writes them.
-
-    `attributes` and `orderingKey` only when set; `deliveryAttempt` only when the subscription
-    has a dead-letter policy (the service sets it only then).
-    """
-    publish_time = message.publish_time.ToJsonString()  # 0, 3, 6 or 9 fractional digits, Z
-    body: dict[str, Any] = {"data": base64.b64encode(message.data).decode("ascii")}
-    if message.attributes:
-        body["attributes"] = dict(sorted(message.attributes.items()))  # deterministic bytes
-    body["messageId"] = message.message_id
-    body["message_id"] = message.message_id
-    body["publishTime"] = publish_time
-    body["publish_time"] = publish_time
-    if message.ordering_key:
-        body["orderingKey"] = message.ordering_key
-    envelope: dict[str, Any] = {"message": body, "subscription": subscription}
-    if delivery_attempt:
-        envelope["deliveryAttempt"] = delivery_attempt
-    return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
-
-
-def _header_ok(name: str, value: str) -> bool:
-    if not _TOKEN.match(name) or "\r" in value or "\n" in value:
-        return False
-    try:
-        value.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def metadata_headers(message: Any, subscription: str) -> dict[str, str]:
-    """Unwrapped delivery with write_metadata.
-
-    Google: "When true, writes the Pub/Sub message metadata to x-goog-pubsub-<KEY>:<VAL> headers
-    of the HTTP request. Writes the Pub/Sub message attributes to <KEY>:<VAL> headers of the HTTP
-    request." (PushConfig.NoWrapper.write_metadata, google/pubsub/v1/pubsub.proto; the example in
-    https://cloud.google.com/pubsub/docs/payload-unwrapping shows x-goog-pubsub-subscription-name,
-    x-goog-pubsub-message-id, x-goog-pubsub-publish-time and x-goog-pubsub-ordering-key).
-    Attributes that cannot be HTTP headers (name not a token, value not latin-1 or multi-line)
-    are left out.
-    """
-    headers = {
-        "x-goog-pubsub-subscription-name": subscription,
-        "x-goog-pubsub-message-id": message.message_id,
-        "x-goog-pubsub-publish-time": message.publish_time.ToJsonString(),
-    }
-    if message.ordering_key:
-        headers["x-goog-pubsub-ordering-key"] = message.ordering_key
-    for key, value in sorted(message.attributes.items()):
-        if _header_ok(key, value):
-            headers[key] = value
-        else:
-            log.debug("%s: attribute %r cannot be an HTTP header; not written", subscription, key)
-    return headers
-
-
 def build_request(sub: Any, received: Any) -> tuple[bytes, dict[str, str]]:
-    """Body and headers (without Authorization) of the POST for one received message."""
+    """Body and headers (without Authorization) of the POST for one received message.
+
+    The envelope is the push worker's (one definition of Google's push contract for both);
+    `deliveryAttempt` only when the subscription has a dead-letter policy (the service sets
+    it only then).
+    """
     config = sub.push_config
     message = received.message
+    fields = push_worker.MessageFields(
+        data=bytes(message.data), message_id=message.message_id,
+        publish_seconds=message.publish_time.seconds, publish_nanos=message.publish_time.nanos,
+        attributes=dict(message.attributes), ordering_key=message.ordering_key,
+        delivery_attempt=received.delivery_attempt or None)
     if config.HasField("no_wrapper"):
-        headers = {"User-Agent": USER_AGENT}
-        if config.no_wrapper.write_metadata:
-            headers.update(metadata_headers(message, sub.name))
-        return bytes(message.data), headers
-    body = wrapped_body(message, sub.name, received.delivery_attempt)
-    return body, {"Content-Type": CONTENT_TYPE_JSON, "User-Agent": USER_AGENT}
+        request = push_worker.build_request(fields, sub.name, "unwrapped",
+                                            config.no_wrapper.write_metadata)
+    else:
+        request = push_worker.build_request(fields, sub.name)
+    return request.body, {**request.headers, "User-Agent": USER_AGENT}
 
 
 # --- per-subscription delivery -----------------------------------------------------------------

@@ -9,11 +9,16 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 CONTENT_TYPE_JSON = "application/json"
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP header name (RFC 9110 token)
+
+log = logging.getLogger("push_worker.envelope")
 
 
 @dataclass(frozen=True)
@@ -51,11 +56,14 @@ def format_timestamp(seconds: int, nanos: int = 0) -> str:
 
 
 def wrapped_envelope(msg: MessageFields, subscription: str) -> dict[str, Any]:
-    """Google's push body as a dict (see push-contract: optional fields only when set)."""
+    """Google's push body as a dict (see push-contract: optional fields only when set).
+
+    Attributes are sorted by name, so a message always makes the same bytes.
+    """
     publish_time = format_timestamp(msg.publish_seconds, msg.publish_nanos)
     message: dict[str, Any] = {"data": base64.b64encode(msg.data).decode("ascii")}
     if msg.attributes:
-        message["attributes"] = dict(msg.attributes)
+        message["attributes"] = dict(sorted(msg.attributes.items()))
     message["messageId"] = msg.message_id
     message["message_id"] = msg.message_id
     message["publishTime"] = publish_time
@@ -68,8 +76,29 @@ def wrapped_envelope(msg: MessageFields, subscription: str) -> dict[str, Any]:
     return envelope
 
 
+def header_allowed(name: str, value: str) -> bool:
+    """Whether an attribute can be an HTTP header: a token (RFC 9110) with a one-line latin-1
+    value."""
+    if not _TOKEN.match(name) or "\r" in value or "\n" in value:
+        return False
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def metadata_headers(msg: MessageFields, subscription: str) -> dict[str, str]:
-    """Unwrapped with write_metadata: ``x-goog-pubsub-*`` headers, then attributes as headers."""
+    """Unwrapped with write_metadata: ``x-goog-pubsub-*`` headers, then attributes as headers.
+
+    Google: "When true, writes the Pub/Sub message metadata to x-goog-pubsub-<KEY>:<VAL>
+    headers of the HTTP request. Writes the Pub/Sub message attributes to <KEY>:<VAL> headers
+    of the HTTP request." (PushConfig.NoWrapper.write_metadata, google/pubsub/v1/pubsub.proto;
+    the example in https://cloud.google.com/pubsub/docs/payload-unwrapping shows
+    x-goog-pubsub-subscription-name, x-goog-pubsub-message-id, x-goog-pubsub-publish-time and
+    x-goog-pubsub-ordering-key). Attributes that cannot be HTTP headers (see header_allowed)
+    are left out, so the message is still delivered.
+    """
     headers = {
         "x-goog-pubsub-subscription-name": subscription,
         "x-goog-pubsub-message-id": msg.message_id,
@@ -77,8 +106,12 @@ def metadata_headers(msg: MessageFields, subscription: str) -> dict[str, str]:
     }
     if msg.ordering_key:
         headers["x-goog-pubsub-ordering-key"] = msg.ordering_key
-    for key, value in msg.attributes.items():
-        headers[key] = value
+    for key, value in sorted(msg.attributes.items()):
+        if header_allowed(key, value):
+            headers[key] = value
+        else:
+            log.debug("%s: attribute %r cannot be an HTTP header; not written", subscription,
+                      key)
     return headers
 
 

@@ -88,3 +88,17 @@ def test_fields_from_client_message() -> None:
     f = fields_from_message(m)
     assert f == MessageFields(data=b"x", message_id="7", publish_seconds=SECONDS,
                               publish_nanos=5, attributes={"k": "v"})
+
+
+def test_attributes_that_cannot_be_headers_are_left_out() -> None:
+    req = build_request(msg(attributes={"ok": "1", "bad name": "x", "multi": "a\nb",
+                                        "wide": "\u20ac"}), SUB, "unwrapped",
+                        write_metadata=True)
+    assert req.headers["ok"] == "1"
+    assert not {"bad name", "multi", "wide"} & set(req.headers)
+
+
+def test_wrapped_attributes_are_sorted_by_name() -> None:
+    req = build_request(msg(attributes={"b": "2", "a": "1", "c": "3"}), SUB)
+    assert list(json.loads(req.body)["message"]["attributes"]) == ["a", "b", "c"]
+
