@@ -5,11 +5,14 @@ Needs `nats-server` (apt-get install nats-server); without it these tests fail, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
 import pytest
 from google.pubsub_v1 import types
@@ -352,13 +355,25 @@ def test_google_client_round_trip(nats_server):
         subscriber.close()
 
 
-def test_two_emulators_share_one_nats_server(nats_server):
-    with _emulator(nats_server.url) as one, _emulator(nats_server.url) as two:
+@contextlib.contextmanager
+def _two_processes(nats_url: str) -> Iterator[tuple[Any, Any, Any, str]]:
+    """Two emulator processes on one NATS server: (publisher on one, subscriber on one,
+    subscriber on two, a topic made on one)."""
+    with _emulator(nats_url) as one, _emulator(nats_url) as two:
         pub1, sub1 = make_clients(one.host, "grpc")
-        pub2, sub2 = make_clients(two.host, "grpc")
+        _, sub2 = make_clients(two.host, "grpc")
         topic = pub1.topic_path("p", unique("t"))
-        sub = sub1.subscription_path("p", unique("s"))
         pub1.create_topic(name=topic)
+        try:
+            yield pub1, sub1, sub2, topic
+        finally:
+            for client in (sub1, sub2):
+                client.close()
+
+
+def test_two_emulators_share_one_nats_server(nats_server):
+    with _two_processes(nats_server.url) as (pub1, sub1, sub2, topic):
+        sub = sub1.subscription_path("p", unique("s"))
         sub1.create_subscription(name=sub, topic=topic, ack_deadline_seconds=10)
         assert sub2.get_subscription(subscription=sub).topic == topic
         futures = [pub1.publish(topic, f"m{i}".encode()) for i in range(20)]
@@ -390,17 +405,11 @@ def test_two_emulators_share_one_nats_server(nats_server):
         waiter.join(30)
         assert result and result[0].received_messages[0].message.data == b"wake"
         assert time.monotonic() - started < 5
-        for client in (sub1, sub2):
-            client.close()
 
 
 def test_two_emulators_keep_ordering_keys(nats_server):
-    with _emulator(nats_server.url) as one, _emulator(nats_server.url) as two:
-        pub1, sub1 = make_clients(one.host, "grpc")
-        _, sub2 = make_clients(two.host, "grpc")
-        topic = pub1.topic_path("p", unique("t"))
+    with _two_processes(nats_server.url) as (pub1, sub1, sub2, topic):
         sub = sub1.subscription_path("p", unique("s"))
-        pub1.create_topic(name=topic)
         sub1.create_subscription(request={"name": sub, "topic": topic,
                                           "enable_message_ordering": True})
         pub1.api.publish(topic=topic, messages=[
@@ -426,18 +435,12 @@ def test_two_emulators_keep_ordering_keys(nats_server):
         again = wait_for(lambda: pull(sub1), timeout=15, message="the redelivery")
         assert [m.message.data for m in again] == [b"a2", b"a3"]
         sub2.acknowledge(subscription=sub, ack_ids=[m.ack_id for m in again])
-        for client in (sub1, sub2):
-            client.close()
 
 
 def test_a_filter_holds_when_another_process_creates_the_subscription(nats_server):
     """Process one has published to the topic (and knows its subscriptions) before process
     two creates a filtered subscription: what process one publishes next follows the filter."""
-    with _emulator(nats_server.url) as one, _emulator(nats_server.url) as two:
-        pub1, sub1 = make_clients(one.host, "grpc")
-        _, sub2 = make_clients(two.host, "grpc")
-        topic = pub1.topic_path("p", unique("t"))
-        pub1.create_topic(name=topic)
+    with _two_processes(nats_server.url) as (pub1, sub1, sub2, topic):
         pub1.api.publish(topic=topic, messages=[{"data": b"before", "attributes": {"k": "no"}}])
         filtered = sub2.subscription_path("p", unique("f"))
         sub2.create_subscription(request={"name": filtered, "topic": topic,
@@ -458,17 +461,12 @@ def test_a_filter_holds_when_another_process_creates_the_subscription(nats_serve
         for client in (sub1, sub2):
             assert not client.pull(subscription=filtered, max_messages=10,
                                    return_immediately=True).received_messages
-            client.close()
 
 
 def test_a_subscription_changed_or_deleted_on_one_process_is_seen_so_on_another(nats_server):
     from google.api_core import exceptions
 
-    with _emulator(nats_server.url) as one, _emulator(nats_server.url) as two:
-        pub1, sub1 = make_clients(one.host, "grpc")
-        _, sub2 = make_clients(two.host, "grpc")
-        topic = pub1.topic_path("p", unique("t"))
-        pub1.create_topic(name=topic)
+    with _two_processes(nats_server.url) as (_, sub1, sub2, topic):
         sub = sub1.subscription_path("p", unique("s"))
         sub1.create_subscription(name=sub, topic=topic)
         assert sub2.get_subscription(subscription=sub).ack_deadline_seconds == 10  # (read)
@@ -487,8 +485,6 @@ def test_a_subscription_changed_or_deleted_on_one_process_is_seen_so_on_another(
             return False
 
         wait_for(gone, timeout=2, message="NOT_FOUND on process two")
-        for client in (sub1, sub2):
-            client.close()
 
 
 def test_a_schema_revision_committed_on_another_process_validates_at_once(nats_server):
