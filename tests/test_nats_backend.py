@@ -310,6 +310,20 @@ def _emulator(nats_url: str, *extra: str) -> EmulatorProcess:
     return EmulatorProcess(extra_args=["--store", nats_url, *extra])
 
 
+def test_unreachable_nats_is_one_clear_error():
+    import subprocess
+
+    from support import VENV_BIN
+
+    nowhere = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run([str(VENV_BIN / "pubsub-emulator"), "start", "--store", nowhere,
+                           "--port", str(free_port())], capture_output=True, timeout=60)
+    assert done.returncode == 1
+    err = done.stderr.decode()
+    assert f"cannot open the store {nowhere}: no NATS server with JetStream answered" in err
+    assert "Connect call failed" in err and "Traceback" not in err
+
+
 def test_google_client_round_trip(nats_server):
     with _emulator(nats_server.url) as emu:
         publisher, subscriber = make_clients(emu.host, "grpc")

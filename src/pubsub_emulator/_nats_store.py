@@ -192,6 +192,8 @@ class NatsStore(Store):
         # passed. `_generation` counts drops: a read that overlapped one is not kept.
         self._cache: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._generation = 0
+        self._last_error = ""
+        self._logged_error, self._logged_at = "", 0.0
         self._closed = False
 
     @classmethod
@@ -199,7 +201,12 @@ class NatsStore(Store):
                    connect_timeout: float = 10.0) -> NatsStore:
         """Connect to the servers and make sure the shared streams exist."""
         store = cls(servers, replicas, namespace)
-        await asyncio.wait_for(store._connect(connect_timeout), connect_timeout + 5)
+        try:
+            await asyncio.wait_for(store._connect(connect_timeout), connect_timeout)
+        except TimeoutError:
+            raise ConnectionError(
+                f"no NATS server with JetStream answered within {connect_timeout:g} s (last "
+                f"error: {store._last_error or 'none'})") from None
         return store
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -209,6 +216,7 @@ class NatsStore(Store):
         self._nc = await nats.connect(
             servers=self._servers, connect_timeout=timeout, allow_reconnect=True,
             max_reconnect_attempts=-1, reconnect_time_wait=0.25, name="pubsub-emulator",
+            error_cb=self._on_error, disconnected_cb=self._on_disconnect,
             reconnected_cb=self._on_reconnect)
         self._inbox = f"_INBOX.{uuid.uuid4().hex}"
         await self._nc.subscribe(self._inbox + ".*", cb=self._on_reply)
@@ -389,9 +397,24 @@ class NatsStore(Store):
         self._generation += 1
         self._cache.pop((kind, name), None)
 
+    async def _on_error(self, exc: Exception) -> None:
+        # One line per new problem, at most one every 10 s while it lasts (the client retries
+        # four times a second).
+        self._last_error = str(exc) or type(exc).__name__
+        now = time.monotonic()
+        if self._last_error != self._logged_error or now - self._logged_at > 10:
+            self._logged_error, self._logged_at = self._last_error, now
+            log.warning("NATS: %s", self._last_error)
+
+    async def _on_disconnect(self) -> None:
+        if not self._closed:
+            log.warning("lost the connection to NATS; reconnecting")
+
     async def _on_reconnect(self) -> None:
         self._generation += 1
-        self._cache.clear()
+        self._cache.clear()  # (changes announced meanwhile were missed)
+        log.info("reconnected to NATS at %s", self._nc.connected_url.netloc
+                 if self._nc.connected_url else "?")
 
     async def delete_resource(self, kind: str, name: str) -> bool:
         return await self._announce(kind, name, await self._delete(kind, name))

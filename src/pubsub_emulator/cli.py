@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 store = await open_store(args.data_dir, args.in_memory, args.store,
                                          args.nats_replicas)
             except Exception as exc:  # no server, JetStream disabled, ...
-                raise _StoreUnavailable(f"{where}: {exc!r}") from exc
+                raise _StoreUnavailable(f"{where}: {str(exc) or repr(exc)}") from exc
             log.info("store: %s", where)
             try:
                 return await create_server(store, args.host, args.port, topology,
