@@ -527,6 +527,37 @@ def test_a_schema_revision_committed_on_another_process_validates_at_once(nats_s
         pub1.api.publish(topic=topic, messages=[{"data": b'{"price": 1.5}'}])
 
 
+def test_schema_revisions_committed_at_once_on_two_processes_are_all_kept(nats_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from google import pubsub_v1 as gapic
+    from google.pubsub_v1.services.schema_service.transports import SchemaServiceGrpcTransport
+
+    def definition(n: int) -> str:
+        return json.dumps({"type": "record", "name": "Item", "fields": [
+            {"name": f"f{n}", "type": "string"}]})
+
+    avro = gapic.Schema.Type.AVRO
+    with _emulator(nats_server.url) as one, _emulator(nats_server.url) as two:
+        clients = [gapic.SchemaServiceClient(transport=SchemaServiceGrpcTransport(
+            channel=grpc.insecure_channel(emu.host))) for emu in (one, two)]
+        schema = clients[0].create_schema(request={
+            "parent": "projects/p", "schema_id": unique("s"),
+            "schema": {"type_": avro, "definition": definition(0)}})
+
+        def commit(n: int) -> str:
+            return clients[n % 2].commit_schema(request={"name": schema.name, "schema": {
+                "type_": avro, "definition": definition(n)}}).revision_id
+
+        with ThreadPoolExecutor(4) as pool:
+            committed = list(pool.map(commit, range(1, 21)))
+        listed = [r.revision_id for r in clients[1].list_schema_revisions(
+            request={"name": schema.name, "page_size": 100})]
+        assert set(committed) | {schema.revision_id} == set(listed)
+        assert len(listed) == 21
+
+
 def test_push_subscription_made_on_a_process_that_goes_away_is_pushed_by_another(nats_server):
     from push_endpoint import Receiver
 

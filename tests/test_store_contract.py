@@ -114,6 +114,15 @@ def test_resources_create_get_update_delete(store):
     assert not store.delete_resource("topics", T)
 
 
+def test_update_with_expected_bytes_is_a_compare_and_set(store):
+    assert not store.update_resource("topics", T, b"lost", expected=b"not what is stored")
+    assert store.get_resource("topics", T) == b"topic"
+    assert store.update_resource("topics", T, b"second", expected=b"topic")
+    assert not store.update_resource("topics", T, b"third", expected=b"topic")  # stale read
+    assert store.get_resource("topics", T) == b"second"
+    assert not store.update_resource("topics", "projects/p/topics/none", b"x", expected=b"x")
+
+
 def test_listing_pages_in_name_order(store):
     for i in (3, 1, 2):
         store.create_resource("topics", f"projects/q/topics/t{i}", b"%d" % i)

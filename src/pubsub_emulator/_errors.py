@@ -93,6 +93,10 @@ def already_exists(resource_id: str) -> ApiError:
                     f"Resource already exists in the project (resource={resource_id}).")
 
 
+def aborted(message: str) -> ApiError:
+    return ApiError(Status.ABORTED, message)
+
+
 def invalid_name(kind: str, name: str) -> ApiError:
     return invalid_argument(f"Invalid [{kind}] name: (name={name})")
 

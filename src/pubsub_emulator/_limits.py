@@ -35,3 +35,7 @@ SNAPSHOT_LIFETIME_S = 7 * 24 * 3600
 PULL_WAIT_S = 5.0
 # Most messages one StreamingPull response carries.
 MAX_MESSAGES_PER_STREAM_RESPONSE = 1000
+# A read-modify-write of a resource (update_*, schema commits) is tried this many times when
+# other requests change the resource between its read and its write; then ABORTED, the code
+# Google answers such conflicts with.
+REWRITE_ATTEMPTS = 10

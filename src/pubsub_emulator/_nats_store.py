@@ -351,15 +351,19 @@ class NatsStore(Store):
         return True
 
     async def update_resource(self, kind: str, name: str, proto: bytes,
-                              topic: str | None = None) -> bool:
-        return await self._announce(kind, name, await self._update(kind, name, proto, topic))
+                              topic: str | None = None, expected: bytes | None = None) -> bool:
+        return await self._announce(kind, name,
+                                    await self._update(kind, name, proto, topic, expected))
 
-    async def _update(self, kind: str, name: str, proto: bytes, topic: str | None) -> bool:
+    async def _update(self, kind: str, name: str, proto: bytes, topic: str | None,
+                      expected: bytes | None) -> bool:
         key = self._key(kind, name)
         while True:
             current = await self._kv_get(key)
             if current is None:
                 return False
+            if expected is not None and base64.b64decode(current[0]["p"]) != expected:
+                return False  # changed meanwhile (the caller reads it again)
             old_topic = current[0].get("t", "")
             new_topic = old_topic if topic is None else topic
             value = {"t": new_topic, "p": base64.b64encode(proto).decode()}

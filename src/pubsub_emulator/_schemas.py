@@ -27,6 +27,7 @@ from . import _names as names
 from ._errors import (
     ApiError,
     Status,
+    aborted,
     already_exists,
     failed_precondition,
     invalid_argument,
@@ -164,9 +165,21 @@ class SchemaRegistry:
             raise not_found(_schema_id(name))
         return revisions
 
-    async def _save(self, name: str, revisions: list[Revision]) -> None:
-        await self.store.update_resource(SCHEMAS, name, _dump(revisions))
-        self._revisions[name] = revisions
+    async def _rewrite(self, name: str,
+                       change: Callable[[list[Revision]], tuple[list[Revision], Any]]) -> Any:
+        """Apply `change` (revisions -> (new revisions, result)) with a compare-and-set write:
+        revisions another call or process added meanwhile are read again, never overwritten."""
+        for _ in range(limits.REWRITE_ATTEMPTS):
+            raw = await self.store.get_resource(SCHEMAS, name)
+            if raw is None:
+                self._revisions.pop(name, None)
+                raise not_found(_schema_id(name))
+            revisions, result = change(_parse(raw))
+            if await self.store.update_resource(SCHEMAS, name, _dump(revisions), expected=raw):
+                self._revisions[name] = revisions
+                return result
+        raise aborted(f"The schema was changed by other requests {limits.REWRITE_ATTEMPTS} "
+                      f"times while this one applied; try again (resource={_schema_id(name)}).")
 
     def _new_revision_id(self, revisions: list[Revision]) -> str:
         taken = {r.id for r in revisions}
@@ -255,36 +268,40 @@ class SchemaRegistry:
         return t.ListSchemaRevisionsResponse.pb()(
             schemas=[r.proto(name, view) for r in chosen], next_page_token=token)
 
-    async def _append(self, name: str, revisions: list[Revision], schema_type: int, definition: str,
-                      descriptor: bytes) -> Any:
+    def _appended(self, name: str, revisions: list[Revision], schema_type: int,
+                  definition: str, descriptor: bytes) -> tuple[list[Revision], Any]:
         revision = Revision(self._new_revision_id(revisions), schema_type, definition,
                             self.clock(), descriptor)
-        await self._save(name, [*revisions, revision])
-        return revision.proto(name)
+        return [*revisions, revision], revision.proto(name)
 
     async def commit_schema(self, request: Any) -> Any:
         name, _ = _split_revision(request.name)
-        revisions = await self._get(name)
-        latest = _live(revisions)[-1]
+        latest = _live(await self._get(name))[-1]  # (a schema's type never changes)
         if request.schema.type_ != latest.type:
             raise invalid_argument(
                 f"The schema type of a new revision must be the schema's type "
                 f"({_TYPE_NAMES[latest.type]}).")
         _, descriptor = await self._compile(request.schema)
-        revisions = await self._get(name)  # it may have changed while protoc ran
-        return await self._append(name, revisions, request.schema.type_, request.schema.definition,
-                                  descriptor)
+
+        def commit(revisions: list[Revision]) -> tuple[list[Revision], Any]:
+            return self._appended(name, revisions, request.schema.type_,
+                                  request.schema.definition, descriptor)
+
+        return await self._rewrite(name, commit)
 
     async def rollback_schema(self, request: Any) -> Any:
         name, _ = _split_revision(request.name)
         if not request.revision_id:
             raise invalid_argument("The revision_id must be set.")
-        revisions = await self._get(name)
-        for revision in _live(revisions):
-            if revision.id == request.revision_id:
-                return await self._append(name, revisions, revision.type, revision.definition,
+
+        def rollback(revisions: list[Revision]) -> tuple[list[Revision], Any]:
+            for revision in _live(revisions):
+                if revision.id == request.revision_id:
+                    return self._appended(name, revisions, revision.type, revision.definition,
                                           revision.descriptor)
-        raise not_found(f"{_schema_id(name)}@{request.revision_id}")
+            raise not_found(f"{_schema_id(name)}@{request.revision_id}")
+
+        return await self._rewrite(name, rollback)
 
     async def delete_schema_revision(self, request: Any) -> Any:
         name, revision_id = _split_revision(request.name)
@@ -293,20 +310,22 @@ class SchemaRegistry:
             raise invalid_argument(
                 "The name must include the revision id to delete "
                 "(projects/{project}/schemas/{schema}@{revision}).")
-        revisions = await self._get(name)
-        live = _live(revisions)
-        for index, revision in enumerate(revisions):
-            if revision.id == revision_id and not revision.deleted:
-                if len(live) == 1:
-                    raise failed_precondition(
-                        "Cannot delete the only revision of a schema; delete the schema "
-                        "instead.")
-                updated = list(revisions)
-                updated[index] = Revision(revision.id, revision.type, "", revision.create_ms,
-                                          deleted=True)
-                await self._save(name, updated)
-                return revision.proto(name)
-        raise not_found(f"{_schema_id(name)}@{revision_id}")
+
+        def delete(revisions: list[Revision]) -> tuple[list[Revision], Any]:
+            live = _live(revisions)
+            for index, revision in enumerate(revisions):
+                if revision.id == revision_id and not revision.deleted:
+                    if len(live) == 1:
+                        raise failed_precondition(
+                            "Cannot delete the only revision of a schema; delete the schema "
+                            "instead.")
+                    updated = list(revisions)
+                    updated[index] = Revision(revision.id, revision.type, "",
+                                              revision.create_ms, deleted=True)
+                    return updated, revision.proto(name)
+            raise not_found(f"{_schema_id(name)}@{revision_id}")
+
+        return await self._rewrite(name, delete)
 
     async def delete_schema(self, request: Any) -> Any:
         name, _ = _split_revision(request.name)

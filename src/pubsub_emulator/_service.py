@@ -26,6 +26,7 @@ from . import _names as names
 from ._errors import (
     ApiError,
     Status,
+    aborted,
     already_exists,
     exactly_once_failure,
     failed_precondition,
@@ -235,6 +236,28 @@ class PubSubService:
         rn = names.subscription(name)
         return await self._load(SUBSCRIPTIONS, name, Subscription, rn.id)
 
+    async def _rewrite(self, kind: str, name: str, message_type: Any, resource_id: str,
+                       change: Callable[[Any], Awaitable[None] | None]) -> Any:
+        """Read a resource, apply `change` (which may refuse with an ApiError), write it back.
+
+        The write is a compare-and-set on the bytes read: if another call or process changed
+        the resource meanwhile, it is read again and `change` applied on top, so neither
+        change is lost.
+        """
+        for _ in range(limits.REWRITE_ATTEMPTS):
+            raw = await self.store.get_resource(kind, name)
+            if raw is None:
+                raise not_found(resource_id)
+            resource = message_type.FromString(raw)
+            pending = change(resource)
+            if pending is not None:
+                await pending
+            if await self.store.update_resource(kind, name, resource.SerializeToString(),
+                                                expected=raw):
+                return resource
+        raise aborted(f"The resource was changed by other requests {limits.REWRITE_ATTEMPTS} "
+                      f"times while this one applied; try again (resource={resource_id}).")
+
     def watch(self, subscription: str) -> asyncio.Event:
         """An event set whenever the subscription may have messages to deliver."""
         event = asyncio.Event()
@@ -307,11 +330,12 @@ class PubSubService:
         return topic
 
     async def update_topic(self, request: Any) -> Any:
-        current = await self._topic(request.topic.name)
+        rn = names.topic(request.topic.name)
+        await self._topic(request.topic.name)  # (NOT_FOUND comes before a bad mask)
         paths = _check_mask(request.update_mask, _TOPIC_MUTABLE, "Topic")
         await self._validate_topic(request.topic)
-        _apply_mask(current, request.topic, paths)
-        await self.store.update_resource(TOPICS, current.name, current.SerializeToString())
+        current = await self._rewrite(TOPICS, request.topic.name, Topic, rn.id,
+                                      lambda topic: _apply_mask(topic, request.topic, paths))
         _note_unhonoured(current)
         return current
 
@@ -504,13 +528,16 @@ class PubSubService:
         return await self._subscription(request.subscription)
 
     async def update_subscription(self, request: Any) -> Any:
-        current = await self._subscription(request.subscription.name)
+        rn = names.subscription(request.subscription.name)
+        await self._subscription(request.subscription.name)  # (NOT_FOUND before a bad mask)
         paths = _check_mask(request.update_mask, _SUBSCRIPTION_MUTABLE, "Subscription")
-        updated = Subscription()
-        updated.CopyFrom(current)
-        _apply_mask(updated, request.subscription, paths)
-        self._validate_subscription(updated, creating=False)
-        await self.store.update_resource(SUBSCRIPTIONS, updated.name, updated.SerializeToString())
+
+        def change(sub: Any) -> None:
+            _apply_mask(sub, request.subscription, paths)
+            self._validate_subscription(sub, creating=False)
+
+        updated = await self._rewrite(SUBSCRIPTIONS, request.subscription.name, Subscription,
+                                      rn.id, change)
         self._changed(updated.name)
         _note_unhonoured(updated, self.store)
         return updated
@@ -533,11 +560,14 @@ class PubSubService:
         return empty_pb2.Empty()
 
     async def modify_push_config(self, request: Any) -> Any:
-        sub = await self._subscription(request.subscription)
-        sub.push_config.CopyFrom(request.push_config)
-        self._validate_subscription(sub, creating=False)
-        await self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString())
-        self._changed(sub.name)
+        rn = names.subscription(request.subscription)
+
+        def change(sub: Any) -> None:
+            sub.push_config.CopyFrom(request.push_config)
+            self._validate_subscription(sub, creating=False)
+
+        await self._rewrite(SUBSCRIPTIONS, request.subscription, Subscription, rn.id, change)
+        self._changed(request.subscription)
         return empty_pb2.Empty()
 
     # --- Subscriber: delivery --------------------------------------------------------------
@@ -849,12 +879,13 @@ class PubSubService:
         return snapshot
 
     async def update_snapshot(self, request: Any) -> Any:
-        current = await self._snapshot(request.snapshot.name)
+        rn = names.snapshot(request.snapshot.name)
+        await self._snapshot(request.snapshot.name)  # (NOT_FOUND comes before a bad mask)
         paths = _check_mask(request.update_mask, _SNAPSHOT_MUTABLE, "Snapshot")
         _check_labels(request.snapshot.labels)
-        _apply_mask(current, request.snapshot, paths)
-        await self.store.update_resource(SNAPSHOTS, current.name, current.SerializeToString())
-        return current
+        return await self._rewrite(SNAPSHOTS, request.snapshot.name, Snapshot, rn.id,
+                                   lambda snapshot: _apply_mask(snapshot, request.snapshot,
+                                                                paths))
 
     async def delete_snapshot(self, request: Any) -> Any:
         rn = names.snapshot(request.snapshot)

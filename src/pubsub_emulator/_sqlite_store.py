@@ -117,13 +117,17 @@ class SqliteStore(Store):
         return True
 
     async def update_resource(self, kind: str, name: str, proto: bytes,
-                              topic: str | None = None) -> bool:
-        if topic is None:
-            cur = self._db.execute("UPDATE resources SET proto=? WHERE kind=? AND name=?",
-                                   (proto, kind, name))
-        else:
-            cur = self._db.execute("UPDATE resources SET proto=?, topic=? WHERE kind=? AND name=?",
-                                   (proto, topic, kind, name))
+                              topic: str | None = None, expected: bytes | None = None) -> bool:
+        sets, values = ["proto=?"], [proto]
+        if topic is not None:
+            sets.append("topic=?")
+            values.append(topic)
+        where, keys = "kind=? AND name=?", [kind, name]
+        if expected is not None:
+            where += " AND proto=?"
+            keys.append(expected)
+        cur = self._db.execute(f"UPDATE resources SET {', '.join(sets)} WHERE {where}",
+                               (*values, *keys))
         if kind == _SUBSCRIPTIONS and topic is not None:
             self._load_fanout()
         return cur.rowcount > 0

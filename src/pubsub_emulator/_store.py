@@ -114,8 +114,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def update_resource(self, kind: str, name: str, proto: bytes,
-                              topic: str | None = None) -> bool:
-        """Replace a stored resource (and its topic link when given). False if absent."""
+                              topic: str | None = None, expected: bytes | None = None) -> bool:
+        """Replace a stored resource (and its topic link when given). False if absent.
+
+        With `expected`, a compare-and-set: replaced only if the stored bytes are still those
+        (False otherwise), so a read-modify-write does not overwrite a change made meanwhile.
+        """
 
     @abc.abstractmethod
     async def get_resource(self, kind: str, name: str) -> bytes | None: ...
