@@ -238,16 +238,19 @@ def test_streaming_pull_flow_control_by_bytes(emulator):
     for f in [publisher.publish(topic, b"x" * 1000) for _ in range(10)]:
         f.result()
 
+    read = threading.Event()
+
     def requests():
         yield types.StreamingPullRequest(subscription=sub, stream_ack_deadline_seconds=60,
                                          max_outstanding_bytes=3500)
-        time.sleep(5)  # keep the stream open while we read the first response
+        read.wait(30)  # keep the stream open until the first response is read
 
     stream = subscriber.api.streaming_pull(requests=requests())
     try:
         first = next(stream)
         assert 1 <= len(first.received_messages) <= 4
     finally:
+        read.set()
         stream.cancel()
 
 

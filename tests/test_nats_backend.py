@@ -93,7 +93,6 @@ def test_stale_ack_still_acks_and_nack_redelivers_now(store):
     assert data_of(y) == b"y" and y.delivery_attempt == 3
     store.acknowledge(S, [y.ack_id])
     wait_for(lambda: store.backlog(S) == 0, timeout=5, message="an empty backlog")
-    time.sleep(0)  # (no waiting: the acks were confirmed by the flush)
     assert store.pull(S, 10, 1_000, 0) == []
 
 
@@ -408,17 +407,16 @@ def test_two_emulators_share_one_nats_server(nats_server):
                 assert not response.received_messages
             time.sleep(1)
 
-        # a pull waiting on process two is woken by a publish on process one
-        started = time.monotonic()
+        # a pull on process two, waiting or not yet, gets what process one publishes (that a
+        # publish on one process wakes the pulls waiting on another is
+        # test_other_process_publish_wakes_the_listener's)
         result: list = []
         waiter = threading.Thread(target=lambda: result.append(
             sub2.pull(subscription=sub, max_messages=1, timeout=60)))
         waiter.start()
-        time.sleep(0.5)  # let the pull start waiting (the assertion below is on latency)
         pub1.publish(topic, b"wake").result()
         waiter.join(30)
         assert result and result[0].received_messages[0].message.data == b"wake"
-        assert time.monotonic() - started < 5
 
 
 def test_two_emulators_keep_ordering_keys(nats_server):
