@@ -237,7 +237,8 @@ class PubSubService:
         return await self._load(SUBSCRIPTIONS, name, Subscription, rn.id)
 
     async def _rewrite(self, kind: str, name: str, message_type: Any, resource_id: str,
-                       change: Callable[[Any], Awaitable[None] | None]) -> Any:
+                       change: Callable[[Any], Awaitable[None] | None],
+                       topic: str | None = None) -> Any:
         """Read a resource, apply `change` (which may refuse with an ApiError), write it back.
 
         The write is a compare-and-set on the bytes read: if another call or process changed
@@ -253,7 +254,7 @@ class PubSubService:
             if pending is not None:
                 await pending
             if await self.store.update_resource(kind, name, resource.SerializeToString(),
-                                                expected=raw):
+                                                topic=topic, expected=raw):
                 return resource
         raise aborted(f"The resource was changed by other requests {limits.REWRITE_ATTEMPTS} "
                       f"times while this one applied; try again (resource={resource_id}).")
@@ -432,11 +433,18 @@ class PubSubService:
         await self._topic(request.topic)
         # Google keeps the topic's subscriptions, pointing at "_deleted-topic_".
         page = await self.store.list_by_topic(SUBSCRIPTIONS, request.topic, 0, "")
-        for name, raw in page.items:
-            sub = Subscription.FromString(raw)
+
+        def point_at_deleted_topic(sub: Any) -> None:
             sub.topic = names.DELETED_TOPIC
-            await self.store.update_resource(SUBSCRIPTIONS, name, sub.SerializeToString(),
-                                             topic=names.DELETED_TOPIC)
+
+        for name, _ in page.items:
+            try:
+                await self._rewrite(SUBSCRIPTIONS, name, Subscription, name,
+                                    point_at_deleted_topic, topic=names.DELETED_TOPIC)
+            except ApiError as exc:
+                if exc.status is not Status.NOT_FOUND:
+                    raise
+                continue  # deleted meanwhile
             self._changed(name)
         await self.store.delete_resource(TOPICS, request.topic)
         self._filters.clear()
@@ -444,9 +452,13 @@ class PubSubService:
         return empty_pb2.Empty()
 
     async def detach_subscription(self, request: Any) -> Any:
-        sub = await self._subscription(request.subscription)
-        sub.detached = True
-        await self.store.update_resource(SUBSCRIPTIONS, sub.name, sub.SerializeToString(), topic="")
+        rn = names.subscription(request.subscription)
+
+        def detach(sub: Any) -> None:
+            sub.detached = True
+
+        sub = await self._rewrite(SUBSCRIPTIONS, request.subscription, Subscription, rn.id,
+                                  detach, topic="")
         await self.store.purge(sub.name)
         self._wake(sub.name)
         self._changed(sub.name)
