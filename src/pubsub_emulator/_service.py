@@ -332,11 +332,13 @@ class PubSubService:
 
     async def update_topic(self, request: Any) -> Any:
         rn = names.topic(request.topic.name)
-        await self._topic(request.topic.name)  # (NOT_FOUND comes before a bad mask)
-        paths = _check_mask(request.update_mask, _TOPIC_MUTABLE, "Topic")
-        await self._validate_topic(request.topic)
-        current = await self._rewrite(TOPICS, request.topic.name, Topic, rn.id,
-                                      lambda topic: _apply_mask(topic, request.topic, paths))
+
+        async def change(topic: Any) -> None:  # (after the read: NOT_FOUND before a bad mask)
+            paths = _check_mask(request.update_mask, _TOPIC_MUTABLE, "Topic")
+            await self._validate_topic(request.topic)
+            _apply_mask(topic, request.topic, paths)
+
+        current = await self._rewrite(TOPICS, request.topic.name, Topic, rn.id, change)
         _note_unhonoured(current)
         return current
 
@@ -541,10 +543,9 @@ class PubSubService:
 
     async def update_subscription(self, request: Any) -> Any:
         rn = names.subscription(request.subscription.name)
-        await self._subscription(request.subscription.name)  # (NOT_FOUND before a bad mask)
-        paths = _check_mask(request.update_mask, _SUBSCRIPTION_MUTABLE, "Subscription")
 
-        def change(sub: Any) -> None:
+        def change(sub: Any) -> None:  # (after the read: NOT_FOUND before a bad mask)
+            paths = _check_mask(request.update_mask, _SUBSCRIPTION_MUTABLE, "Subscription")
             _apply_mask(sub, request.subscription, paths)
             self._validate_subscription(sub, creating=False)
 
@@ -892,12 +893,13 @@ class PubSubService:
 
     async def update_snapshot(self, request: Any) -> Any:
         rn = names.snapshot(request.snapshot.name)
-        await self._snapshot(request.snapshot.name)  # (NOT_FOUND comes before a bad mask)
-        paths = _check_mask(request.update_mask, _SNAPSHOT_MUTABLE, "Snapshot")
-        _check_labels(request.snapshot.labels)
-        return await self._rewrite(SNAPSHOTS, request.snapshot.name, Snapshot, rn.id,
-                                   lambda snapshot: _apply_mask(snapshot, request.snapshot,
-                                                                paths))
+
+        def change(snapshot: Any) -> None:  # (after the read: NOT_FOUND before a bad mask)
+            paths = _check_mask(request.update_mask, _SNAPSHOT_MUTABLE, "Snapshot")
+            _check_labels(request.snapshot.labels)
+            _apply_mask(snapshot, request.snapshot, paths)
+
+        return await self._rewrite(SNAPSHOTS, request.snapshot.name, Snapshot, rn.id, change)
 
     async def delete_snapshot(self, request: Any) -> Any:
         rn = names.snapshot(request.snapshot)
