@@ -1031,33 +1031,27 @@ class NatsStore(Store):
         return stale
 
     async def _send(self, sends: list[tuple[str, bytes]]) -> None:
-        """Send acks and nacks in order; return once the server applied every one.
+        """Send acks and nacks of one consumer in order; return once the server applied all.
 
         An acknowledgement the caller is told succeeded must not be lost with a NATS node, and
         a nacked message must be available to the very next pull; JetStream queues acks and
         nacks to their consumer (a flush does not mean applied) and answers one sent with a
         reply subject once the consumer applied it. A consumer applies what one connection
-        sends it in order, so only the last send to each consumer asks for an answer: one
-        round trip, and one answer per consumer, for the batch.
+        sends it in order, so only the last send asks for an answer: one round trip, and one
+        answer, for the batch. (Every caller sends for one subscription: ack ids of another
+        are refused by _parse.)
         """
-        last: dict[str, int] = {}
-        for index, (subject, _) in enumerate(sends):
-            last[_Ack(subject[len("$JS.ACK."):]).consumer] = index
-        confirming = set(last.values())
-        tokens = []
+        if not sends:
+            return
+        token, queue = self._reply_queue()
         try:
-            for index, (subject, body) in enumerate(sends):
-                if index in confirming:
-                    token, queue = self._reply_queue()
-                    tokens.append((token, queue))
-                    await self._nc.publish(subject, body, reply=f"{self._inbox}.{token}")
-                else:
-                    await self._nc.publish(subject, body)
-            for _, queue in tokens:
-                await asyncio.wait_for(queue.get(), 10.0)
+            for subject, body in sends[:-1]:
+                await self._nc.publish(subject, body)
+            subject, body = sends[-1]
+            await self._nc.publish(subject, body, reply=f"{self._inbox}.{token}")
+            await asyncio.wait_for(queue.get(), 10.0)
         finally:
-            for token, _ in tokens:
-                self._waiting.pop(token, None)
+            self._waiting.pop(token, None)
 
     async def _info(self, stream: str, consumer: str) -> dict[str, Any]:
         return await self._api(f"CONSUMER.INFO.{stream}.{consumer}")
