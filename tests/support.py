@@ -93,40 +93,26 @@ class SyncStore:
                 self._stop()
 
 
-class EmulatorProcess:
-    """`pubsub-emulator start` in a subprocess, on a free loopback port."""
+class _ServerProcess:
+    """A server in a subprocess: started, awaited until ready, logged to a file, stopped."""
 
-    def __init__(self, data_dir: str | None = None, extra_args: list[str] | None = None,
-                 port: int | None = None) -> None:
-        self.port = port or free_port()
-        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="emu-")
-        self.data_dir = data_dir or self._tmp.name  # type: ignore[union-attr]
-        self.extra_args = extra_args or []
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(self.data_dir) / "emulator.log"
+    what = "server"
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path
 
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> EmulatorProcess:
-        cmd = [str(VENV_BIN / "pubsub-emulator"), "start", "--host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", self.data_dir, *self.extra_args]
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+    def _launch(self, cmd: list[str], timeout: float) -> None:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, timeout=30, message=f"emulator on {self.host}")
-        return self
+        wait_for(self._up, timeout=timeout, message=self.what)
 
-    def _healthy(self) -> bool:
+    def _up(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError(f"emulator exited: {self.log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://{self.host}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+            raise RuntimeError(f"{self.what} exited: {self.log_path.read_text()[-2000:]}")
+        return self._ready()
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
 
     def kill(self) -> None:
         """SIGKILL: the crash case."""
@@ -135,6 +121,7 @@ class EmulatorProcess:
             self.proc.wait(10)
 
     def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 15 s; the exit code."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -145,6 +132,37 @@ class EmulatorProcess:
         if getattr(self, "_log", None):
             self._log.close()
         return self.proc.returncode if self.proc else None
+
+
+class EmulatorProcess(_ServerProcess):
+    """`pubsub-emulator start` in a subprocess, on a free loopback port."""
+
+    def __init__(self, data_dir: str | None = None, extra_args: list[str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="emu-")
+        self.data_dir = data_dir or self._tmp.name  # type: ignore[union-attr]
+        self.extra_args = extra_args or []
+        self.log_path = Path(self.data_dir) / "emulator.log"
+        self.what = f"emulator on {self.host}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> EmulatorProcess:
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        self._launch([str(VENV_BIN / "pubsub-emulator"), "start", "--host", "127.0.0.1",
+                      "--port", str(self.port), "--data-dir", self.data_dir,
+                      *self.extra_args], timeout=30)
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     def close(self) -> None:
         self.stop()
@@ -168,7 +186,7 @@ NATS_MISSING = ("nats-server is not installed: `apt-get install nats-server` (De
                 "CI installs it) to run the NATS JetStream backend tests")
 
 
-class NatsServer:
+class NatsServer(_ServerProcess):
     """A real `nats-server -js` on a free loopback port, optionally one node of a cluster."""
 
     def __init__(self, store_dir: str | Path, name: str = "n1", port: int | None = None,
@@ -185,8 +203,8 @@ class NatsServer:
         self.cluster_port = cluster_port
         self.routes = routes or []
         self.store_dir = Path(store_dir)
-        self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.store_dir.parent / f"{name}.log"
+        self.what = f"nats-server {name} on {self.port}"
 
     @property
     def url(self) -> str:
@@ -200,28 +218,12 @@ class NatsServer:
                     f"nats://127.0.0.1:{self.cluster_port}",
                     "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for(self._listening, timeout=20, message=f"nats-server {self.name} on {self.port}")
+        self._launch(cmd, timeout=20)
         return self
 
-    def _listening(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited: {self.log_path.read_text()[-2000:]}")
+    def _ready(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True
         except OSError:
             return False
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if getattr(self, "_log", None):
-            self._log.close()
