@@ -7,10 +7,21 @@ Public API::
     worker.run()          # blocks until worker.stop() (e.g. from a signal handler)
 """
 
-from ._backoff import BackoffPolicy, BackoffState, record_failure, record_success, wait_time
+from push_contract import (
+    ACK_STATUSES,
+    BackoffPolicy,
+    BackoffState,
+    MessageFields,
+    PushRequest,
+    build_request,
+    format_timestamp,
+    record_failure,
+    record_success,
+    wait_time,
+)
+
 from ._config import Config, ConfigError, SubscriptionConfig, load_config, parse_config
-from ._delivery import ACK_STATUSES, PERMANENT_STATUSES, Outcome, classify, url_with_token
-from ._envelope import MessageFields, PushRequest, build_request, format_timestamp
+from ._delivery import PERMANENT_STATUSES, Outcome, classify, url_with_token
 from ._worker import Worker
 
 __all__ = [

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ._backoff import BackoffPolicy
+from push_contract import BackoffPolicy
 
 FORMATS = ("wrapped", "unwrapped")
 DEFAULT_CONCURRENCY = 10
@@ -146,24 +146,7 @@ def _subscription(raw: Any, where: str, base_dir: Path) -> SubscriptionConfig:
         raise ConfigError(f"{where}.concurrency: must be an integer >= 1")
     timeout = _number(raw, "timeout", f"{where}.timeout", DEFAULT_TIMEOUT)
 
-    token = raw.get("token")
-    token_file = raw.get("token_file")
-    if token is not None and token_file is not None:
-        raise ConfigError(f"{where}.token_file: give either token or token_file, not both")
-    if token is not None and (not isinstance(token, str) or not token):
-        raise ConfigError(f"{where}.token: must be a non-empty string")
-    if token_file is not None:
-        if not isinstance(token_file, str) or not token_file:
-            raise ConfigError(f"{where}.token_file: must be a file path")
-        p = Path(token_file).expanduser()
-        if not p.is_absolute():
-            p = base_dir / p
-        try:
-            token = p.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ConfigError(f"{where}.token_file: cannot read {p}: {e.strerror or e}") from e
-        if not token:
-            raise ConfigError(f"{where}.token_file: {p} is empty")
+    token = _token(raw, where, base_dir)
 
     fmt = raw.get("format", "wrapped")
     if fmt not in FORMATS:
@@ -183,6 +166,29 @@ def _subscription(raw: Any, where: str, base_dir: Path) -> SubscriptionConfig:
                               timeout=timeout, token=token, format=fmt,
                               write_metadata=write_metadata, backoff=backoff,
                               ack_deadline=ack_deadline)
+
+
+def _token(raw: Mapping[str, Any], where: str, base_dir: Path) -> str | None:
+    """The verification token, given inline (`token`) or in a file (`token_file`)."""
+    token = raw.get("token")
+    token_file = raw.get("token_file")
+    if token is not None and token_file is not None:
+        raise ConfigError(f"{where}.token_file: give either token or token_file, not both")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise ConfigError(f"{where}.token: must be a non-empty string")
+    if token_file is not None:
+        if not isinstance(token_file, str) or not token_file:
+            raise ConfigError(f"{where}.token_file: must be a file path")
+        p = Path(token_file).expanduser()
+        if not p.is_absolute():
+            p = base_dir / p
+        try:
+            token = p.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{where}.token_file: cannot read {p}: {e.strerror or e}") from e
+        if not token:
+            raise ConfigError(f"{where}.token_file: {p} is empty")
+    return token
 
 
 def _backoff(raw: Any, where: str) -> BackoffPolicy:

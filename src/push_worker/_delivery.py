@@ -14,10 +14,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from ._backoff import BackoffPolicy, BackoffState, record_failure, record_success, wait_time
+from push_contract import (
+    ACK_STATUSES,
+    BackoffPolicy,
+    BackoffState,
+    record_failure,
+    record_success,
+    wait_time,
+)
 
-#: Statuses Pub/Sub push treats as an ack.
-ACK_STATUSES = frozenset({102, 200, 201, 202, 204})
 #: Statuses that will not succeed on retry; logged at error level (still nacked).
 PERMANENT_STATUSES = frozenset({400, 403, 413})
 

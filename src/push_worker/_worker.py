@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ._backoff import BackoffPolicy
+from push_contract import BackoffPolicy, build_request, fields_from_message
+
 from ._config import Config, SubscriptionConfig
 from ._delivery import Deliverer, EndpointGate, Outcome
-from ._envelope import build_request, fields_from_message
 from ._metrics import Stats
 
 log = logging.getLogger("push_worker")

@@ -7,8 +7,8 @@ import datetime as dt
 import json
 from types import SimpleNamespace
 
+from push_contract import fields_from_message, wrapped_envelope
 from push_worker import MessageFields, build_request, format_timestamp
-from push_worker._envelope import fields_from_message, wrapped_envelope
 
 SUB = "projects/p/subscriptions/s"
 # 2021-02-26T19:13:55.749Z, the example in Google's push documentation

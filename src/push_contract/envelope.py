@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONTENT_TYPE_JSON = "application/json"
+#: Statuses a push endpoint answers to acknowledge a message; anything else is a nack.
+ACK_STATUSES = frozenset({102, 200, 201, 202, 204})
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP header name (RFC 9110 token)
 
-log = logging.getLogger("push_worker.envelope")
+log = logging.getLogger("push_contract.envelope")
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def format_timestamp(seconds: int, nanos: int = 0) -> str:
 
 
 def wrapped_envelope(msg: MessageFields, subscription: str) -> dict[str, Any]:
-    """Google's push body as a dict (see push-contract: optional fields only when set).
+    """Google's push body as a dict (docs/push-worker.md: optional fields only when set).
 
     Attributes are sorted by name, so a message always makes the same bytes.
     """

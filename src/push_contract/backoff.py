@@ -81,3 +81,27 @@ def record_success(state: BackoffState) -> BackoffState:
 def wait_time(state: BackoffState, now: float) -> float:
     """Seconds to wait at time `now` before the next POST (0 when it may go now)."""
     return max(0.0, state.not_before - now)
+
+
+# Native push (the emulator's own) eases off one step per success instead of resetting, and
+# waits the full cap without jitter, as Cloud Pub/Sub's push backoff is described: a nack
+# doubles the pause, a success halves it. Failures stop counting once the cap is at its
+# maximum, so a long outage is followed by halving from the maximum, not from far above it.
+def failures_at_maximum(policy: BackoffPolicy) -> int:
+    """The fewest consecutive failures whose cap is the policy's maximum."""
+    failures = 1
+    while policy.cap(failures) < policy.maximum:
+        failures += 1
+    return failures
+
+
+def record_nack(state: BackoffState, policy: BackoffPolicy, now: float) -> BackoffState:
+    """State after a nacked push: one more failure, a pause of the full cap."""
+    failures = min(state.failures + 1, failures_at_maximum(policy))
+    return BackoffState(failures=failures, not_before=now + policy.cap(failures))
+
+
+def record_ack(state: BackoffState) -> BackoffState:
+    """State after an acked push: one failure fewer (the pause halves); the current pause,
+    if any, still runs out."""
+    return BackoffState(failures=max(0, state.failures - 1), not_before=state.not_before)
