@@ -1,4 +1,10 @@
-"""A push endpoint for tests: a real HTTP server in a thread that records every request."""
+"""A push endpoint for tests: a real HTTP server in a thread that records every request.
+
+Used by the emulator's native push tests and by the push worker tests alike. What it answers is
+programmable: `answer(got, index)` returns the status of the index-th request and may sleep or
+wait on an event first (a slow or hanging endpoint); `statuses(...)` makes the common "these
+statuses first, then this one" answer.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +16,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 
 @dataclass
 class Got:
     arrived: float  # time.monotonic()
-    path: str
+    path: str  # as requested, query string included
     headers: list[tuple[str, str]]
     body: bytes
+    status: int = 0  # what the endpoint answered; 0 while the answer is pending
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
             if key.lower() == name.lower():
                 return value
         return None
+
+    @property
+    def route(self) -> str:
+        """The path without the query string."""
+        return urlsplit(self.path).path
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.path).query)
 
     @property
     def envelope(self) -> dict[str, Any]:
@@ -34,11 +51,19 @@ class Got:
         return base64.b64decode(self.envelope["message"]["data"])
 
 
+Answer = Callable[[Got, int], int]
+
+
+def statuses(*first: int, then: int = 200) -> Answer:
+    """An answer: the first requests get `first` in turn, every later one `then`."""
+    return lambda _g, index: first[index] if index < len(first) else then
+
+
 @dataclass
 class Receiver:
     """A push endpoint: records each request; `answer(got, index)` gives the status (may sleep)."""
 
-    answer: Callable[[Got, int], int] = lambda _g, _i: 200
+    answer: Answer = lambda _g, _i: 200
     port: int = 0
     got: list[Got] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -57,6 +82,7 @@ class Receiver:
                     receiver.got.append(got)
                     index = len(receiver.got) - 1
                 status = receiver.answer(got, index)
+                got.status = status
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -77,7 +103,13 @@ class Receiver:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+            self.server = None
 
     def snapshot(self) -> list[Got]:
         with self.lock:
             return list(self.got)
+
+    def acked_ids(self) -> list[str]:
+        """Message ids (of wrapped envelopes) of the requests answered with 200 or 204."""
+        return [g.envelope["message"]["messageId"] for g in self.snapshot()
+                if g.status in (200, 204)]

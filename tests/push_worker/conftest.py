@@ -10,7 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pw_helpers import Endpoint, PubSub, WorkerProcess  # noqa: E402
+from pw_helpers import PubSub, WorkerProcess  # noqa: E402
+
+from push_endpoint import Receiver  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +34,8 @@ def pubsub(emulator_host: str) -> Iterator[PubSub]:
 
 
 @pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    ep = Endpoint().start()
+def endpoint() -> Iterator[Receiver]:
+    ep = Receiver().start()
     yield ep
     ep.stop()
 

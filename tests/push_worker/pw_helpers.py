@@ -1,103 +1,20 @@
-"""Helpers for the push worker tests: a recording HTTP endpoint, Pub/Sub setup, a worker
-subprocess."""
+"""Helpers for the push worker tests: Pub/Sub setup, the worker as a subprocess. (The recording
+HTTP endpoint is tests/push_endpoint.py, shared with the emulator's push tests.)"""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import threading
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
 from support import VENV_BIN
 
 PROJECT = "push-worker-test"
-
-
-@dataclass
-class Recorded:
-    arrived: float  # time.monotonic()
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-    status: int = 0
-
-
-@dataclass
-class Endpoint:
-    """A real HTTP server in a thread that records every request.
-
-    `responder(request, index)` returns the status (default 200); it may sleep.
-    """
-
-    port: int = 0
-    responder: Callable[[Recorded, int], int] = lambda _r, _i: 200
-    requests: list[Recorded] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> Endpoint:
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                parts = urlsplit(self.path)
-                rec = Recorded(time.monotonic(), parts.path, parse_qs(parts.query),
-                               {k.lower(): v for k, v in self.headers.items()}, body)
-                with endpoint._lock:
-                    index = len(endpoint.requests)
-                    endpoint.requests.append(rec)
-                status = endpoint.responder(rec, index)
-                rec.status = status
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        ThreadingHTTPServer.daemon_threads = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/push"
-
-    def snapshot(self) -> list[Recorded]:
-        with self._lock:
-            return list(self.requests)
-
-    def acked_ids(self) -> list[str]:
-        """Message ids (from the wrapped body) of requests answered with an ack status."""
-        import json
-
-        return [json.loads(r.body)["message"]["messageId"] for r in self.snapshot()
-                if r.status in (200, 204)]
 
 
 def unique(prefix: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import importlib.util
-import json
 import os
 import re
 import time
@@ -13,8 +12,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from pw_helpers import Endpoint, PubSub, Recorded, WorkerProcess, sub_entry
+from pw_helpers import PubSub, WorkerProcess, sub_entry
 
+from push_endpoint import Got, Receiver, statuses
 from support import free_port, wait_for
 
 StartWorker = Callable[..., WorkerProcess]
@@ -22,12 +22,8 @@ RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6}|\.\d{9}
 DOWN_SECONDS = float(os.environ.get("PUSH_WORKER_TEST_DOWN_SECONDS", "20"))
 
 
-def _body(r: Recorded) -> dict[str, Any]:
-    return json.loads(r.body)
-
-
 def test_every_message_delivered_once_with_push_envelope(
-        pubsub: PubSub, endpoint: Endpoint, start_worker: StartWorker) -> None:
+        pubsub: PubSub, endpoint: Receiver, start_worker: StartWorker) -> None:
     topic = pubsub.topic()
     dead_letter = pubsub.topic()
     plain = pubsub.subscription(topic)
@@ -38,8 +34,8 @@ def test_every_message_delivered_once_with_push_envelope(
         "pubsub_endpoint": pubsub.host,
         "metrics_port": metrics_port,
         "subscriptions": [
-            sub_entry(plain, endpoint.url, token=token, concurrency=4),
-            sub_entry(with_dlq, endpoint.url + "?dlq=1", token=token),
+            sub_entry(plain, endpoint.url(), token=token, concurrency=4),
+            sub_entry(with_dlq, endpoint.url("/push?dlq=1"), token=token),
         ]})
 
     sent = pubsub.publish(topic, 20, prefix="plain")
@@ -67,10 +63,10 @@ def test_every_message_delivered_once_with_push_envelope(
 
     by_sub: dict[str, list[dict[str, Any]]] = {plain: [], with_dlq: []}
     for r in requests:
-        assert r.path == "/push"
+        assert r.route == "/push"
         assert r.query["token"] == [token]
-        assert r.headers["content-type"] == "application/json"
-        body = _body(r)
+        assert r.header("content-type") == "application/json"
+        body = r.envelope
         by_sub[body["subscription"]].append(body)
         assert ("dlq" in r.query) == (body["subscription"] == with_dlq)
 
@@ -110,13 +106,13 @@ def test_every_message_delivered_once_with_push_envelope(
 def test_endpoint_failing_then_recovering_gets_everything_with_growing_gaps(
         pubsub: PubSub, start_worker: StartWorker) -> None:
     failures = 7
-    endpoint = Endpoint(responder=lambda _r, i: 500 if i < failures else 200).start()
+    endpoint = Receiver(statuses(*[500] * failures)).start()
     try:
         topic = pubsub.topic()
         sub = pubsub.subscription(topic)
         sent = pubsub.publish(topic, 5)
         worker = start_worker({"pubsub_endpoint": pubsub.host,
-                               "subscriptions": [sub_entry(sub, endpoint.url, concurrency=1)]})
+                               "subscriptions": [sub_entry(sub, endpoint.url(), concurrency=1)]})
         wait_for(lambda: set(endpoint.acked_ids()) >= set(sent), timeout=60,
                  message="all messages acked after the endpoint recovered")
         assert worker.terminate() == 0
@@ -147,7 +143,7 @@ def test_endpoint_down_for_a_while_loses_nothing(
     # The endpoint stays down for DOWN_SECONDS; the wait is the scenario, not synchronisation.
     time.sleep(max(0.0, down_until - time.monotonic()))
 
-    endpoint = Endpoint(port=port).start()
+    endpoint = Receiver(port=port).start()
     try:
         wait_for(lambda: set(endpoint.acked_ids()) >= set(sent), timeout=60,
                  message="every message after the endpoint came back")
@@ -160,18 +156,18 @@ def test_endpoint_down_for_a_while_loses_nothing(
 def test_sigterm_mid_stream_loses_nothing(pubsub: PubSub, start_worker: StartWorker) -> None:
     slow = {"on": True}
 
-    def respond(_r: Recorded, _i: int) -> int:
+    def respond(_g: Got, _i: int) -> int:
         if slow["on"]:
             time.sleep(0.5)
         return 200
 
-    endpoint = Endpoint(responder=respond).start()
+    endpoint = Receiver(respond).start()
     try:
         topic = pubsub.topic()
         sub = pubsub.subscription(topic)
         sent = pubsub.publish(topic, 60)
         config = {"pubsub_endpoint": pubsub.host,
-                  "subscriptions": [sub_entry(sub, endpoint.url, concurrency=5,
+                  "subscriptions": [sub_entry(sub, endpoint.url(), concurrency=5,
                                               ack_deadline=10)]}
         first = start_worker(config, name="first")
         wait_for(lambda: len(endpoint.snapshot()) >= 8, timeout=60,
@@ -198,25 +194,25 @@ def test_sigterm_mid_stream_loses_nothing(pubsub: PubSub, start_worker: StartWor
 
 def test_permanent_rejection_is_logged_as_error_and_nacked_and_unwrapped_format(
         pubsub: PubSub, start_worker: StartWorker) -> None:
-    rejecting = Endpoint(responder=lambda _r, i: 400 if i == 0 else 204).start()
-    raw = Endpoint().start()
+    rejecting = Receiver(statuses(400, then=204)).start()
+    raw = Receiver().start()
     try:
         topic = pubsub.topic()
         wrapped_sub = pubsub.subscription(topic)
         unwrapped_sub = pubsub.subscription(topic)
         worker = start_worker({"pubsub_endpoint": pubsub.host, "subscriptions": [
-            sub_entry(wrapped_sub, rejecting.url, concurrency=1),
-            sub_entry(unwrapped_sub, raw.url, format="unwrapped", write_metadata=True)]})
+            sub_entry(wrapped_sub, rejecting.url(), concurrency=1),
+            sub_entry(unwrapped_sub, raw.url(), format="unwrapped", write_metadata=True)]})
         (mid,) = pubsub.publish(topic, 1, prefix="raw", color="red")
         wait_for(lambda: rejecting.acked_ids() == [mid] and raw.snapshot(), timeout=30,
                  message="the rejected message redelivered and acked; the unwrapped one")
         assert [r.status for r in rejecting.snapshot()] == [400, 204]
         (r,) = raw.snapshot()
         assert r.body == b"raw-0"
-        assert r.headers["x-goog-pubsub-message-id"] == mid
-        assert r.headers["x-goog-pubsub-subscription-name"] == unwrapped_sub
-        assert RFC3339_Z.match(r.headers["x-goog-pubsub-publish-time"])
-        assert r.headers["color"] == "red"
+        assert r.header("x-goog-pubsub-message-id") == mid
+        assert r.header("x-goog-pubsub-subscription-name") == unwrapped_sub
+        assert RFC3339_Z.match(r.header("x-goog-pubsub-publish-time") or "")
+        assert r.header("color") == "red"
         assert worker.terminate() == 0
         log = worker.log()
         assert re.search(r"ERROR push_worker: endpoint \S+ rejected message " + mid, log)
