@@ -33,22 +33,31 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+# The server processes are started by tests/processes.py, as in the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from processes import (  # noqa: E402
+    EmulatorProcess,
+    NatsServer,
+    ReferenceEmulator,
+    ServerProcess,
+    free_port,
+    nats_server_path,
+    reference_emulator_path,
+)
+
 PROJECT = "bench-project"
-VENV_BIN = Path(sys.executable).parent
 GOAL_PUBLISH = 20_000
 GOAL_RECEIVE = 10_000
 GOAL_P50_MS = 5.0
@@ -443,72 +452,6 @@ def worker_main(spec_json: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# servers
-# --------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def reference_emulator_path() -> str | None:
-    gcloud = shutil.which("gcloud")
-    if not gcloud:
-        return None
-    p = (Path(os.path.realpath(gcloud)).parent.parent / "platform" / "pubsub-emulator" / "bin"
-         / "cloud-pubsub-emulator")
-    return str(p) if p.exists() else None
-
-
-class Server:
-    def __init__(self, name: str, cmd: list[str], port: int, health_path: str,
-                 tmpdir: str) -> None:
-        self.name, self.cmd, self.port, self.health_path = name, cmd, port, health_path
-        self.tmpdir = tmpdir
-        self.log_path = Path(tmpdir) / "server.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60) -> None:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=self.tmpdir)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log_tail()}")
-            try:
-                url = f"http://127.0.0.1:{self.port}{self.health_path}"
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not healthy after {timeout}s: {self.log_tail()}")
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)  # our own session: server + children
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-
-# --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
 
@@ -534,30 +477,84 @@ def run_worker(spec: dict, timeout: float) -> dict:
 
 
 WORKLOADS = ("publish", "receive", "latency", "rtt")
+TRANSPORTS = ("grpc", "rest")
+BOTH = TRANSPORTS
+GRPC_ONLY = ("grpc",)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table: `metric` of `workload` over `transport`, per column.
+
+    `cpu` rows show two decimals, no (!) mark and an empty ratio cell.
+    """
+
+    label: str
+    transport: str
+    workload: str
+    metric: str
+    cpu: bool = False
+
 
 ROWS = [
-    # (label, transport, workload, metric)
-    ("gRPC publish (msgs/s)", "grpc", "publish", "rate"),
-    ("gRPC receive+ack, streaming pull (msgs/s)", "grpc", "receive", "rate"),
-    ("gRPC publish->receive p50 (ms)", "grpc", "latency", "p50"),
-    ("gRPC publish->receive p99 (ms)", "grpc", "latency", "p99"),
-    ("gRPC unary Publish RTT p50 (ms), 1 msg/RPC", "grpc", "rtt", "p50"),
-    ("REST publish (msgs/s)", "rest", "publish", "rate"),
-    ("REST receive+ack, unary pull(1000)+ack x2 thr (msgs/s)", "rest", "receive", "rate"),
-    ("REST publish->receive p50 (ms), pull loop", "rest", "latency", "p50"),
-    ("REST publish->receive p99 (ms), pull loop", "rest", "latency", "p99"),
-    ("REST unary Publish RTT p50 (ms), 1 msg/RPC", "rest", "rtt", "p50"),
+    Row("gRPC publish (msgs/s)", "grpc", "publish", "rate"),
+    Row("gRPC receive+ack, streaming pull (msgs/s)", "grpc", "receive", "rate"),
+    Row("gRPC publish->receive p50 (ms)", "grpc", "latency", "p50"),
+    Row("gRPC publish->receive p99 (ms)", "grpc", "latency", "p99"),
+    Row("gRPC unary Publish RTT p50 (ms), 1 msg/RPC", "grpc", "rtt", "p50"),
+    Row("REST publish (msgs/s)", "rest", "publish", "rate"),
+    Row("REST receive+ack, unary pull(1000)+ack x2 thr (msgs/s)", "rest", "receive", "rate"),
+    Row("REST publish->receive p50 (ms), pull loop", "rest", "latency", "p50"),
+    Row("REST publish->receive p99 (ms), pull loop", "rest", "latency", "p99"),
+    Row("REST unary Publish RTT p50 (ms), 1 msg/RPC", "rest", "rtt", "p50"),
 ]
 CPU_ROWS = [
-    ("server CPU cores, gRPC publish", "grpc", "publish", "server_cores"),
-    ("client CPU cores, gRPC publish", "grpc", "publish", "client_cores"),
-    ("server CPU cores, gRPC recv+ack", "grpc", "receive", "server_cores"),
-    ("client CPU cores, gRPC recv+ack", "grpc", "receive", "client_cores"),
-    ("server CPU cores, REST publish", "rest", "publish", "server_cores"),
-    ("client CPU cores, REST publish", "rest", "publish", "client_cores"),
-    ("server CPU cores, REST recv+ack", "rest", "receive", "server_cores"),
-    ("client CPU cores, REST recv+ack", "rest", "receive", "client_cores"),
+    Row("server CPU cores, gRPC publish", "grpc", "publish", "server_cores", cpu=True),
+    Row("client CPU cores, gRPC publish", "grpc", "publish", "client_cores", cpu=True),
+    Row("server CPU cores, gRPC recv+ack", "grpc", "receive", "server_cores", cpu=True),
+    Row("client CPU cores, gRPC recv+ack", "grpc", "receive", "client_cores", cpu=True),
+    Row("server CPU cores, REST publish", "rest", "publish", "server_cores", cpu=True),
+    Row("client CPU cores, REST publish", "rest", "publish", "client_cores", cpu=True),
+    Row("server CPU cores, REST recv+ack", "rest", "receive", "server_cores", cpu=True),
+    Row("client CPU cores, REST recv+ack", "rest", "receive", "client_cores", cpu=True),
 ]
+TABLE = [*ROWS, None, *CPU_ROWS]  # None: a separator line
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the table: one server (or one port of it) and the transports it serves."""
+
+    key: str
+    title: str
+    transports: tuple[str, ...] = BOTH
+
+
+# The columns in table order; which of them run depends on the flags and on what is installed.
+OURS = Column("ours", "ours (one port)")
+OURS_GRPC = Column("ours_g", "ours (gRPC port)", GRPC_ONLY)
+MEMORY = Column("mem", "ours in-memory", GRPC_ONLY)
+NATS = Column("nats", "ours on NATS")
+REFERENCE = Column("ref", "reference")
+
+# The one-port front's cost: (label, workload, metric, unit), ours one port vs --grpc-port.
+FRONT_COST = [
+    ("publish", "publish", "rate", "msgs/s"),
+    ("receive+ack", "receive", "rate", "msgs/s"),
+    ("latency p50", "latency", "p50", "ms"),
+    ("latency p99", "latency", "p99", "ms"),
+    ("unary RTT p50", "rtt", "p50", "ms"),
+]
+
+NOTES = ("Notes: medians of the repetitions. 'ours (gRPC port)' = the same server process, "
+         "gRPC straight to --grpc-port, bypassing the one-port front. Ratio = ours (one port) "
+         "/ reference (for latency rows, below 1 is better). (!) = some repetition reported a "
+         "problem (listed below). REST has no streaming pull: REST receive uses unary "
+         "pull+acknowledge from 2 threads, REST latency a pull loop. Unary RTT = generated "
+         "(unbatched) client, sequential one-message Publish calls. CPU cores = CPU seconds / "
+         "timed window; client and server share the same 2 cores.")
+
+Results = dict[tuple[str, str, str], list[dict]]  # (column key, transport, workload) -> runs
 
 
 def median(values: list[float]) -> float | None:
@@ -587,10 +584,263 @@ def cell(runs: list[dict] | None, metric: str, digits: int | None = None) -> str
     return text
 
 
-def main() -> None:
-    if len(sys.argv) >= 3 and sys.argv[1] == "_worker":
-        worker_main(sys.argv[2])
-        return
+# --------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------
+
+def row_cells(row: Row, columns: list[Column], results: Results, ratio: bool) -> list[str]:
+    """The label, one cell per column, and the ours/ref ratio cell when `ratio`."""
+    cells = [row.label]
+    for col in columns:
+        if row.transport not in col.transports:
+            cells.append("n/a")
+        elif row.cpu:
+            runs = results.get((col.key, row.transport, row.workload))
+            cells.append(cell(runs, row.metric, 2).replace(" (!)", ""))
+        else:
+            cells.append(cell(results.get((col.key, row.transport, row.workload)), row.metric))
+    if ratio:
+        cells.append("" if row.cpu else ratio_cell(row, results))
+    return cells
+
+
+def ratio_cell(row: Row, results: Results) -> str:
+    a = metric_median(results.get((OURS.key, row.transport, row.workload)), row.metric)
+    b = metric_median(results.get((REFERENCE.key, row.transport, row.workload)), row.metric)
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def table_lines(columns: list[Column], results: Results) -> list[str]:
+    """The results table, Markdown, one line per Row (and a separator line for None)."""
+    ratio = any(col.key == REFERENCE.key for col in columns)
+    headers = ["workload"] + [col.title for col in columns]
+    if ratio:
+        headers.append("ratio ours/ref")
+    rows = [None if row is None else row_cells(row, columns, results, ratio) for row in TABLE]
+    real_rows = [r for r in rows if r is not None]
+    widths = [max(len(str(r[i])) for r in real_rows + [headers]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return [line(headers), sep] + [sep if r is None else line(r) for r in rows]
+
+
+def front_cost_line(results: Results) -> str | None:
+    """What the one-port front costs gRPC: ours (one port) against ours (--grpc-port)."""
+    parts = []
+    for label, workload, metric, unit in FRONT_COST:
+        a = metric_median(results.get((OURS.key, "grpc", workload)), metric)
+        b = metric_median(results.get((OURS_GRPC.key, "grpc", workload)), metric)
+        if a is None or b is None:
+            continue
+        if unit == "ms":
+            parts.append(f"{label} {a - b:+.2f} ms")
+        else:
+            parts.append(f"{label} {100 * (a / b - 1):+.1f}%")
+    if not parts:
+        return None
+    return "One-port front cost for gRPC (one port vs --grpc-port): " + "; ".join(parts)
+
+
+def verdict(v: float | None, goal: float, higher: bool = True) -> str:
+    if v is None:
+        return "n/a"
+    ok = v >= goal if higher else v < goal
+    shown = f"{v:,.0f}" if higher else f"{v:.2f} ms"
+    return f"{'MET' if ok else 'NOT met'} ({shown})"
+
+
+def goal_lines(results: Results) -> list[str]:
+    def med(transport: str, workload: str, metric: str) -> float | None:
+        return metric_median(results.get((OURS.key, transport, workload)), metric)
+
+    lines = [f"Goals (2-core machine): publish >= {GOAL_PUBLISH:,} msgs/s, receive+ack >= "
+             f"{GOAL_RECEIVE:,} msgs/s, p50 < {GOAL_P50_MS:.0f} ms -- ours (one port, durable):"]
+    for transport in TRANSPORTS:
+        lines.append(
+            f"  {transport.upper():4}: publish "
+            f"{verdict(med(transport, 'publish', 'rate'), GOAL_PUBLISH)}; "
+            f"receive+ack {verdict(med(transport, 'receive', 'rate'), GOAL_RECEIVE)}; "
+            f"p50 {verdict(med(transport, 'latency', 'p50'), GOAL_P50_MS, False)}")
+    return lines
+
+
+def print_report(columns: list[Column], results: Results, problems: list[str],
+                 ref_note: str | None) -> None:
+    """Everything after the per-run lines: table, notes, front cost, goals, problems."""
+    print()
+    for line in table_lines(columns, results):
+        print(line)
+    print()
+    print(NOTES)
+    if ref_note:
+        print(f"Note: {ref_note}")
+    front = front_cost_line(results)
+    if front:
+        print(front)
+    print()
+    for line in goal_lines(results):
+        print(line)
+    if problems:
+        print()
+        print("Problems observed:")
+        for p in problems:
+            print(f"  - {p}")
+    print()
+
+
+# --------------------------------------------------------------------------------------------
+# running the workloads
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Settings:
+    n: int
+    size: int
+    timeout: float
+    rate: float
+    latency_seconds: float
+    reps: int
+    rtt_calls: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """One column served by a server process: where its clients connect."""
+
+    column: Column
+    host: str
+
+
+@dataclass
+class Bench:
+    """The results of every workload run so far, and the problems seen."""
+
+    settings: Settings
+    results: Results = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def spec(self, workload: str, transport: str, host: str, server: ServerProcess) -> dict:
+        s = self.settings
+        spec: dict = {"kind": workload, "host": host, "transport": transport,
+                      "size": s.size, "timeout": s.timeout,
+                      "server_pid": server.proc.pid if server.proc else None}
+        if workload == "latency":
+            spec.update(rate=s.rate, seconds=s.latency_seconds)
+        elif workload == "rtt":
+            spec.update(calls=s.rtt_calls)
+        else:
+            spec.update(n=s.n)
+        return spec
+
+    def run_once(self, server: ServerProcess, target: Target, transport: str, workload: str,
+                 rep: int) -> None:
+        """One workload in a worker process; records it, prints its line, notes problems."""
+        col = target.column.key
+        t0 = time.perf_counter()
+        res = run_worker(self.spec(workload, transport, target.host, server),
+                         self.settings.timeout + 30)
+        wall = time.perf_counter() - t0
+        self.results.setdefault((col, transport, workload), []).append(res)
+        short = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.items()
+                 if not (k == "note" and v in ("streaming pull", "unary pull+ack x2 threads"))}
+        print(f"  [{col:6}] {transport:4} {workload:8} rep {rep + 1}/{self.settings.reps} "
+              f"{wall:5.1f}s  {json.dumps(short)}", flush=True)
+        if (res.get("error") or res.get("left_in_backlog") or res.get("nack_errors")
+                or res.get("failures") or (res.get("note") or "").find("error") >= 0):
+            self.problems.append(f"{col} {transport} {workload} rep {rep + 1}: "
+                                 f"{json.dumps(short)}")
+        if server.proc and server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited ({server.proc.returncode}): "
+                               f"{server.log_tail(1500)}")
+
+    def run_targets(self, server: ServerProcess, targets: list[Target]) -> None:
+        """Every workload `reps` times; targets of one server interleaved, so that drift
+        (store growth, background work) hits the one-port and gRPC-port columns alike."""
+        for rep in range(self.settings.reps):
+            # alternate the order each repetition: no column always goes first
+            ordered = targets if rep % 2 == 0 else targets[::-1]
+            for transport in TRANSPORTS:
+                for workload in WORKLOADS:
+                    for target in ordered:
+                        if transport in target.column.transports:
+                            self.run_once(server, target, transport, workload, rep)
+
+    def serve(self, server: ServerProcess, targets: list[Target]) -> None:
+        """Start `server`, run every workload against its targets, stop it."""
+        print(f"# {server.name}: {' '.join(server.cmd[1:])}", flush=True)
+        try:
+            server.start()
+            self.run_targets(server, targets)
+        except Exception as e:  # noqa: BLE001
+            self.problems.append(f"{server.name}: {e}")
+        finally:
+            server.stop()
+            log = server.log_tail(2000).strip()
+            if log and server.name.startswith("ours"):
+                self.problems.append(f"{server.name} server log (tail): {log}")
+
+
+# --------------------------------------------------------------------------------------------
+# the servers
+# --------------------------------------------------------------------------------------------
+
+def our_emulator(name: str, work_dir: Path, extra_args: list[str]) -> EmulatorProcess:
+    """`pubsub-emulator start` for the bench: its own session, logging warnings to a file in
+    `work_dir` (and run there), data in work_dir/data."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return EmulatorProcess(data_dir=work_dir / "data",
+                           extra_args=[*extra_args, "--log-level", "warning"], name=name,
+                           log_path=work_dir / "server.log", cwd=work_dir, new_session=True,
+                           start_timeout=60)
+
+
+def bench_nats_server(nats_bin: str, work_dir: Path) -> NatsServer:
+    """nats-server with JetStream (store in work_dir/js), ready when its monitor says so."""
+    return NatsServer(work_dir / "js", name=None, monitor_port=free_port(),
+                      log_path=work_dir / "nats-server.log", start_timeout=60,
+                      binary=nats_bin)
+
+
+def run_ours(bench: Bench, tmp: Path) -> None:
+    """Ours on the durable store: the one port and the gRPC-only port of the same process."""
+    gport = free_port()
+    server = our_emulator("ours", tmp / "ours", ["--grpc-port", str(gport)])
+    bench.serve(server, [Target(OURS, server.host), Target(OURS_GRPC, f"127.0.0.1:{gport}")])
+
+
+def run_in_memory(bench: Bench, tmp: Path) -> None:
+    server = our_emulator("ours-in-memory", tmp / "mem", ["--in-memory"])
+    bench.serve(server, [Target(MEMORY, server.host)])
+
+
+def run_on_nats(bench: Bench, tmp: Path, nats_bin: str) -> None:
+    """Ours on the NATS JetStream backend, with a nats-server of its own."""
+    nats = bench_nats_server(nats_bin, tmp / "nats")
+    try:
+        nats.start()
+        server = our_emulator("ours-on-nats", tmp / "nats" / "emulator", ["--store", nats.url])
+        bench.serve(server, [Target(NATS, server.host)])
+    except Exception as e:  # noqa: BLE001
+        bench.problems.append(f"nats-server: {e}")
+    finally:
+        nats.stop()
+
+
+def run_reference(bench: Bench, tmp: Path, ref_bin: str) -> None:
+    """Google's reference emulator (Java; serves gRPC and REST on one port)."""
+    server = ReferenceEmulator(ref_bin, tmp / "ref")
+    bench.serve(server, [Target(REFERENCE, server.host)])
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=None,
                     help="messages per throughput workload (default 20000; --quick 3000)")
@@ -609,301 +859,128 @@ def main() -> None:
                     help="sequential unary Publish RPCs (default 2000; --quick 500)")
     ap.add_argument("--timeout", type=float, default=120.0, help="per-workload timeout (s)")
     ap.add_argument("--size", type=int, default=1024, help="message size in bytes")
-    args = ap.parse_args()
-    n = args.messages or (3000 if args.quick else 20_000)
-    lat_s = args.latency_seconds or (2.0 if args.quick else 5.0)
-    reps = args.repeat or (1 if args.quick else 3)
-    rtt_calls = args.rtt_calls or (500 if args.quick else 2000)
+    return ap.parse_args(argv)
 
-    started = time.monotonic()
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The flags with the --quick / full defaults filled in."""
+    return Settings(n=args.messages or (3000 if args.quick else 20_000), size=args.size,
+                    timeout=args.timeout, rate=args.rate,
+                    latency_seconds=args.latency_seconds or (2.0 if args.quick else 5.0),
+                    reps=args.repeat or (1 if args.quick else 3),
+                    rtt_calls=args.rtt_calls or (500 if args.quick else 2000))
+
+
+def print_header(s: Settings) -> None:
     print(f"# Pub/Sub emulator benchmark  {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S UTC}")
     print(f"# machine: {os.cpu_count()} cores (nproc), "
           f"{platform.python_implementation()} {platform.python_version()}, "
           f"{platform.system()} {platform.release()}; client: google-cloud-pubsub "
           f"{_pubsub_version()}")
-    print(f"# workload: {n:,} x {args.size} B messages per throughput run; latency at "
-          f"{args.rate:.0f} msgs/s for {lat_s:.0f}s; {rtt_calls} unary RPCs for RTT; "
-          f"{reps} repetition(s), median shown; per-workload timeout {args.timeout:.0f}s")
+    print(f"# workload: {s.n:,} x {s.size} B messages per throughput run; latency at "
+          f"{s.rate:.0f} msgs/s for {s.latency_seconds:.0f}s; {s.rtt_calls} unary RPCs for RTT; "
+          f"{s.reps} repetition(s), median shown; per-workload timeout {s.timeout:.0f}s")
 
-    ref_bin = None if args.skip_reference else reference_emulator_path()
-    ref_note = None
+
+def reference_plan(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(the reference emulator's binary or None, the note to print when it does not run)."""
     if args.skip_reference:
-        ref_note = "reference emulator skipped (--skip-reference)"
-    elif ref_bin is None:
-        ref_note = ("reference emulator absent (no gcloud / platform/pubsub-emulator): "
-                    "column skipped")
+        return None, "reference emulator skipped (--skip-reference)"
+    ref_bin = reference_emulator_path()
+    if ref_bin is None:
+        return None, ("reference emulator absent (no gcloud / platform/pubsub-emulator): "
+                      "column skipped")
+    return ref_bin, None
 
-    columns: list[tuple[str, str]] = [("ours", "ours (one port)"), ("ours_g", "ours (gRPC port)")]
+
+def columns_for(args: argparse.Namespace, nats_bin: str | None,
+                ref_bin: str | None) -> list[Column]:
+    columns = [OURS, OURS_GRPC]
     if not args.skip_in_memory:
-        columns.append(("mem", "ours in-memory"))
-    nats_bin = None if args.skip_nats else (
-        shutil.which("nats-server") or
-        ("/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None))
+        columns.append(MEMORY)
     if nats_bin:
-        columns.append(("nats", "ours on NATS"))
+        columns.append(NATS)
     if ref_bin:
-        columns.append(("ref", "reference"))
-    grpc_only = {"ours_g", "mem"}
-    results: dict[tuple[str, str, str], list[dict]] = {}
-    problems: list[str] = []
+        columns.append(REFERENCE)
+    return columns
 
-    def spec_for(workload: str, transport: str, host: str, server: Server) -> dict:
-        spec: dict = {"kind": workload, "host": host, "transport": transport,
-                      "size": args.size, "timeout": args.timeout,
-                      "server_pid": server.proc.pid if server.proc else None}
-        if workload == "latency":
-            spec.update(rate=args.rate, seconds=lat_s)
-        elif workload == "rtt":
-            spec.update(calls=rtt_calls)
-        else:
-            spec.update(n=n)
-        return spec
 
-    def run_targets(server: Server, targets: list[tuple[str, str, tuple[str, ...]]]) -> None:
-        """Every workload `reps` times; targets of one server interleaved, so that drift
-        (store growth, background work) hits the one-port and gRPC-port columns alike."""
-        for rep in range(reps):
-            for transport in ("grpc", "rest"):
-                for workload in WORKLOADS:
-                    # alternate the order each repetition: no column always goes first
-                    for col, host, transports in (targets if rep % 2 == 0 else targets[::-1]):
-                        if transport not in transports:
-                            continue
-                        t0 = time.perf_counter()
-                        res = run_worker(spec_for(workload, transport, host, server),
-                                         args.timeout + 30)
-                        wall = time.perf_counter() - t0
-                        results.setdefault((col, transport, workload), []).append(res)
-                        short = {k: (round(v, 2) if isinstance(v, float) else v)
-                                 for k, v in res.items()
-                                 if not (k == "note" and v in ("streaming pull",
-                                                               "unary pull+ack x2 threads"))}
-                        print(f"  [{col:6}] {transport:4} {workload:8} rep {rep + 1}/{reps} "
-                              f"{wall:5.1f}s  {json.dumps(short)}", flush=True)
-                        if (res.get("error") or res.get("left_in_backlog")
-                                or res.get("nack_errors") or res.get("failures")
-                                or (res.get("note") or "").find("error") >= 0):
-                            problems.append(f"{col} {transport} {workload} rep {rep + 1}: "
-                                            f"{json.dumps(short)}")
-                        if server.proc and server.proc.poll() is not None:
-                            raise RuntimeError(f"{server.name} exited "
-                                               f"({server.proc.returncode}): "
-                                               f"{server.log_tail(1500)}")
-
-    def serve(server: Server, targets, timeout: float = 60) -> None:
-        print(f"# {server.name}: {' '.join(server.cmd[1:])}", flush=True)
-        try:
-            server.start(timeout=timeout)
-            run_targets(server, targets)
-        except Exception as e:  # noqa: BLE001
-            problems.append(f"{server.name}: {e}")
-        finally:
-            server.stop()
-            log = server.log_tail(2000).strip()
-            if log and server.name.startswith("ours"):
-                problems.append(f"{server.name} server log (tail): {log}")
-
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 2 and argv[0] == "_worker":
+        worker_main(argv[1])
+        return
+    args = parse_args(argv)
+    settings = settings_from(args)
+    started = time.monotonic()
+    print_header(settings)
+    ref_bin, ref_note = reference_plan(args)
+    nats_bin = None if args.skip_nats else nats_server_path()
+    columns = columns_for(args, nats_bin, ref_bin)
+    bench = Bench(settings)
     with tempfile.TemporaryDirectory(prefix="pubsub-bench-") as tmp:
-        emu = str(VENV_BIN / "pubsub-emulator")
-        # 1. ours, durable store: one port + the gRPC-only port of the same process
-        port, gport = free_port(), free_port()
-        d = Path(tmp, "ours")
-        d.mkdir()
-        ours = Server("ours", [emu, "start", "--host", "127.0.0.1", "--port", str(port),
-                               "--grpc-port", str(gport), "--data-dir", str(d / "data"),
-                               "--log-level", "warning"], port, "/healthz", str(d))
-        serve(ours, [("ours", f"127.0.0.1:{port}", ("grpc", "rest")),
-                     ("ours_g", f"127.0.0.1:{gport}", ("grpc",))])
-        # 2. ours, in-memory
-        if not args.skip_in_memory:
-            port = free_port()
-            d = Path(tmp, "mem")
-            d.mkdir()
-            mem = Server("ours-in-memory", [emu, "start", "--host", "127.0.0.1", "--port",
-                                            str(port), "--in-memory", "--data-dir",
-                                            str(d / "data"), "--log-level", "warning"],
-                         port, "/healthz", str(d))
-            serve(mem, [("mem", f"127.0.0.1:{port}", ("grpc",))])
-        # 3. ours on the NATS JetStream backend (a nats-server of its own)
+        run_ours(bench, Path(tmp))
+        if MEMORY in columns:
+            run_in_memory(bench, Path(tmp))
         if nats_bin:
-            nport, mport = free_port(), free_port()
-            d = Path(tmp, "nats")
-            (d / "server").mkdir(parents=True)
-            (d / "emulator").mkdir()
-            nats = Server("nats-server", [nats_bin, "-a", "127.0.0.1", "-p", str(nport), "-js",
-                                          "-sd", str(d / "js"), "-m", str(mport)],
-                          mport, "/healthz", str(d / "server"))
-            try:
-                nats.start()
-                port = free_port()
-                on_nats = Server("ours-on-nats", [emu, "start", "--host", "127.0.0.1", "--port",
-                                                  str(port), "--store",
-                                                  f"nats://127.0.0.1:{nport}",
-                                                  "--log-level", "warning"],
-                                 port, "/healthz", str(d / "emulator"))
-                serve(on_nats, [("nats", f"127.0.0.1:{port}", ("grpc", "rest"))])
-            except Exception as e:  # noqa: BLE001
-                problems.append(f"nats-server: {e}")
-            finally:
-                nats.stop()
-        # 4. Google's reference emulator (Java; serves gRPC and REST on one port)
+            run_on_nats(bench, Path(tmp), nats_bin)
         if ref_bin:
-            port = free_port()
-            d = Path(tmp, "ref")
-            d.mkdir()
-            ref = Server("reference", [ref_bin, "--host=127.0.0.1", f"--port={port}"], port,
-                         "/", str(d))
-            serve(ref, [("ref", f"127.0.0.1:{port}", ("grpc", "rest"))], timeout=90)
-
-    # ---- table ----
-    headers = ["workload"] + [c[1] for c in columns]
-    if ref_bin:
-        headers.append("ratio ours/ref")
-    rows: list[list[str]] = []
-    for label, transport, workload, metric in ROWS:
-        row = [label]
-        for col, _ in columns:
-            if col in grpc_only and transport == "rest":
-                row.append("n/a")
-            else:
-                row.append(cell(results.get((col, transport, workload)), metric))
-        if ref_bin:
-            a = metric_median(results.get(("ours", transport, workload)), metric)
-            b = metric_median(results.get(("ref", transport, workload)), metric)
-            row.append(f"{a / b:.2f}x" if a and b else "-")
-        rows.append(row)
-    rows.append(None)  # separator
-    for label, transport, workload, metric in CPU_ROWS:
-        row = [label]
-        for col, _ in columns:
-            if col in grpc_only and transport == "rest":
-                row.append("n/a")
-            else:
-                row.append(cell(results.get((col, transport, workload)), metric, 2)
-                           .replace(" (!)", ""))
-        if ref_bin:
-            row.append("")
-        rows.append(row)
-    real_rows = [r for r in rows if r is not None]
-    widths = [max(len(str(r[i])) for r in real_rows + [headers]) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    print()
-    print(line(headers))
-    print(sep)
-    for r in rows:
-        print(sep if r is None else line(r))
-    print()
-    print("Notes: medians of the repetitions. 'ours (gRPC port)' = the same server process, "
-          "gRPC straight to --grpc-port, bypassing the one-port front. Ratio = ours (one port) "
-          "/ reference (for latency rows, below 1 is better). (!) = some repetition reported a "
-          "problem (listed below). REST has no streaming pull: REST receive uses unary "
-          "pull+acknowledge from 2 threads, REST latency a pull loop. Unary RTT = generated "
-          "(unbatched) client, sequential one-message Publish calls. CPU cores = CPU seconds / "
-          "timed window; client and server share the same 2 cores.")
-    if ref_note:
-        print(f"Note: {ref_note}")
-
-    # ---- the front's cost ----
-    def med(col: str, transport: str, workload: str, metric: str) -> float | None:
-        return metric_median(results.get((col, transport, workload)), metric)
-
-    parts = []
-    for label, workload, metric, unit in (("publish", "publish", "rate", "msgs/s"),
-                                          ("receive+ack", "receive", "rate", "msgs/s"),
-                                          ("latency p50", "latency", "p50", "ms"),
-                                          ("latency p99", "latency", "p99", "ms"),
-                                          ("unary RTT p50", "rtt", "p50", "ms")):
-        a, b = med("ours", "grpc", workload, metric), med("ours_g", "grpc", workload, metric)
-        if a is None or b is None:
-            continue
-        if unit == "ms":
-            parts.append(f"{label} {a - b:+.2f} ms")
-        else:
-            parts.append(f"{label} {100 * (a / b - 1):+.1f}%")
-    if parts:
-        print("One-port front cost for gRPC (one port vs --grpc-port): " + "; ".join(parts))
-
-    # ---- goals ----
-    print()
-    print(f"Goals (2-core machine): publish >= {GOAL_PUBLISH:,} msgs/s, receive+ack >= "
-          f"{GOAL_RECEIVE:,} msgs/s, p50 < {GOAL_P50_MS:.0f} ms -- ours (one port, durable):")
-
-    def verdict(v: float | None, goal: float, higher: bool = True) -> str:
-        if v is None:
-            return "n/a"
-        ok = v >= goal if higher else v < goal
-        shown = f"{v:,.0f}" if higher else f"{v:.2f} ms"
-        return f"{'MET' if ok else 'NOT met'} ({shown})"
-
-    for transport in ("grpc", "rest"):
-        print(f"  {transport.upper():4}: publish "
-              f"{verdict(med('ours', transport, 'publish', 'rate'), GOAL_PUBLISH)}; "
-              f"receive+ack {verdict(med('ours', transport, 'receive', 'rate'), GOAL_RECEIVE)}; "
-              f"p50 {verdict(med('ours', transport, 'latency', 'p50'), GOAL_P50_MS, False)}")
-
-    if problems:
-        print()
-        print("Problems observed:")
-        for p in problems:
-            print(f"  - {p}")
-    print()
+            run_reference(bench, Path(tmp), ref_bin)
+    print_report(columns, bench.results, bench.problems, ref_note)
     if nats_bin:
-        scaling_on_nats(nats_bin, n, args.size, args.timeout)
+        scaling_on_nats(nats_bin, settings.n, settings.size, settings.timeout)
     print(f"# total bench time {time.monotonic() - started:.0f}s")
 
+
+# --------------------------------------------------------------------------------------------
+# scaling on NATS
+# --------------------------------------------------------------------------------------------
 
 def scaling_on_nats(nats_bin: str, n: int, size: int, timeout: float) -> None:
     """Aggregate gRPC throughput with 1 and with 3 emulator processes sharing one nats-server,
     each process driven by its own client process (n messages in all, split evenly)."""
-    emu = str(VENV_BIN / "pubsub-emulator")
     print("\n# Scaling on the NATS backend: K emulator processes on one nats-server, one client "
           "process per emulator, gRPC, all on the same cores", flush=True)
     print("| emulator processes | publish (msgs/s, all clients) | receive+ack (msgs/s) |")
     print("|---|---|---|")
     for k in (1, 3):
         with tempfile.TemporaryDirectory(prefix="pubsub-scale-") as tmp:
-            nport, mport = free_port(), free_port()
-            Path(tmp, "nats").mkdir()
-            nats = Server("nats-server", [nats_bin, "-a", "127.0.0.1", "-p", str(nport), "-js",
-                                          "-sd", str(Path(tmp, "js")), "-m", str(mport)],
-                          mport, "/healthz", str(Path(tmp, "nats")))
-            emulators: list[Server] = []
-            try:
-                nats.start()
-                for i in range(k):
-                    port = free_port()
-                    Path(tmp, f"e{i}").mkdir()
-                    emulators.append(Server(f"ours-nats-{i}", [
-                        emu, "start", "--host", "127.0.0.1", "--port", str(port), "--store",
-                        f"nats://127.0.0.1:{nport}", "--log-level", "warning"],
-                        port, "/healthz", str(Path(tmp, f"e{i}"))))
-                    emulators[-1].start()
-                cells = []
-                for workload in ("publish", "receive"):
-                    specs = [{"kind": workload, "host": f"127.0.0.1:{e.port}",
-                              "transport": "grpc", "n": n // k, "size": size,
-                              "timeout": timeout} for e in emulators]
-                    with ThreadPoolExecutor(k) as pool:  # the clients run at the same time
-                        results = list(pool.map(run_worker, specs, [timeout + 30] * k))
-                    errors = [r.get("error") for r in results if r.get("error")]
-                    seconds = [r.get("seconds") or (n // k) / r["rate"] for r in results
-                               if r.get("rate")]
-                    if errors or len(seconds) != k:
-                        cells.append(f"error: {errors[:1]}")
-                    else:
-                        cells.append(f"{(n // k) * k / max(seconds):,.0f}")
-                print(f"| {k} | {cells[0]} | {cells[1]} |", flush=True)
-            except Exception as e:  # noqa: BLE001
-                print(f"| {k} | error: {e} | |", flush=True)
-            finally:
-                for server in emulators:
-                    server.stop()
-                nats.stop()
+            print(f"| {k} | {scaling_cells(nats_bin, Path(tmp), k, n, size, timeout)} |",
+                  flush=True)
+
+
+def scaling_cells(nats_bin: str, tmp: Path, k: int, n: int, size: int, timeout: float) -> str:
+    """'publish | receive' of k emulator processes on one fresh nats-server (or the error)."""
+    nats = bench_nats_server(nats_bin, tmp / "nats")
+    emulators: list[EmulatorProcess] = []
+    try:
+        nats.start()
+        for i in range(k):
+            emulators.append(our_emulator(f"ours-nats-{i}", tmp / f"e{i}",
+                                          ["--store", nats.url]).start())
+        return " | ".join(scaling_cell(emulators, workload, n, size, timeout)
+                          for workload in ("publish", "receive"))
+    except Exception as e:  # noqa: BLE001
+        return f"error: {e} |"
+    finally:
+        for server in emulators:
+            server.stop()
+        nats.stop()
+
+
+def scaling_cell(emulators: list[EmulatorProcess], workload: str, n: int, size: int,
+                 timeout: float) -> str:
+    """Aggregate msgs/s of one client process per emulator, all running at the same time."""
+    k = len(emulators)
+    specs = [{"kind": workload, "host": e.host, "transport": "grpc", "n": n // k, "size": size,
+              "timeout": timeout} for e in emulators]
+    with ThreadPoolExecutor(k) as pool:
+        results = list(pool.map(run_worker, specs, [timeout + 30] * k))
+    errors = [r.get("error") for r in results if r.get("error")]
+    seconds = [r.get("seconds") or (n // k) / r["rate"] for r in results if r.get("rate")]
+    if errors or len(seconds) != k:
+        return f"error: {errors[:1]}"
+    return f"{(n // k) * k / max(seconds):,.0f}"
 
 
 def _pubsub_version() -> str:

@@ -14,21 +14,20 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import yaml
 
-VENV_BIN = Path(sys.executable).parent
+# The emulator is started by tests/processes.py, as in the tests and bench.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from processes import VENV_BIN, EmulatorProcess  # noqa: E402
 
 
 class Endpoint:
@@ -105,34 +104,15 @@ def main() -> int:
     args = ap.parse_args()
     emulator = None
     if not args.emulator_host:  # start the project's own emulator for the run
-        emulator = start_emulator()
-        args.emulator_host = f"127.0.0.1:{emulator[1]}"
+        # in a temporary data dir (removed by close()), logging warnings to a file there
+        emulator = EmulatorProcess(extra_args=["--log-level", "warning"]).start()
+        args.emulator_host = emulator.host
     os.environ["PUBSUB_EMULATOR_HOST"] = args.emulator_host
     try:
         return run(args)
     finally:
         if emulator is not None:
-            emulator[0].terminate()
-            emulator[0].wait(30)
-            shutil.rmtree(emulator[2], ignore_errors=True)
-
-
-def start_emulator() -> tuple[subprocess.Popen, int, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tempfile.mkdtemp(prefix="push-bench-emulator-")
-    proc = subprocess.Popen([str(VENV_BIN / "pubsub-emulator"), "start", "--port", str(port),
-                             "--data-dir", data, "--log-level", "warning"])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-            return proc, port, data
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the emulator did not start")
+            emulator.close()
 
 
 def run(args: argparse.Namespace) -> int:
