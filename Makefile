@@ -21,12 +21,25 @@ include mk/apps.mk
 .PHONY: help setup run test test-py3 test-nats nats-server lint bench emulator clean
 
 help:
-	@echo "make run     start emulator, sender, receiver and push worker (Ctrl-C stops all)"
-	@echo "make test    lint and run every test suite (Python 3 and the Python 2.7 apps)"
-	@echo "make bench   print throughput and latency figures, ours beside Google's emulator"
-	@echo "make setup   prepare everything (venv, SDK, vendored lib/, token); run/test do it too"
-	@echo "make deploy  deploy both apps with 'appscale deploy'"
-	@echo "make clean   remove everything the targets above created"
+	@echo "make run          start emulator, sender, receiver and push worker (Ctrl-C stops all)"
+	@echo "make test         lint and run every test suite (Python 3 and the Python 2.7 apps)"
+	@echo "make test-py3     the Python 3 suites (emulator, push worker, end to end)"
+	@echo "make test-nats    the client-level suites again, the emulator on NATS JetStream"
+	@echo "make test-apps    the Python 2.7 unit tests of both App Engine apps"
+	@echo "make lint         ruff on the Python 3 code, then lint-py27"
+	@echo "make lint-py27    flake8 under Python 2.7 on the apps, shared/ and tests/py27"
+	@echo "make bench        print throughput and latency figures, ours beside Google's emulator"
+	@echo "make emulator     run the emulator alone on EMULATOR_PORT with config/topology.yaml"
+	@echo "make setup        prepare everything (venv, SDK, vendored lib/, token); run/test do it too"
+	@echo "make sdk          install the App Engine SDK, pytest and WebTest for Python 2.7 (.py27/)"
+	@echo "make flake8-py27  install flake8 for Python 2.7 (.py27/flake8)"
+	@echo "make vendor       build each app's lib/ (pinned requirements + shared package)"
+	@echo "make check-lib    check each app's lib/ holds nothing App Engine refuses (.so, .pth)"
+	@echo "make token        make the push verification token (kept if present)"
+	@echo "make py27         print the Python 2.7 interpreter the targets use"
+	@echo "make nats-server  install nats-server if missing (apt-get, as root)"
+	@echo "make deploy       deploy both apps with 'appscale deploy'"
+	@echo "make clean        remove everything the targets above created"
 
 $(STAMPS):
 	@mkdir -p $@
@@ -37,7 +50,7 @@ $(STAMPS)/venv.stamp: pyproject.toml | $(STAMPS)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-setup: $(STAMPS)/venv.stamp sdk vendor token
+setup: $(STAMPS)/venv.stamp sdk flake8-py27 vendor token
 
 emulator: $(STAMPS)/venv.stamp
 	$(VENV)/bin/pubsub-emulator start --port $(EMULATOR_PORT) --config config/topology.yaml
@@ -47,8 +60,10 @@ run: setup
 	  --emulator-port $(EMULATOR_PORT) --sender-port $(SENDER_PORT) \
 	  --receiver-port $(RECEIVER_PORT) --push $(PUSH)
 
-lint: $(STAMPS)/venv.stamp
-	$(VENV)/bin/ruff check src tests bench scripts
+# ruff for the Python 3 code (make_test_keys.py is Python 3 among the 2.7 tests: named
+# explicitly, as pyproject.toml excludes tests/py27), flake8 under 2.7 for the 2.7 code.
+lint: $(STAMPS)/venv.stamp lint-py27
+	$(VENV)/bin/ruff check src tests bench scripts tests/py27/make_test_keys.py
 
 # The NATS JetStream backend's tests start real nats-servers (Debian package nats-server).
 nats-server:

@@ -19,7 +19,7 @@ export SDK_DIR
 SHARED_SRC   := $(wildcard $(APPS_ROOT)/shared/pubsub_shared/*.py)
 VENDOR_DEPS  := $(SHARED_SRC) $(APPS_ROOT)/scripts/vendor-app $(APPS_ROOT)/scripts/check-lib
 
-.PHONY: py27 sdk vendor token test-apps deploy check-lib
+.PHONY: py27 sdk vendor token test-apps deploy check-lib flake8-py27 lint-py27
 
 # Check that Python 2.7 is available (prints its path).
 py27:
@@ -29,6 +29,14 @@ py27:
 # (the script is a no-op when its stamp .py27/site.stamp matches and dev_appserver.py exists)
 sdk:
 	@$(APPS_ROOT)/scripts/install-sdk
+
+# flake8 3.9.2 for Python 2.7 (the last release that runs on it) in .py27/flake8.
+flake8-py27:
+	@$(APPS_ROOT)/scripts/install-flake8-py27
+
+# flake8 under Python 2.7 on the apps' modules, shared/ and tests/py27 (not lib/), 100 columns.
+lint-py27: flake8-py27
+	@$(APPS_ROOT)/scripts/lint-py27
 
 # lib/ of each app: pinned requirements + shared package + pubsub.v1.json; fails on .so/.pth.
 vendor: $(foreach a,$(APPS),$(APPS_ROOT)/$(a)/lib/.vendored)

@@ -78,7 +78,8 @@ class RecordingServer(object):
         self.server = Server(('127.0.0.1', 0), Handler)
         self.port = self.server.server_address[1]
         self.host = '127.0.0.1:%d' % self.port
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={'poll_interval': 0.05})
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={'poll_interval': 0.05})
         self.thread.daemon = True
 
     def __enter__(self):
