@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from pubsub_emulator._filter import FilterError, compile_filter
+from pubsub_emulator.filter import FilterError, compile_filter
 
 # Named attribute sets, so the tables below stay readable.
 EMPTY: dict[str, str] = {}

@@ -15,27 +15,20 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import pytest
-from google.pubsub_v1 import types
 
 from clients import make_clients, unique
-from support import EmulatorProcess, NatsServer, SyncStore, free_port, wait_for
+from pubsub_emulator.store import DEFAULT_POLICY, Kind
+from store_helpers import RecordingListener, SyncStore, data_of, msg
+from store_helpers import pull_until as _pull_until_
+from support import EmulatorProcess, NatsServer, free_port, wait_for
 
-PubsubMessage = types.PubsubMessage.pb()
 T = "projects/p/topics/t"
 S = "projects/p/subscriptions/s"
 
 
-def msg(data: bytes) -> bytes:
-    return PubsubMessage(data=data).SerializeToString()
-
-
-def data_of(delivery) -> bytes:
-    return PubsubMessage.FromString(delivery.message).data
-
-
 @pytest.fixture
 def open_store(nats_server):
-    from pubsub_emulator._nats_store import NatsStore
+    from pubsub_emulator.store.nats import NatsStore
 
     namespace = "n" + uuid.uuid4().hex[:12]
     opened = []
@@ -53,216 +46,210 @@ def open_store(nats_server):
 @pytest.fixture
 def store(open_store):
     s = open_store()
-    s.create_resource("topics", T, b"topic")
-    s.create_resource("subscriptions", S, b"sub", topic=T)
+    s.resources.create(Kind.TOPIC, T, b"topic")
+    s.resources.create(Kind.SUBSCRIPTION, S, b"sub", topic=T)
     return s
 
 
 def _pull_until(store, sub: str, count: int, lease_ms: int = 1_000, policy=None,
                 timeout: float = 15.0):
-    from pubsub_emulator._store import DEFAULT_POLICY
-
-    got: list = []
-
-    def more() -> bool:
-        got.extend(store.pull(sub, 10, lease_ms, int(time.time() * 1000),
-                              policy=policy or DEFAULT_POLICY))
-        return len(got) >= count
-
-    wait_for(more, timeout=timeout, interval=0.05, message=f"{count} deliveries on {sub}")
-    return got
+    return _pull_until_(store, sub, count, lease_ms, timeout, interval=0.05,
+                        policy=policy or DEFAULT_POLICY)
 
 
 # --- the store, in real time -------------------------------------------------------------------
 def test_lease_expiry_redelivers_with_next_attempt(store):
-    store.publish(T, [msg(b"x")], 0)
-    [first] = store.pull(S, 10, 1_000, 0)
-    assert store.pull(S, 10, 1_000, 0) == []  # leased
+    store.messages.publish(T, [msg(b"x")], 0)
+    [first] = store.messages.pull(S, 10, 1_000, 0)
+    assert store.messages.pull(S, 10, 1_000, 0) == []  # leased
     [second] = _pull_until(store, S, 1)
     assert second.delivery_attempt == 2 and second.ack_id != first.ack_id
     assert data_of(second) == b"x"
 
 
 def test_stale_ack_still_acks_and_nack_redelivers_now(store):
-    store.publish(T, [msg(b"x"), msg(b"y")], 0)
-    first = store.pull(S, 10, 1_000, 0)
+    store.messages.publish(T, [msg(b"x"), msg(b"y")], 0)
+    first = store.messages.pull(S, 10, 1_000, 0)
     again = _pull_until(store, S, 2)  # redelivered after the lease: new ack ids
-    store.acknowledge(S, [first[0].ack_id])  # an older ack id of x
-    store.modify_deadline(S, [again[1].ack_id], 0, 0)  # nack y: back at once
-    [y] = store.pull(S, 10, 60_000, 0)
+    store.messages.acknowledge(S, [first[0].ack_id])  # an older ack id of x
+    store.messages.modify_deadline(S, [again[1].ack_id], 0, 0)  # nack y: back at once
+    [y] = store.messages.pull(S, 10, 60_000, 0)
     assert data_of(y) == b"y" and y.delivery_attempt == 3
-    store.acknowledge(S, [y.ack_id])
-    wait_for(lambda: store.backlog(S) == 0, timeout=5, message="an empty backlog")
-    assert store.pull(S, 10, 1_000, 0) == []
+    store.messages.acknowledge(S, [y.ack_id])
+    wait_for(lambda: store.messages.backlog(S) == 0, timeout=5, message="an empty backlog")
+    assert store.messages.pull(S, 10, 1_000, 0) == []
 
 
 def test_modify_deadline_extends_the_lease(store):
-    store.publish(T, [msg(b"x")], 0)
-    [d] = store.pull(S, 1, 1_000, 0)
-    store.modify_deadline(S, [d.ack_id], 60_000, 0)
+    store.messages.publish(T, [msg(b"x")], 0)
+    [d] = store.messages.pull(S, 1, 1_000, 0)
+    store.messages.modify_deadline(S, [d.ack_id], 60_000, 0)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:  # past the original 1 s lease: still leased
-        assert store.pull(S, 1, 1_000, 0) == []
+        assert store.messages.pull(S, 1, 1_000, 0) == []
         time.sleep(0.2)
 
 
 def test_retry_policy_delays_redelivery(store):
-    from pubsub_emulator._store import DeliveryPolicy, RetryPolicy
+    from pubsub_emulator.store import DeliveryPolicy, RetryPolicy
 
     policy = DeliveryPolicy(retry=RetryPolicy(minimum_ms=1_000, maximum_ms=3_000))
-    store.publish(T, [msg(b"x")], 0)
-    [d] = store.pull(S, 1, 10_000, 0, policy=policy)
+    store.messages.publish(T, [msg(b"x")], 0)
+    [d] = store.messages.pull(S, 1, 10_000, 0, policy=policy)
     nacked = time.monotonic()
-    store.modify_deadline(S, [d.ack_id], 0, 0, policy=policy)  # nack: back after 1 s
+    store.messages.modify_deadline(S, [d.ack_id], 0, 0, policy=policy)  # nack: back after 1 s
     [d2] = _pull_until(store, S, 1, 10_000, policy)
     assert time.monotonic() - nacked >= 0.9 and d2.delivery_attempt == 2
 
 
 def test_exactly_once_refuses_stale_ack_ids(open_store, store):
-    from pubsub_emulator._store import DeliveryPolicy
+    from pubsub_emulator.store import DeliveryPolicy
 
     eo = DeliveryPolicy(exactly_once=True)
     now = lambda: int(time.time() * 1000)  # noqa: E731
-    store.publish(T, [msg(b"x"), msg(b"y")], now())
-    [x, y] = store.pull(S, 10, 1_000, now(), policy=eo)
-    assert store.acknowledge(S, [x.ack_id], eo, now()) == []
-    assert store.acknowledge(S, [x.ack_id], eo, now()) == [x.ack_id]  # already acked
+    store.messages.publish(T, [msg(b"x"), msg(b"y")], now())
+    [x, y] = store.messages.pull(S, 10, 1_000, now(), policy=eo)
+    assert store.messages.acknowledge(S, [x.ack_id], eo, now()) == []
+    assert store.messages.acknowledge(S, [x.ack_id], eo, now()) == [x.ack_id]  # already acked
     # y's lease runs out: the redelivery has a new id, the old one is refused
     [y2] = _pull_until(store, S, 1, policy=eo)
     assert data_of(y2) == b"y" and y2.delivery_attempt == 2
-    assert store.modify_deadline(S, [y.ack_id], 60_000, now(), eo) == [y.ack_id]
+    assert store.messages.modify_deadline(S, [y.ack_id], 60_000, now(), eo) == [y.ack_id]
     # another process (store) sees the same lease state
     other = open_store()
-    assert other.acknowledge(S, [y2.ack_id, y.ack_id], eo, now()) == [y.ack_id]
-    wait_for(lambda: store.backlog(S) == 0, timeout=5, message="an empty backlog")
+    assert other.messages.acknowledge(S, [y2.ack_id, y.ack_id], eo, now()) == [y.ack_id]
+    wait_for(lambda: store.messages.backlog(S) == 0, timeout=5, message="an empty backlog")
     # a nacked lease is no longer current
-    store.publish(T, [msg(b"z")], now())
-    [z] = store.pull(S, 10, 60_000, now(), policy=eo)
-    assert store.modify_deadline(S, [z.ack_id], 0, now(), eo) == []
-    assert store.acknowledge(S, [z.ack_id], eo, now()) == [z.ack_id]
-    [z2] = store.pull(S, 10, 60_000, now(), policy=eo)
-    assert store.acknowledge(S, [z2.ack_id], eo, now()) == []
-    store.sweep(now())  # also drops the lease records of acked messages
+    store.messages.publish(T, [msg(b"z")], now())
+    [z] = store.messages.pull(S, 10, 60_000, now(), policy=eo)
+    assert store.messages.modify_deadline(S, [z.ack_id], 0, now(), eo) == []
+    assert store.messages.acknowledge(S, [z.ack_id], eo, now()) == [z.ack_id]
+    [z2] = store.messages.pull(S, 10, 60_000, now(), policy=eo)
+    assert store.messages.acknowledge(S, [z2.ack_id], eo, now()) == []
+    store.messages.sweep(now())  # also drops the lease records of acked messages
 
 
 def test_seek_replays_only_the_subscriptions_own_messages(store):
-    store.publish(T, [msg(b"before")], 1_000)
+    store.messages.publish(T, [msg(b"before")], 1_000)
     late = "projects/p/subscriptions/late"
-    store.create_resource("subscriptions", late, b"sub", topic=T)
-    store.publish(T, [msg(b"after")], 2_000)
-    [d] = store.pull(late, 10, 60_000, 2_000)
-    store.acknowledge(late, [d.ack_id])
-    store.seek_to_time(late, 0, 3_000)  # acked and below the ack floor: stays acked
-    assert store.pull(late, 10, 60_000, 3_000) == []
-    from pubsub_emulator._store import DeliveryPolicy
+    store.resources.create(Kind.SUBSCRIPTION, late, b"sub", topic=T)
+    store.messages.publish(T, [msg(b"after")], 2_000)
+    [d] = store.messages.pull(late, 10, 60_000, 2_000)
+    store.messages.acknowledge(late, [d.ack_id])
+    store.messages.seek_to_time(late, 0, 3_000)  # acked and below the ack floor: stays acked
+    assert store.messages.pull(late, 10, 60_000, 3_000) == []
+    from pubsub_emulator.store import DeliveryPolicy
 
-    store.seek_to_time(late, 0, 3_000, DeliveryPolicy(retain_acked=True))
-    assert [data_of(d) for d in store.pull(late, 10, 60_000, 3_000)] == [b"after"]
-    store.seek_to_time(late, 0, 3_000, from_topic=True)
-    assert [data_of(d) for d in store.pull(late, 10, 60_000, 3_000)] == [b"before", b"after"]
+    store.messages.seek_to_time(late, 0, 3_000, DeliveryPolicy(retain_acked=True))
+    assert [data_of(d) for d in store.messages.pull(late, 10, 60_000, 3_000)] == [b"after"]
+    store.messages.seek_to_time(late, 0, 3_000, from_topic=True)
+    replayed = store.messages.pull(late, 10, 60_000, 3_000)
+    assert [data_of(d) for d in replayed] == [b"before", b"after"]
 
 
 def test_durable_across_reopen(open_store):
     first = open_store()
-    first.create_resource("topics", T, b"topic")
-    first.create_resource("subscriptions", S, b"sub", topic=T)
-    ids = first.publish(T, [msg(b"keep"), msg(b"acked")], 0)
-    got = first.pull(S, 10, 1_000, 0)
-    first.acknowledge(S, [got[1].ack_id])
+    first.resources.create(Kind.TOPIC, T, b"topic")
+    first.resources.create(Kind.SUBSCRIPTION, S, b"sub", topic=T)
+    ids = first.messages.publish(T, [msg(b"keep"), msg(b"acked")], 0)
+    got = first.messages.pull(S, 10, 1_000, 0)
+    first.messages.acknowledge(S, [got[1].ack_id])
     first.close()
     second = open_store()
-    assert second.get_resource("subscriptions", S) == b"sub"
+    assert second.resources.get(Kind.SUBSCRIPTION, S) == b"sub"
     assert [data_of(d) for d in _pull_until(second, S, 1)] == [b"keep"]
-    assert second.pull(S, 10, 1_000, 0) == []
-    more = second.publish(T, [msg(b"later")], 20_000)
+    assert second.messages.pull(S, 10, 1_000, 0) == []
+    more = second.messages.publish(T, [msg(b"later")], 20_000)
     assert int(more[0]) > max(int(i) for i in ids)  # ids never repeat after a restart
 
 
 def test_sweep_reclaims_only_unneeded_messages(store):
-    store.publish(T, [msg(b"a"), msg(b"b")], 0)
-    [a, b] = store.pull(S, 10, 1_000, 0)
-    store.acknowledge(S, [a.ack_id])
-    assert store.sweep(10) == 1
+    store.messages.publish(T, [msg(b"a"), msg(b"b")], 0)
+    [a, b] = store.messages.pull(S, 10, 1_000, 0)
+    store.messages.acknowledge(S, [a.ack_id])
+    assert store.messages.sweep(10) == 1
     assert [data_of(d) for d in _pull_until(store, S, 1)] == [b"b"]
 
 
 def test_subscription_retention_drops_old_unacked_messages(store):
-    from pubsub_emulator._store import RetentionRules
+    from pubsub_emulator.store import RetentionRules
 
     now = lambda: int(time.time() * 1000)  # noqa: E731
-    store.publish(T, [msg(b"old")], now() - 5_000)
-    store.publish(T, [msg(b"new")], now())
-    store.sweep(now(), RetentionRules(subscription_ms={S: 2_000}))
-    assert [data_of(d) for d in store.pull(S, 10, 60_000, now())] == [b"new"]
-    assert store.backlog(S) == 1
+    store.messages.publish(T, [msg(b"old")], now() - 5_000)
+    store.messages.publish(T, [msg(b"new")], now())
+    store.messages.sweep(now(), RetentionRules(subscription_ms={S: 2_000}))
+    assert [data_of(d) for d in store.messages.pull(S, 10, 60_000, now())] == [b"new"]
+    assert store.messages.backlog(S) == 1
 
 
 def test_message_ids_are_unique_across_topics(store):
     other = "projects/p/topics/other"
-    store.create_resource("topics", other, b"topic")
-    ids = store.publish(T, [msg(b"a")], 0) + store.publish(other, [msg(b"b")], 0)
+    store.resources.create(Kind.TOPIC, other, b"topic")
+    ids = store.messages.publish(T, [msg(b"a")], 0) + store.messages.publish(other, [msg(b"b")], 0)
     assert len(set(ids)) == 2 and all(i.isdigit() for i in ids)
 
 
 def test_other_process_publish_wakes_the_listener(open_store, store):
     import asyncio
 
-    woke: list[str] = []
-    store.set_listener(woke.append)
+    woke = RecordingListener()
+    store.set_listener(woke)
     listening = open_store()
-    listening.set_listener(woke.append)
-    store.publish(T, [msg(b"x")], 0)
+    listening.set_listener(woke)
+    store.messages.publish(T, [msg(b"x")], 0)
 
     def woken() -> bool:
         listening.run(asyncio.sleep(0.02))  # (its connection reads while its loop runs)
-        return T in woke
+        return T in woke.published_topics
 
     wait_for(woken, timeout=10, message="a wake-up from the other store")
     store.run(asyncio.sleep(0.05))
-    assert woke == [T]  # the publishing store does not wake itself
+    assert woke.published_topics == [T]  # the publishing store does not wake itself
 
 
 def test_ordering_keys_hold_across_two_processes(open_store, store):
-    from pubsub_emulator._store import DeliveryPolicy
+    from pubsub_emulator.store import DeliveryPolicy
 
     ordered = DeliveryPolicy(ordered=True)
     other = open_store()  # a second process: it shares nothing with `store` but the server
-    store.publish(T, [msg(b"a1"), msg(b"a2"), msg(b"b1"), msg(b"a3"), msg(b"n1")], 0,
+    store.messages.publish(T, [msg(b"a1"), msg(b"a2"), msg(b"b1"), msg(b"a3"), msg(b"n1")], 0,
                   ordering_keys=["a", "a", "b", "a", ""])
-    [a1] = store.pull(S, 1, 60_000, 0, policy=ordered)
+    [a1] = store.messages.pull(S, 1, 60_000, 0, policy=ordered)
     assert data_of(a1) == b"a1"
     # a1 is leased by the first process: the second gets b1 and n1, never a2 or a3
-    assert [data_of(d) for d in other.pull(S, 10, 60_000, 0, policy=ordered)] == [b"b1", b"n1"]
-    assert other.pull(S, 10, 60_000, 0, policy=ordered) == []
-    other.acknowledge(S, [a1.ack_id], ordered)  # acked on the second process
+    got = other.messages.pull(S, 10, 60_000, 0, policy=ordered)
+    assert [data_of(d) for d in got] == [b"b1", b"n1"]
+    assert other.messages.pull(S, 10, 60_000, 0, policy=ordered) == []
+    other.messages.acknowledge(S, [a1.ack_id], ordered)  # acked on the second process
     got = _pull_until(store, S, 2, 60_000, ordered, timeout=10)
     assert [data_of(d) for d in got] == [b"a2", b"a3"]
     assert [d.delivery_attempt for d in got] == [1, 1]  # being held back is not an attempt
     # a nack on the second process brings a3 back with a2, in order, to either process
-    other.modify_deadline(S, [got[0].ack_id], 0, 0, ordered)
+    other.messages.modify_deadline(S, [got[0].ack_id], 0, 0, ordered)
     again = _pull_until(store, S, 2, 1_000, ordered, timeout=10)
     assert [data_of(d) for d in again] == [b"a2", b"a3"]
     assert [d.delivery_attempt for d in again] == [2, 2]
     # a2's lease (1 s) runs out while a3's is extended: a3 comes again after a2
-    other.modify_deadline(S, [again[1].ack_id], 60_000, 0, ordered)
+    other.messages.modify_deadline(S, [again[1].ack_id], 60_000, 0, ordered)
     [a2] = _pull_until(other, S, 1, 60_000, ordered, timeout=10)
     assert data_of(a2) == b"a2" and a2.delivery_attempt == 3
-    assert store.pull(S, 10, 60_000, 0, policy=ordered) == []
-    store.acknowledge(S, [a2.ack_id], ordered)
+    assert store.messages.pull(S, 10, 60_000, 0, policy=ordered) == []
+    store.messages.acknowledge(S, [a2.ack_id], ordered)
     [a3] = _pull_until(other, S, 1, 60_000, ordered, timeout=10)
     assert data_of(a3) == b"a3" and a3.delivery_attempt == 3
-    store.acknowledge(S, [a3.ack_id], ordered)
+    store.messages.acknowledge(S, [a3.ack_id], ordered)
 
 
 def test_ordering_keys_under_concurrent_pulls_on_two_processes(open_store, store):
     import random
 
-    from pubsub_emulator._store import DeliveryPolicy
+    from pubsub_emulator.store import DeliveryPolicy
 
     ordered = DeliveryPolicy(ordered=True)
     keys, count = ("k1", "k2", "k3"), 15
     for i in range(count):  # (several publishes: pulls race with them too)
-        store.publish(T, [msg(f"{k}:{i}".encode()) for k in keys], 0, ordering_keys=list(keys))
+        store.messages.publish(T, [msg(f"{k}:{i}".encode()) for k in keys], 0,
+                               ordering_keys=list(keys))
     acked: dict[str, list[int]] = {k: [] for k in keys}
     first_attempts: dict[bytes, int] = {}
     lock = threading.Lock()
@@ -273,7 +260,7 @@ def test_ordering_keys_under_concurrent_pulls_on_two_processes(open_store, store
         rnd = random.Random(seed)
         try:
             while time.monotonic() < stop and sum(map(len, acked.values())) < len(keys) * count:
-                batch = s.pull(S, rnd.randint(1, 4), 30_000, 0, policy=ordered)
+                batch = s.messages.pull(S, rnd.randint(1, 4), 30_000, 0, policy=ordered)
                 nacked: set[str] = set()
                 for d in batch:
                     key, index = data_of(d).decode().split(":")
@@ -283,11 +270,11 @@ def test_ordering_keys_under_concurrent_pulls_on_two_processes(open_store, store
                         continue  # comes again after the nacked one
                     if rnd.random() < 0.2:
                         nacked.add(key)
-                        s.modify_deadline(S, [d.ack_id], 0, 0, ordered)
+                        s.messages.modify_deadline(S, [d.ack_id], 0, 0, ordered)
                         continue
                     with lock:  # (noted before the ack: the next one can follow at once)
                         acked[key].append(int(index))
-                    s.acknowledge(S, [d.ack_id], ordered)
+                    s.messages.acknowledge(S, [d.ack_id], ordered)
                 time.sleep(0.01 if batch else 0.05)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)

@@ -4,13 +4,15 @@ durations are minutes to days; nothing here sleeps)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 
 import pytest
 from google.pubsub_v1 import types as t
 
-from pubsub_emulator._errors import ApiError, Status
-from pubsub_emulator._service import PubSubService
-from pubsub_emulator._sqlite_store import SqliteStore
+from pubsub_emulator.core.errors import ApiError, Status
+from pubsub_emulator.core.service import PubSubService
+from pubsub_emulator.store.sqlite import SqliteStore
 
 T = "projects/p/topics/topic"
 S = "projects/p/subscriptions/sub"
@@ -26,9 +28,14 @@ class Clock:
 
 
 @pytest.fixture
-def env():
+def db_file(tmp_path):
+    return tmp_path / "store.sqlite3"
+
+
+@pytest.fixture
+def env(db_file):
     clock = Clock()
-    store = SqliteStore(None)
+    store = SqliteStore(db_file)
     yield PubSubService(store, clock=clock), clock
     asyncio.run(store.close())
 
@@ -38,13 +45,13 @@ def req(type_name: str, **fields):
 
 
 async def publish(service, *payloads: bytes) -> list[str]:
-    response = await service.publish(req("PublishRequest", topic=T, messages=[
+    response = await service.publishing.publish(req("PublishRequest", topic=T, messages=[
         req("PubsubMessage", data=p) for p in payloads]))
     return list(response.message_ids)
 
 
 async def pull(service, sub: str = S) -> list:
-    response = await service.pull(req("PullRequest", subscription=sub, max_messages=100,
+    response = await service.pulls.pull(req("PullRequest", subscription=sub, max_messages=100,
                                       return_immediately=True))
     return list(response.received_messages)
 
@@ -52,7 +59,7 @@ async def pull(service, sub: str = S) -> list:
 async def ack_all(service, sub: str = S) -> int:
     received = await pull(service, sub)
     if received:
-        await service.acknowledge(req("AcknowledgeRequest", subscription=sub,
+        await service.pulls.acknowledge(req("AcknowledgeRequest", subscription=sub,
                                       ack_ids=[m.ack_id for m in received]))
     return len(received)
 
@@ -65,14 +72,14 @@ def test_subscription_retention_drops_old_unacked_messages(env):
     service, clock = env
 
     async def scenario():
-        await service.create_topic(req("Topic", name=T))
-        await service.create_subscription(req(
+        await service.topics.create_topic(req("Topic", name=T))
+        await service.subscriptions.create_subscription(req(
             "Subscription", name=S, topic=T, message_retention_duration={"seconds": 600}))
         await publish(service, b"old")
         clock.now += 5 * MINUTE
         await publish(service, b"young")
         clock.now += 6 * MINUTE  # "old" is 11 minutes old now, "young" 6
-        await service.sweep()
+        await service.sweeper.sweep()
         return [m.message.data for m in await pull(service)]
 
     assert run(scenario()) == [b"young"]
@@ -82,22 +89,22 @@ def test_retain_acked_messages_and_seek_to_time_replays_them(env):
     service, clock = env
 
     async def scenario():
-        await service.create_topic(req("Topic", name=T))
-        await service.create_subscription(req("Subscription", name=S, topic=T,
+        await service.topics.create_topic(req("Topic", name=T))
+        await service.subscriptions.create_subscription(req("Subscription", name=S, topic=T,
                                               retain_acked_messages=True))
         start = clock.now
         await publish(service, b"first")
         clock.now += 1000
         await publish(service, b"second")
         assert await ack_all(service) == 2
-        await service.sweep()
+        await service.sweeper.sweep()
         assert await pull(service) == []
         seek = req("SeekRequest", subscription=S)
         seek.time.FromMilliseconds(start + 500)
-        await service.seek(seek)
+        await service.snapshots.seek(seek)
         after_half = [m.message.data for m in await pull(service)]
         seek.time.FromMilliseconds(start)
-        await service.seek(seek)
+        await service.snapshots.seek(seek)
         everything = sorted(m.message.data for m in await pull(service))
         return after_half, everything
 
@@ -110,14 +117,14 @@ def test_without_retain_acked_seek_cannot_replay_acked(env):
     service, clock = env
 
     async def scenario():
-        await service.create_topic(req("Topic", name=T))
-        await service.create_subscription(req("Subscription", name=S, topic=T))
+        await service.topics.create_topic(req("Topic", name=T))
+        await service.subscriptions.create_subscription(req("Subscription", name=S, topic=T))
         start = clock.now
         await publish(service, b"gone")
         await ack_all(service)
         seek = req("SeekRequest", subscription=S)
         seek.time.FromMilliseconds(start)
-        await service.seek(seek)
+        await service.snapshots.seek(seek)
         return await pull(service)
 
     assert run(scenario()) == []
@@ -127,22 +134,22 @@ def test_topic_retention_keeps_messages_for_later_subscriptions_to_seek(env):
     service, clock = env
 
     async def scenario():
-        await service.create_topic(req("Topic", name=T,
+        await service.topics.create_topic(req("Topic", name=T,
                                        message_retention_duration={"seconds": 3600}))
         start = clock.now
         await publish(service, b"before any subscription")
         clock.now += MINUTE
-        await service.sweep()
-        await service.create_subscription(req("Subscription", name=S, topic=T))
+        await service.sweeper.sweep()
+        await service.subscriptions.create_subscription(req("Subscription", name=S, topic=T))
         assert await pull(service) == []  # a new subscription starts at its creation...
         seek = req("SeekRequest", subscription=S)
         seek.time.FromMilliseconds(start)
-        await service.seek(seek)  # ...but can seek back into what the topic retains
+        await service.snapshots.seek(seek)  # ...but can seek back into what the topic retains
         replayed = [m.message.data for m in await pull(service)]
         clock.now += 2 * 3600_000
         await ack_all(service)
-        await service.sweep()
-        await service.seek(seek)
+        await service.sweeper.sweep()
+        await service.snapshots.seek(seek)
         return replayed, await pull(service)
 
     replayed, after_expiry = run(scenario())
@@ -154,24 +161,25 @@ def test_expiration_policy_deletes_idle_subscriptions_only(env):
     service, clock = env
 
     async def scenario():
-        await service.create_topic(req("Topic", name=T))
+        await service.topics.create_topic(req("Topic", name=T))
         idle = "projects/p/subscriptions/idle"
         used = "projects/p/subscriptions/used"
         never = "projects/p/subscriptions/never"
         for name in (idle, used):
-            await service.create_subscription(req(
+            await service.subscriptions.create_subscription(req(
                 "Subscription", name=name, topic=T, expiration_policy={"ttl": {"seconds": 86400}}))
-        await service.create_subscription(req("Subscription", name=never, topic=T,
+        await service.subscriptions.create_subscription(req("Subscription", name=never, topic=T,
                                               expiration_policy={}))
-        await service.sweep()
+        await service.sweeper.sweep()
         clock.now += DAY // 2
         await pull(service, used)
         clock.now += DAY // 2 + 1
-        await service.sweep()
+        await service.sweeper.sweep()
         results = {}
         for name in (idle, used, never):
             try:
-                await service.get_subscription(req("GetSubscriptionRequest", subscription=name))
+                await service.subscriptions.get_subscription(req("GetSubscriptionRequest",
+                                                               subscription=name))
                 results[name] = "exists"
             except ApiError as exc:
                 results[name] = exc.status
@@ -183,42 +191,49 @@ def test_expiration_policy_deletes_idle_subscriptions_only(env):
                        "projects/p/subscriptions/never": "exists"}
 
 
-def test_storage_does_not_grow_once_messages_are_acked(env):
+def stored_messages(db_file) -> int:
+    """Messages in the store's database, read through a connection of the test's own."""
+    with contextlib.closing(sqlite3.connect(db_file)) as db:
+        return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+
+
+def test_storage_does_not_grow_once_messages_are_acked(env, db_file):
     service, clock = env
 
     async def scenario():
-        await service.create_topic(req("Topic", name=T))
-        await service.create_subscription(req("Subscription", name=S, topic=T))
+        await service.topics.create_topic(req("Topic", name=T))
+        await service.subscriptions.create_subscription(req("Subscription", name=S, topic=T))
         for _ in range(5):
             await publish(service, *[b"x" * 100] * 200)
             while await ack_all(service):
                 pass
-        await service.sweep()
-        return service.store._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        await service.sweeper.sweep()
 
-    assert run(scenario()) == 0
+    run(scenario())
+    assert stored_messages(db_file) == 0
 
 
 def test_snapshot_restores_messages_acked_after_it_and_expires(env):
     service, clock = env
 
     async def scenario():
-        await service.create_topic(req("Topic", name=T))
-        await service.create_subscription(req("Subscription", name=S, topic=T))
+        await service.topics.create_topic(req("Topic", name=T))
+        await service.subscriptions.create_subscription(req("Subscription", name=S, topic=T))
         await publish(service, b"before")
         await ack_all(service)
         # The snapshot is taken with nothing unacked; later messages belong to it too.
-        snapshot = await service.create_snapshot(req("CreateSnapshotRequest", subscription=S))
+        snapshot = await service.snapshots.create_snapshot(
+            req("CreateSnapshotRequest", subscription=S))
         assert snapshot.name.startswith("projects/p/snapshots/snapshot-")  # server-assigned
         await publish(service, b"after")
         await ack_all(service)
-        await service.sweep()
-        await service.seek(req("SeekRequest", subscription=S, snapshot=snapshot.name))
+        await service.sweeper.sweep()
+        await service.snapshots.seek(req("SeekRequest", subscription=S, snapshot=snapshot.name))
         restored = [m.message.data for m in await pull(service)]
         clock.now += 7 * DAY + 1
-        await service.sweep()
+        await service.sweeper.sweep()
         try:
-            await service.get_snapshot(req("GetSnapshotRequest", snapshot=snapshot.name))
+            await service.snapshots.get_snapshot(req("GetSnapshotRequest", snapshot=snapshot.name))
             expired = False
         except ApiError as exc:
             expired = exc.status is Status.NOT_FOUND
@@ -236,19 +251,22 @@ def test_expiration_sees_activity_through_another_process_on_the_same_store(env)
     other = PubSubService(service.store, clock=clock)
 
     async def scenario():
-        await service.create_topic(req("Topic", name=T))
-        await service.create_subscription(req(
+        await service.topics.create_topic(req("Topic", name=T))
+        await service.subscriptions.create_subscription(req(
             "Subscription", name=S, topic=T, expiration_policy={"ttl": {"seconds": 86400}}))
-        await service.sweep()  # the sweeping process has seen the subscription from the start
+        # the sweeping process has seen the subscription from the start
+        await service.sweeper.sweep()
         clock.now += DAY // 2
         await pull(other, S)  # used only through the other process
         clock.now += DAY // 2 + 1
-        await service.sweep()
-        alive = await service.get_subscription(req("GetSubscriptionRequest", subscription=S))
+        await service.sweeper.sweep()
+        alive = await service.subscriptions.get_subscription(
+            req("GetSubscriptionRequest", subscription=S))
         clock.now += DAY + 1  # now idle everywhere beyond its ttl
-        await service.sweep()
+        await service.sweeper.sweep()
         try:
-            await service.get_subscription(req("GetSubscriptionRequest", subscription=S))
+            await service.subscriptions.get_subscription(
+                req("GetSubscriptionRequest", subscription=S))
             return alive.name, False
         except ApiError as exc:
             return alive.name, exc.status is Status.NOT_FOUND

@@ -9,8 +9,9 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from . import _topology
-from ._server import RunningServer, create_gateway, create_server, open_store
+from . import topology
+from .server import RunningServer, create_gateway, create_server
+from .store import open_store
 
 log = logging.getLogger("pubsub_emulator")
 
@@ -98,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "start":
-        topology = None
+        resources = None
         if args.config:
             try:
-                topology = _topology.load(args.config)
-            except _topology.TopologyError as exc:
+                resources = topology.load(args.config)
+            except topology.TopologyError as exc:
                 print(f"pubsub-emulator: {exc}", file=sys.stderr)
                 return 2
         if args.store and not args.store.startswith("nats://"):
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise _StoreUnavailable(f"{where}: {str(exc) or repr(exc)}") from exc
             log.info("store: %s", where)
             try:
-                return await create_server(store, args.host, args.port, topology,
+                return await create_server(store, args.host, args.port, resources,
                                            args.grpc_port)
             except BaseException:
                 await store.close()
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         except _StoreUnavailable as exc:
             print(f"pubsub-emulator: cannot open the store {exc}", file=sys.stderr)
             return 1
-        except _topology.TopologyError as exc:
+        except topology.TopologyError as exc:
             print(f"pubsub-emulator: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:

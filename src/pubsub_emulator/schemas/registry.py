@@ -22,9 +22,9 @@ from google.protobuf import empty_pb2
 from google.pubsub_v1 import types as t
 from google.rpc import error_details_pb2
 
-from . import _limits as limits
-from . import _names as names
-from ._errors import (
+from ..core import limits, names
+from ..core.catalog import page_size
+from ..core.errors import (
     ApiError,
     Status,
     aborted,
@@ -33,7 +33,8 @@ from ._errors import (
     invalid_argument,
     not_found,
 )
-from ._schema_validation import (
+from ..store import InvalidPageToken, Kind, ResourceTable
+from .validation import (
     AVRO,
     BINARY,
     JSON,
@@ -43,7 +44,6 @@ from ._schema_validation import (
     Validator,
     ValidatorCache,
 )
-from ._store import Store
 
 SCHEMA_METHODS = (
     "CreateSchema", "GetSchema", "ListSchemas", "ListSchemaRevisions", "CommitSchema",
@@ -52,7 +52,6 @@ SCHEMA_METHODS = (
 )
 
 Schema = t.Schema.pb()
-SCHEMAS, TOPICS = "schemas", "topics"
 DELETED_SCHEMA = "_deleted-schema_"
 BASIC, FULL = 1, 2  # google.pubsub.v1.SchemaView
 MAX_DEFINITION_BYTES = 300 * 1000  # "The schema definition field cannot exceed 300 KB"
@@ -108,18 +107,12 @@ def _live(revisions: list[Revision]) -> list[Revision]:
 def _split_revision(name: str) -> tuple[str, str]:
     """projects/p/schemas/s[@revision] -> (schema name, revision id or "")."""
     schema, _, revision = name.partition("@")
-    names.parse(schema, SCHEMAS)
+    names.parse(schema, Kind.SCHEMA)
     return schema, revision
 
 
 def _schema_id(name: str) -> str:
     return name.rsplit("/", 1)[-1]
-
-
-def _page_size(page_size: int) -> int:
-    if page_size < 0:
-        raise invalid_argument("page_size must not be negative.")
-    return min(page_size or limits.DEFAULT_PAGE_SIZE, limits.MAX_PAGE_SIZE)
 
 
 def _validation_failure(schema_name: str, revision_id: str, schema_type: int, encoding: int,
@@ -139,8 +132,8 @@ def _validation_failure(schema_name: str, revision_id: str, schema_type: int, en
 
 
 class SchemaRegistry:
-    def __init__(self, store: Store, clock: Callable[[], int]) -> None:
-        self.store = store
+    def __init__(self, table: ResourceTable, clock: Callable[[], int]) -> None:
+        self._table = table
         self.clock = clock
         self.validators = ValidatorCache()
         self._revisions: dict[str, list[Revision]] = {}  # schema name -> revisions (cache)
@@ -149,7 +142,7 @@ class SchemaRegistry:
     async def _load(self, name: str) -> list[Revision] | None:
         cached = self._revisions.get(name)
         if cached is None:
-            raw = await self.store.get_resource(SCHEMAS, name)
+            raw = await self._table.get(Kind.SCHEMA, name)
             if raw is None:
                 return None
             cached = self._revisions[name] = _parse(raw)
@@ -170,12 +163,12 @@ class SchemaRegistry:
         """Apply `change` (revisions -> (new revisions, result)) with a compare-and-set write:
         revisions another call or process added meanwhile are read again, never overwritten."""
         for _ in range(limits.REWRITE_ATTEMPTS):
-            raw = await self.store.get_resource(SCHEMAS, name)
+            raw = await self._table.get(Kind.SCHEMA, name)
             if raw is None:
                 self._revisions.pop(name, None)
                 raise not_found(_schema_id(name))
             revisions, result = change(_parse(raw))
-            if await self.store.update_resource(SCHEMAS, name, _dump(revisions), expected=raw):
+            if await self._table.update(Kind.SCHEMA, name, _dump(revisions), expected=raw):
                 self._revisions[name] = revisions
                 return result
         raise aborted(f"The schema was changed by other requests {limits.REWRITE_ATTEMPTS} "
@@ -210,7 +203,7 @@ class SchemaRegistry:
         project = names.parse_project(request.parent)
         schema_id = request.schema_id or _schema_id(request.schema.name)
         name = f"projects/{project}/schemas/{schema_id}"
-        names.parse(name, SCHEMAS)
+        names.parse(name, Kind.SCHEMA)
         if request.schema.name and request.schema.name != name:
             raise invalid_argument(
                 f"The schema name {request.schema.name!r} does not match the parent and "
@@ -220,7 +213,7 @@ class SchemaRegistry:
         _, descriptor = await self._compile(request.schema)
         revision = Revision(self._new_revision_id([]), request.schema.type_,
                             request.schema.definition, self.clock(), descriptor)
-        if not await self.store.create_resource(SCHEMAS, name, _dump([revision])):
+        if not await self._table.create(Kind.SCHEMA, name, _dump([revision])):
             raise already_exists(schema_id)
         self._revisions[name] = [revision]
         return revision.proto(name)
@@ -239,10 +232,10 @@ class SchemaRegistry:
     async def list_schemas(self, request: Any) -> Any:
         project = names.parse_project(request.parent)
         try:
-            page = await self.store.list_resources(SCHEMAS, f"projects/{project}/schemas/",
-                                                   _page_size(request.page_size),
+            page = await self._table.list_prefixed(Kind.SCHEMA, f"projects/{project}/schemas/",
+                                                   page_size(request.page_size),
                                                    request.page_token)
-        except ValueError:
+        except InvalidPageToken:
             raise invalid_argument("The page_token is invalid.") from None
         view = request.view or BASIC
         return t.ListSchemasResponse.pb()(
@@ -259,7 +252,7 @@ class SchemaRegistry:
                 start = ids.index(base64.urlsafe_b64decode(request.page_token).decode()) + 1
             except (ValueError, UnicodeDecodeError):
                 raise invalid_argument("The page_token is invalid.") from None
-        size = _page_size(request.page_size)
+        size = page_size(request.page_size)
         chosen = newest_first[start:start + size]
         token = ""
         if start + size < len(newest_first):
@@ -331,12 +324,12 @@ class SchemaRegistry:
         name, _ = _split_revision(request.name)
         await self._get(name)
         # Google keeps the topics, their schema_settings.schema saying "_deleted-schema_".
-        for topic_name, raw in (await self.store.list_resources(TOPICS, "", 0, "")).items:
+        for topic_name, raw in (await self._table.list_prefixed(Kind.TOPIC, "", 0, "")).items:
             topic = t.Topic.pb().FromString(raw)
             if topic.schema_settings.schema == name:
                 topic.schema_settings.schema = DELETED_SCHEMA
-                await self.store.update_resource(TOPICS, topic_name, topic.SerializeToString())
-        await self.store.delete_resource(SCHEMAS, name)
+                await self._table.update(Kind.TOPIC, topic_name, topic.SerializeToString())
+        await self._table.delete(Kind.SCHEMA, name)
         self._revisions.pop(name, None)
         return empty_pb2.Empty()
 
@@ -384,7 +377,7 @@ class SchemaRegistry:
         if not settings.schema:
             raise invalid_argument("The schema_settings.schema must be set.")
         try:
-            names.parse(settings.schema, SCHEMAS)
+            names.parse(settings.schema, Kind.SCHEMA)
         except ApiError:
             raise invalid_argument(
                 f"Invalid schema name in schema_settings: {settings.schema!r}.") from None

@@ -32,11 +32,11 @@ from cryptography.x509.oid import NameOID
 from google.auth import crypt
 from google.auth import jwt as google_jwt
 
-from ._store import Store
+from ..store import Kind, ResourceTable
 
 ISSUER = "https://accounts.google.com"
 TOKEN_LIFETIME_S = 3600
-KEY_KIND, KEY_NAME = "keys", "oidc-signing-key"
+KEY_NAME = "oidc-signing-key"
 CERT_PATH_V1 = "/oauth2/v1/certs"
 CERT_PATH_V3 = "/oauth2/v3/certs"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -59,8 +59,8 @@ def subject_for(email: str) -> str:
 class TokenIssuer:
     """Makes and caches signed ID tokens; the key is loaded or created on first use."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, table: ResourceTable) -> None:
+        self._table = table
         self._signer: crypt.RSASigner | None = None
         self._kid = ""
         self._public_numbers: Any = None
@@ -71,14 +71,14 @@ class TokenIssuer:
         """Read the signing key from the store, or make and store one (first use only)."""
         if self._signer is not None:
             return
-        pem = await self._store.get_resource(KEY_KIND, KEY_NAME)
+        pem = await self._table.get(Kind.SIGNING_KEY, KEY_NAME)
         if pem is None:
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             made = key.private_bytes(serialization.Encoding.PEM,
                                      serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption())
-            if not await self._store.create_resource(KEY_KIND, KEY_NAME, made):
-                made = await self._store.get_resource(KEY_KIND, KEY_NAME) or made
+            if not await self._table.create(Kind.SIGNING_KEY, KEY_NAME, made):
+                made = await self._table.get(Kind.SIGNING_KEY, KEY_NAME) or made
             pem = made
         private = serialization.load_pem_private_key(pem, password=None)
         assert isinstance(private, rsa.RSAPrivateKey)

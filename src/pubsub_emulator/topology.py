@@ -23,8 +23,9 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 
-from ._errors import ApiError, Status
-from ._service import PubSubService, Subscription, Topic
+from .core.errors import ApiError, Status
+from .core.model import Subscription, Topic
+from .core.service import PubSubService
 
 log = logging.getLogger("pubsub_emulator.topology")
 
@@ -67,7 +68,7 @@ async def apply(service: PubSubService, topology: dict[str, Any]) -> int:
             except json_format.ParseError as exc:
                 raise TopologyError(f"{where}: {exc}") from None
             topic.name = f"projects/{project}/topics/{topic_id}"
-            created += await _create(service.create_topic, topic, where)
+            created += await _create(service.topics.create_topic, topic, where)
             for sub_id, sub_spec in subscriptions.items():
                 sub_where = f"{where}.subscriptions.{sub_id}"
                 sub = Subscription()
@@ -77,7 +78,8 @@ async def apply(service: PubSubService, topology: dict[str, Any]) -> int:
                     raise TopologyError(f"{sub_where}: {exc}") from None
                 sub.name = f"projects/{project}/subscriptions/{sub_id}"
                 sub.topic = topic.name
-                created += await _create(service.create_subscription, sub, sub_where)
+                created += await _create(service.subscriptions.create_subscription, sub,
+                                        sub_where)
     return created
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ._errors import invalid_name
+from ..store import Kind
+from .errors import invalid_name
 
 # Topic, subscription and snapshot ids: 3-255 characters, starting with a letter, of letters,
 # digits and - _ . ~ + %, not starting with "goog" (Google reserves that prefix).
@@ -18,20 +19,20 @@ DELETED_TOPIC = "_deleted-topic_"
 @dataclass(frozen=True)
 class ResourceName:
     project: str
-    kind: str  # "topics", "subscriptions" or "snapshots"
+    kind: Kind
     id: str
 
     def __str__(self) -> str:
-        return f"projects/{self.project}/{self.kind}/{self.id}"
+        return f"projects/{self.project}/{self.kind.value}/{self.id}"
 
 
-def parse(name: str, kind: str) -> ResourceName:
+def parse(name: str, kind: Kind) -> ResourceName:
     """Parse and validate projects/{project}/{kind}/{id}; INVALID_ARGUMENT otherwise."""
     parts = name.split("/")
-    if (len(parts) != 4 or parts[0] != "projects" or parts[2] != kind
+    if (len(parts) != 4 or parts[0] != "projects" or parts[2] != kind.value
             or not _PROJECT.fullmatch(parts[1]) or not _ID.fullmatch(parts[3])
             or parts[3].lower().startswith("goog")):
-        raise invalid_name(kind, name)
+        raise invalid_name(kind.value, name)
     return ResourceName(parts[1], kind, parts[3])
 
 
@@ -44,12 +45,12 @@ def parse_project(name: str) -> str:
 
 
 def topic(name: str) -> ResourceName:
-    return parse(name, "topics")
+    return parse(name, Kind.TOPIC)
 
 
 def subscription(name: str) -> ResourceName:
-    return parse(name, "subscriptions")
+    return parse(name, Kind.SUBSCRIPTION)
 
 
 def snapshot(name: str) -> ResourceName:
-    return parse(name, "snapshots")
+    return parse(name, Kind.SNAPSHOT)

@@ -10,9 +10,10 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from . import _protos
-from ._errors import ApiError
-from ._service import PubSubService
+from ..core.errors import ApiError
+from ..core.service import PubSubService
+from . import protos
+from .errors import GRPC_CODE, rpc_status
 
 log = logging.getLogger("pubsub_emulator.grpc")
 
@@ -35,11 +36,11 @@ CHANNEL_OPTIONS = [
 async def _abort(context: aio.ServicerContext, exc: ApiError) -> None:
     metadata: tuple[tuple[str, bytes], ...] = ()
     if exc.details:  # Google sends them in the google.rpc.Status trailer
-        metadata = (("grpc-status-details-bin", exc.rpc_status().SerializeToString()),)
-    await context.abort(exc.status.grpc_code, exc.message, trailing_metadata=metadata)
+        metadata = (("grpc-status-details-bin", rpc_status(exc).SerializeToString()),)
+    await context.abort(GRPC_CODE[exc.status], exc.message, trailing_metadata=metadata)
 
 
-def _unary(service: PubSubService, method: _protos.Method) -> Callable[..., Any]:
+def _unary(service: PubSubService, method: protos.Method) -> Callable[..., Any]:
     call = service.unary[method.name]
 
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
@@ -70,7 +71,7 @@ def _streaming_pull(service: PubSubService) -> Callable[..., Any]:
 
 def generic_handlers(service: PubSubService) -> list[grpc.GenericRpcHandler]:
     by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-    for method in _protos.methods().values():
+    for method in protos.methods().values():
         decode = method.request_type.FromString
         encode = method.response_type.SerializeToString
         if method.client_streaming and method.server_streaming:
@@ -81,7 +82,7 @@ def generic_handlers(service: PubSubService) -> list[grpc.GenericRpcHandler]:
             handler = grpc.unary_unary_rpc_method_handler(
                 _unary(service, method), request_deserializer=decode, response_serializer=encode)
         by_service.setdefault(method.service, {})[method.name] = handler
-    return [grpc.method_handlers_generic_handler(f"{_protos.PROTO_PACKAGE}.{name}", handlers)
+    return [grpc.method_handlers_generic_handler(f"{protos.PROTO_PACKAGE}.{name}", handlers)
             for name, handlers in by_service.items()]
 
 
@@ -99,28 +100,3 @@ async def create_server(service: PubSubService, host: str = "127.0.0.1", port: i
             raise OSError(f"cannot bind gRPC port {address}")
     await server.start()
     return server, bound
-
-
-class GrpcUpstream:
-    """Calls a Pub/Sub gRPC endpoint (ours or Google's) the way the REST adapter calls the core."""
-
-    def __init__(self, target: str) -> None:
-        self.channel = aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._stubs: dict[str, Any] = {}
-        for method in _protos.methods().values():
-            if method.client_streaming or method.server_streaming:
-                continue
-            self._stubs[method.name] = self.channel.unary_unary(
-                method.path, request_serializer=method.request_type.SerializeToString,
-                response_deserializer=method.response_type.FromString)
-
-    async def call(self, name: str, request: Any) -> Any:
-        from ._errors import Status
-
-        try:
-            return await self._stubs[name](request)
-        except aio.AioRpcError as exc:
-            raise ApiError(Status.from_grpc(exc.code()), exc.details() or "") from None
-
-    async def close(self) -> None:
-        await self.channel.close()

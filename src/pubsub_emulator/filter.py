@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from ._limits import MAX_FILTER_BYTES
+from .core.limits import MAX_FILTER_BYTES
 
 __all__ = ["FilterError", "Predicate", "compile_filter"]
 

@@ -1,11 +1,11 @@
 """Native push delivery: subscriptions with `pushConfig.pushEndpoint` get their messages POSTed.
 
-One task per push subscription leases messages through the service core (so dead-letter
+One task per push subscription leases messages through the delivery engine (so dead-letter
 forwarding, delivery attempts and the retry policy apply as for pull) and POSTs each one to the
 endpoint with its own connection pool and its own limits, so a slow or dead endpoint never holds
 up another subscription.
 
-- Body: Google's wrapped JSON envelope (see shared/notes/push-contract.md), or with
+- Body: Google's wrapped JSON envelope (see docs/push-worker.md), or with
   `pushConfig.noWrapper` the raw data, plus with `noWrapper.writeMetadata` the metadata in
   `x-goog-pubsub-*` headers and the attributes in headers of their own names.
 - `pushConfig.attributes["x-goog-version"]`: "v1" and "v1beta2" select the v1 body above, as
@@ -13,9 +13,10 @@ up another subscription.
 - `pushConfig.oidcToken`: `Authorization: Bearer <JWT>` signed by the emulator's key (_oidc).
 - Ack: HTTP 102, 200, 201, 202, 204. Any other status, a connection error or no answer within the
   subscription's ack deadline is a nack.
-- Push backoff: a nack pauses the subscription for 100 ms, doubling on repeated nacks up to
-  60 s and halving on each success; the retry policy's per-message delay applies on top (the
-  larger wins, since both must have passed before the message goes out again).
+- Push backoff (push_contract.backoff): a nack pauses the subscription for 100 ms, doubling on
+  repeated nacks up to 60 s and easing off one step on each success; the retry policy's
+  per-message delay applies on top (the larger wins, since both must have passed before the
+  message goes out again).
 - Slow start: at most `window` POSTs are outstanding; it starts at 1, grows by one per ack up
   to MAX_WINDOW, and halves on a nack.
 - Switching: when a subscription stops being push (ModifyPushConfig, UpdateSubscription,
@@ -31,70 +32,75 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-import push_worker
+from push_contract import (
+    ACK_STATUSES,
+    BackoffPolicy,
+    BackoffState,
+    MessageFields,
+    build_request,
+    record_ack,
+    record_nack,
+)
 
-from ._errors import ApiError
-from ._oidc import TokenIssuer
-from ._service import PubSubService, Subscription
+from ..core.delivery import DeliveryEngine
+from ..core.errors import ApiError
+from ..core.events import Events
+from .oidc import TokenIssuer
 
 log = logging.getLogger("pubsub_emulator.push")
 
-ACK_STATUSES = frozenset({102, 200, 201, 202, 204})
 INITIAL_WINDOW = 1
 MAX_WINDOW = 64
-MIN_BACKOFF_MS = 100
-MAX_BACKOFF_MS = 60_000
+BACKOFF = BackoffPolicy(initial=0.1, multiplier=2.0, maximum=60.0)
 # The lease outlives the POST's timeout (the ack deadline), so the outcome of a POST, ack or
 # nack, always lands on a lease we still hold.
 LEASE_MARGIN_MS = 5_000
 USER_AGENT = "CloudPubSub-Google"  # as in Google's push examples (docs/payload-unwrapping)
-DEBUG_PATH = "/debug/push"
 
 
-# --- what a push request carries ---------------------------------------------------------------
-def build_request(sub: Any, received: Any) -> tuple[bytes, dict[str, str]]:
+def push_request(sub: Any, received: Any) -> tuple[bytes, dict[str, str]]:
     """Body and headers (without Authorization) of the POST for one received message.
 
-    The envelope is the push worker's (one definition of Google's push contract for both);
-    `deliveryAttempt` only when the subscription has a dead-letter policy (the service sets
-    it only then).
+    The envelope is Google's push contract, shared with the push worker; `deliveryAttempt`
+    only when the subscription has a dead-letter policy (the core sets it only then).
     """
     config = sub.push_config
     message = received.message
-    fields = push_worker.MessageFields(
+    fields = MessageFields(
         data=bytes(message.data), message_id=message.message_id,
         publish_seconds=message.publish_time.seconds, publish_nanos=message.publish_time.nanos,
         attributes=dict(message.attributes), ordering_key=message.ordering_key,
         delivery_attempt=received.delivery_attempt or None)
     if config.HasField("no_wrapper"):
-        request = push_worker.build_request(fields, sub.name, "unwrapped",
-                                            config.no_wrapper.write_metadata)
+        request = build_request(fields, sub.name, "unwrapped", config.no_wrapper.write_metadata)
     else:
-        request = push_worker.build_request(fields, sub.name)
+        request = build_request(fields, sub.name)
     return request.body, {**request.headers, "User-Agent": USER_AGENT}
 
 
-# --- per-subscription delivery -----------------------------------------------------------------
-class _Pusher:
+class SubscriptionPusher:
     """Push delivery state of one subscription: its loop, its POSTs in flight, its counters."""
 
-    def __init__(self, dispatcher: PushDispatcher, name: str) -> None:
-        self.dispatcher = dispatcher
-        self.service = dispatcher.service
+    def __init__(self, name: str, engine: DeliveryEngine, events: Events, issuer: TokenIssuer,
+                 on_idle: Callable[[SubscriptionPusher], None],
+                 on_failure: Callable[[str], None]) -> None:
+        self.engine = engine
+        self.events = events
+        self.issuer = issuer
+        self._on_idle = on_idle  # the loop ended and nothing is in flight
+        self._on_failure = on_failure  # the loop failed: the dispatcher restarts it
         self.name = name
         self.task: asyncio.Task[None] | None = None
         self.wake: asyncio.Event | None = None
         self.session: aiohttp.ClientSession | None = None
         self.in_flight: dict[str, asyncio.Task[None]] = {}
         self.window = INITIAL_WINDOW
-        self.backoff_ms = 0
-        self.paused_until = 0.0  # loop.time()
+        self.backoff = BackoffState()  # not_before: loop.time()
         self.epoch = 0  # bumped by each backoff step; a POST started earlier does not step again
         self.endpoint = ""
         self.delivered = 0
@@ -126,8 +132,8 @@ class _Pusher:
             "attempts": self.attempts,
             "in_flight": len(self.in_flight),
             "window": self.window,
-            "in_backoff": self.paused_until > now,
-            "backoff_ms": self.backoff_ms,
+            "in_backoff": self.backoff.not_before > now,
+            "backoff_ms": round(BACKOFF.cap(self.backoff.failures) * 1000),
             "last_status": self.last_status,
             "last_error": self.last_error,
             "last_attempt_unix": self.last_attempt,
@@ -135,12 +141,12 @@ class _Pusher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        wake = self.service.watch(self.name)
+        wake = self.events.watch(self.name)
         self.wake = wake
         try:
             while True:
                 try:
-                    sub = await self.service._deliverable(self.name)
+                    sub = await self.engine.deliverable(self.name)
                 except ApiError:
                     break  # deleted or detached
                 if not sub.push_config.push_endpoint:
@@ -148,19 +154,19 @@ class _Pusher:
                 self.endpoint = sub.push_config.push_endpoint
                 wake.clear()
                 now = loop.time()
-                if now < self.paused_until:
-                    await _wait(wake, self.paused_until - now)
+                if now < self.backoff.not_before:
+                    await _wait(wake, self.backoff.not_before - now)
                     continue
                 room = self.window - len(self.in_flight)
                 timeout = 30.0
                 if room > 0:
                     lease_ms = sub.ack_deadline_seconds * 1000 + LEASE_MARGIN_MS
-                    received, _ = await self.service._receive(sub, room, lease_ms)
+                    received, _ = await self.engine.receive(sub, room, lease_ms)
                     for rm in received:
                         self._spawn(sub, rm)
                     if received:
                         continue
-                    due = await self.service.store.next_due_ms(self.name)
+                    due = await self.engine.next_due_ms(self.name)
                     if due is not None:
                         timeout = max(0.001, (due - time.time_ns() // 1_000_000) / 1000)
                         timeout = min(timeout, 30.0)
@@ -169,10 +175,9 @@ class _Pusher:
             raise
         except Exception:
             log.exception("%s: push delivery loop failed; restarting it", self.name)
-            asyncio.get_running_loop().call_later(1.0, self.dispatcher.subscription_changed,
-                                                  self.name)
+            asyncio.get_running_loop().call_later(1.0, self._on_failure, self.name)
         finally:
-            self.service.unwatch(self.name, wake)
+            self.events.unwatch(self.name, wake)
             self.wake = None
             self._retire(loop_ended=True)
 
@@ -189,7 +194,7 @@ class _Pusher:
         if self.session is not None:
             session, self.session = self.session, None
             asyncio.ensure_future(session.close())
-        self.dispatcher.forget_if_gone(self)
+        self._on_idle(self)
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None or self.session.closed:
@@ -208,10 +213,10 @@ class _Pusher:
         acked = False
         try:
             try:
-                body, headers = build_request(sub, received)
+                body, headers = push_request(sub, received)
                 if config.HasField("oidc_token"):
                     oidc = config.oidc_token
-                    token = await self.dispatcher.issuer.token(oidc.service_account_email,
+                    token = await self.issuer.token(oidc.service_account_email,
                                                                oidc.audience or url)
                     headers["Authorization"] = f"Bearer {token}"
                 timeout = aiohttp.ClientTimeout(total=sub.ack_deadline_seconds)
@@ -241,9 +246,9 @@ class _Pusher:
     async def _settle(self, ack_id: str, acked: bool) -> None:
         try:
             if acked:
-                await self.service._acknowledge(self.name, [ack_id])
+                await self.engine.ack(self.name, [ack_id])
             else:
-                await self.service._modify(self.name, [ack_id], 0)
+                await self.engine.modify(self.name, [ack_id], 0)
         except Exception as exc:  # the subscription went away meanwhile, or the store closed
             log.debug("%s: could not settle a push delivery: %s", self.name, exc)
 
@@ -254,15 +259,15 @@ class _Pusher:
         self.last_attempt = time.time()
         if acked:
             self.delivered += 1
-            self.backoff_ms = self.backoff_ms // 2 if self.backoff_ms >= 2 * MIN_BACKOFF_MS else 0
+            self.backoff = record_ack(self.backoff)
             self.window = min(MAX_WINDOW, self.window + 1)
             return
         self.nacked += 1
         self.window = max(INITIAL_WINDOW, self.window // 2)
         if epoch == self.epoch:  # one backoff step per round, however many POSTs it had
             self.epoch += 1
-            self.backoff_ms = min(MAX_BACKOFF_MS, max(MIN_BACKOFF_MS, self.backoff_ms * 2))
-            self.paused_until = asyncio.get_running_loop().time() + self.backoff_ms / 1000
+            self.backoff = record_nack(self.backoff, BACKOFF,
+                                       asyncio.get_running_loop().time())
 
     async def cancel(self) -> None:
         tasks = [t for t in [self.task, *self.in_flight.values()] if t is not None]
@@ -280,96 +285,3 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
         await asyncio.wait_for(event.wait(), timeout)
     except TimeoutError:
         pass
-
-
-class PushDispatcher:
-    """Follows every subscription's push config and runs a _Pusher for each push one."""
-
-    def __init__(self, service: PubSubService, issuer: TokenIssuer) -> None:
-        self.service = service
-        self.issuer = issuer
-        self._pushers: dict[str, _Pusher] = {}
-        self._started = False
-        self._lock = asyncio.Lock()
-        self._reactions: set[asyncio.Future[None]] = set()
-
-    async def start(self) -> None:
-        """Begin pushing for every push subscription in the store; follow changes from now on."""
-        if self._started:
-            return
-        self._started = True
-        self.service.subscription_listeners.append(self.subscription_changed)
-        page = await self.service.store.list_resources("subscriptions", "projects/", 0, "")
-        for name, raw in page.items:
-            sub = Subscription.FromString(raw)
-            if sub.push_config.push_endpoint and not sub.detached:
-                self.subscription_changed(name)
-
-    def subscription_changed(self, name: str) -> None:
-        """A listener of the service: the subscription was created, changed or deleted."""
-        if self._started:
-            self._later(self._follow(name))
-
-    def forget_if_gone(self, pusher: _Pusher) -> None:
-        """Drop an idle pusher whose subscription was deleted (its counters go with it)."""
-        self._later(self._forget_if_gone(pusher))
-
-    def _later(self, step: Coroutine[Any, Any, None]) -> None:
-        # Listeners are called synchronously while the store is asynchronous: each reaction
-        # runs as a task, under one lock, so reactions read the store in the order of changes.
-        task = asyncio.ensure_future(self._in_order(step))
-        self._reactions.add(task)
-        task.add_done_callback(self._reactions.discard)
-
-    async def _in_order(self, step: Coroutine[Any, Any, None]) -> None:
-        try:
-            async with self._lock:
-                await step
-        except Exception:  # the store closed meanwhile, ...: the next change retries
-            log.debug("following a subscription change failed", exc_info=True)
-        finally:
-            step.close()  # (never started if cancelled while waiting for the lock)
-
-    async def _follow(self, name: str) -> None:
-        if not self._started:
-            return
-        pusher = self._pushers.get(name)
-        raw = await self.service.store.get_resource("subscriptions", name)
-        sub = Subscription.FromString(raw) if raw is not None else None
-        wants_push = sub is not None and bool(sub.push_config.push_endpoint) and not sub.detached
-        if wants_push:
-            if pusher is None:
-                pusher = self._pushers[name] = _Pusher(self, name)
-            if not pusher.running:
-                log.info("%s: pushing to %s", name, sub.push_config.push_endpoint)
-            pusher.start()
-        if pusher is not None:
-            pusher.poke()  # a running loop rereads the config (and stops if no longer push)
-            if not pusher.running and not pusher.in_flight:
-                await self._forget_if_gone(pusher)
-
-    async def _forget_if_gone(self, pusher: _Pusher) -> None:
-        if (self._pushers.get(pusher.name) is pusher
-                and await self.service.store.get_resource("subscriptions", pusher.name) is None
-                and self._pushers.get(pusher.name) is pusher and not pusher.running):
-            del self._pushers[pusher.name]
-
-    async def stop(self) -> None:
-        """Stop pushing; POSTs in flight are abandoned and their messages nacked."""
-        if self.subscription_changed in self.service.subscription_listeners:
-            self.service.subscription_listeners.remove(self.subscription_changed)
-        self._started = False
-        for task in list(self._reactions):
-            task.cancel()
-        await asyncio.gather(*(p.cancel() for p in self._pushers.values()),
-                             return_exceptions=True)
-        self._pushers.clear()
-
-    def stats(self) -> dict[str, Any]:
-        return {"subscriptions": {name: p.stats() for name, p in sorted(self._pushers.items())}}
-
-    def routes(self) -> list[web.RouteDef]:
-        async def debug(_: web.Request) -> web.Response:
-            return web.json_response(self.stats())
-
-        return [web.get(DEBUG_PATH, debug)]

@@ -21,8 +21,9 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from . import _protos
-from ._errors import ApiError, Status, invalid_argument
+from ..core.errors import ApiError, Status, invalid_argument
+from . import protos
+from .errors import HTTP_STATUS, rest_body
 
 log = logging.getLogger("pubsub_emulator.rest")
 
@@ -49,7 +50,7 @@ def _segment_regex(pattern: str) -> str:
 
 @dataclass(frozen=True)
 class Route:
-    method: _protos.Method
+    method: protos.Method
     verb: str
     regex: re.Pattern[str]
     fields: tuple[str, ...]  # request field path of each captured variable
@@ -58,7 +59,7 @@ class Route:
 
 def compile_routes() -> list[Route]:
     routes = []
-    for method in _protos.methods().values():
+    for method in protos.methods().values():
         rule = method.http
         if rule is None:
             continue
@@ -111,7 +112,7 @@ def _query_fields(request: Message, query: Any) -> None:
 
 
 def _error_response(exc: ApiError) -> web.Response:
-    return web.json_response(exc.rest_body(), status=exc.status.http_status)
+    return web.json_response(rest_body(exc), status=HTTP_STATUS[exc.status])
 
 
 def build_request(route: Route, match: re.Match[str], body: bytes, query: Any) -> Message:

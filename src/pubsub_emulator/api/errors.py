@@ -1,0 +1,55 @@
+"""How the error catalogue travels on each protocol: gRPC status codes, HTTP statuses, Google's
+JSON error body and the google.rpc.Status trailer. The one place statuses map to the wire."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import json_format
+from google.rpc import status_pb2
+
+from ..core.errors import ApiError, Status
+
+# HTTP statuses as Google's JSON mapping gives them (google/rpc/code.proto).
+HTTP_STATUS: dict[Status, int] = {
+    Status.CANCELLED: 499,
+    Status.INVALID_ARGUMENT: 400,
+    Status.DEADLINE_EXCEEDED: 504,
+    Status.NOT_FOUND: 404,
+    Status.ALREADY_EXISTS: 409,
+    Status.PERMISSION_DENIED: 403,
+    Status.RESOURCE_EXHAUSTED: 429,
+    Status.FAILED_PRECONDITION: 400,
+    Status.ABORTED: 409,
+    Status.OUT_OF_RANGE: 400,
+    Status.UNIMPLEMENTED: 501,
+    Status.INTERNAL: 500,
+    Status.UNAVAILABLE: 503,
+    Status.UNAUTHENTICATED: 401,
+}
+GRPC_CODE: dict[Status, grpc.StatusCode] = {status: grpc.StatusCode[status.name]
+                                            for status in Status}
+_FROM_GRPC = {code: status for status, code in GRPC_CODE.items()}
+
+
+def status_from_grpc(code: grpc.StatusCode) -> Status:
+    """The status of a gRPC code (INTERNAL for codes the catalogue does not use)."""
+    return _FROM_GRPC.get(code, Status.INTERNAL)
+
+
+def rpc_status(exc: ApiError) -> status_pb2.Status:
+    """The google.rpc.Status gRPC carries in its grpc-status-details-bin trailer."""
+    status = status_pb2.Status(code=exc.status.value, message=exc.message)
+    for detail in exc.details:
+        status.details.add().Pack(detail)
+    return status
+
+
+def rest_body(exc: ApiError) -> dict[str, object]:
+    """Google's JSON error body."""
+    error: dict[str, object] = {"code": HTTP_STATUS[exc.status], "message": exc.message,
+                                "status": exc.status.name}
+    if exc.details:
+        error["details"] = [
+            {"@type": f"type.googleapis.com/{d.DESCRIPTOR.full_name}",
+             **json_format.MessageToDict(d)} for d in exc.details]
+    return {"error": error}

@@ -1,0 +1,117 @@
+"""Typed access to the resource table: read a topic, subscription or snapshot or answer
+NOT_FOUND; change one by compare-and-set; list a project's resources a page at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from ..store import InvalidPageToken, Kind, Page, Store
+from . import limits, names
+from .errors import aborted, failed_precondition, invalid_argument, not_found
+from .events import Events
+from .model import Snapshot, Subscription, Topic
+from .policy import attribute_filter
+
+Change = Callable[[Any], Awaitable[None] | None]
+
+
+def page_size(requested: int) -> int:
+    """A list call's page size: Google's default when 0, at most its maximum."""
+    if requested < 0:
+        raise invalid_argument("page_size must not be negative.")
+    return min(requested or limits.DEFAULT_PAGE_SIZE, limits.MAX_PAGE_SIZE)
+
+
+class Catalog:
+    """Topics, subscriptions and snapshots as protos, over the store's resource table."""
+
+    def __init__(self, store: Store, events: Events) -> None:
+        self.table = store.resources
+        # topic -> {subscription: attribute predicate}, for subscriptions that have a filter
+        self._filters: dict[str, dict[str, Callable[[Mapping[str, str]], bool]]] = {}
+        events.on_change(self._changed)
+
+    def _changed(self, kind: Kind, name: str) -> None:
+        if kind in (Kind.SUBSCRIPTION, Kind.TOPIC):
+            self._filters.clear()
+
+    async def load(self, kind: Kind, name: str, message_type: Any, resource_id: str) -> Any:
+        raw = await self.table.get(kind, name)
+        if raw is None:
+            raise not_found(resource_id)
+        return message_type.FromString(raw)
+
+    async def topic(self, name: str) -> Any:
+        return await self.load(Kind.TOPIC, name, Topic, names.topic(name).id)
+
+    async def subscription(self, name: str) -> Any:
+        return await self.load(Kind.SUBSCRIPTION, name, Subscription,
+                               names.subscription(name).id)
+
+    async def deliverable(self, name: str) -> Any:
+        """A subscription that may deliver: it exists and is not detached."""
+        sub = await self.subscription(name)
+        if sub.detached:
+            raise failed_precondition(f"Subscription {name} is detached.")
+        return sub
+
+    async def snapshot(self, name: str) -> Any:
+        return await self.load(Kind.SNAPSHOT, name, Snapshot, names.snapshot(name).id)
+
+    async def rewrite(self, kind: Kind, name: str, message_type: Any, resource_id: str,
+                      change: Change, topic: str | None = None) -> Any:
+        """Read a resource, apply `change` (which may refuse with an ApiError), write it back.
+
+        The write is a compare-and-set on the bytes read: if another call or process changed
+        the resource meanwhile, it is read again and `change` applied on top, so neither
+        change is lost.
+        """
+        for _ in range(limits.REWRITE_ATTEMPTS):
+            raw = await self.table.get(kind, name)
+            if raw is None:
+                raise not_found(resource_id)
+            resource = message_type.FromString(raw)
+            pending = change(resource)
+            if pending is not None:
+                await pending
+            if await self.table.update(kind, name, resource.SerializeToString(), topic=topic,
+                                       expected=raw):
+                return resource
+        raise aborted(f"The resource was changed by other requests {limits.REWRITE_ATTEMPTS} "
+                      f"times while this one applied; try again (resource={resource_id}).")
+
+    async def list_project(self, kind: Kind, project_name: str, requested_size: int,
+                           token: str, message_type: Any) -> tuple[list[Any], str]:
+        """One page of a project's resources of a kind, and the next page's token."""
+        project = names.parse_project(project_name)
+        try:
+            page = await self.table.list_prefixed(kind, f"projects/{project}/{kind.value}/",
+                                                  page_size(requested_size), token)
+        except InvalidPageToken:
+            raise invalid_argument("The page_token is invalid.") from None
+        return [message_type.FromString(item.data) for item in page.items], page.next_token
+
+    async def list_topic(self, kind: Kind, topic: str, requested_size: int, token: str) -> Page:
+        """One page of the subscriptions or snapshots of an existing topic."""
+        await self.topic(topic)
+        try:
+            return await self.table.list_by_topic(kind, topic, page_size(requested_size), token)
+        except InvalidPageToken:
+            raise invalid_argument("The page_token is invalid.") from None
+
+    async def all(self, kind: Kind) -> Page:
+        """Every resource of a kind, in every project (the sweeper, the push dispatcher)."""
+        return await self.table.list_prefixed(kind, "projects/", 0, "")
+
+    async def topic_filters(self, topic: str) -> dict[str, Callable[[Mapping[str, str]], bool]]:
+        """The filters of the topic's subscriptions that have one, by subscription."""
+        cached = self._filters.get(topic)
+        if cached is None:
+            cached = {}
+            for item in (await self.table.list_by_topic(Kind.SUBSCRIPTION, topic, 0, "")).items:
+                sub = Subscription.FromString(item.data)
+                if sub.filter:
+                    cached[item.name] = attribute_filter(sub.filter)
+            self._filters[topic] = cached
+        return cached

@@ -1,0 +1,173 @@
+"""The delivery engine: leases messages to whoever delivers them, settles acks and modacks.
+
+Pull, StreamingPull and native push all deliver through this one public API:
+- `receive(sub, ...)` leases available messages as ReceivedMessages (dead-lettering those past
+  their policy's attempts and setting `delivery_attempt` where Google does);
+- `ack(...)` and `modify(...)` settle them (a modify to 0 s is a nack), answering exactly-once
+  failures as Google does;
+- `next_due_ms(...)` says when to look again;
+- open StreamingPulls register as lease holders, so an ack, nack or seek made through any path
+  frees their flow-control window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from ..store import DeliveryPolicy, InvalidAckId, Kind, Store
+from . import limits, names
+from .activity import Activity
+from .catalog import Catalog
+from .errors import exactly_once_failure, invalid_argument
+from .events import Events
+from .model import PubsubMessage, ReceivedMessage, Subscription
+from .policy import delivery_policy
+
+log = logging.getLogger("pubsub_emulator.service")
+
+Leased = list[tuple[str, int]]  # (ack id, size) of each message leased
+
+
+class LeaseHolder(Protocol):
+    """Something that counts the leases it holds (an open StreamingPull's flow control)."""
+
+    def release(self, ack_ids: Sequence[str]) -> None: ...
+
+    def extend(self, ack_ids: Sequence[str], until_ms: int) -> None: ...
+
+    def release_all(self) -> None: ...
+
+
+class DeliveryEngine:
+    def __init__(self, store: Store, catalog: Catalog, events: Events, activity: Activity,
+                 clock: Callable[[], int]) -> None:
+        self._log = store.messages
+        self._table = store.resources
+        self._catalog = catalog
+        self._events = events
+        self._activity = activity
+        self._clock = clock
+        self._holders: dict[str, set[LeaseHolder]] = {}
+
+    # --- lease holders -------------------------------------------------------------------------
+    def hold(self, subscription: str, holder: LeaseHolder) -> None:
+        self._holders.setdefault(subscription, set()).add(holder)
+
+    def let_go(self, subscription: str, holder: LeaseHolder) -> None:
+        holders = self._holders.get(subscription)
+        if holders is not None:
+            holders.discard(holder)
+            if not holders:
+                self._holders.pop(subscription, None)
+
+    def has_holders(self, subscription: str) -> bool:
+        """Whether a StreamingPull is open on the subscription here."""
+        return subscription in self._holders
+
+    def release_everything(self, subscription: str) -> None:
+        """Every lease held on the subscription is void (a seek): holders let go of all."""
+        for holder in self._holders.get(subscription, set()):
+            holder.release_all()
+
+    # --- delivering ----------------------------------------------------------------------------
+    async def deliverable(self, name: str) -> Any:
+        """The subscription, if it exists and is not detached (else NOT_FOUND or
+        FAILED_PRECONDITION)."""
+        return await self._catalog.deliverable(name)
+
+    async def receive(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int = 0,
+                      ) -> tuple[list[Any], Leased]:
+        """Lease up to `max_messages` (within `max_bytes`) of `sub`'s available messages."""
+        await self._activity.touch(sub.name)
+        deliveries = await self._log.pull(sub.name, max_messages, lease_ms, self._clock(),
+                                          max_bytes, delivery_policy(sub))
+        dead_letter = sub.dead_letter_policy if sub.HasField("dead_letter_policy") else None
+        received, leased = [], []
+        for d in deliveries:
+            rm = ReceivedMessage(ack_id=d.ack_id)
+            rm.message.MergeFromString(d.message)
+            if dead_letter is not None:
+                if (d.delivery_attempt > dead_letter.max_delivery_attempts
+                        and await self._dead_letter(sub, rm, d.delivery_attempt - 1)):
+                    continue
+                rm.delivery_attempt = d.delivery_attempt
+            received.append(rm)
+            leased.append((d.ack_id, d.size))
+        return received, leased
+
+    async def next_due_ms(self, subscription: str) -> int | None:
+        """When the subscription's next message becomes available (None: none stored)."""
+        return await self._log.next_due_ms(subscription)
+
+    async def _dead_letter(self, sub: Any, received: Any, attempts: int) -> bool:
+        """Forward a message that ran out of delivery attempts; ack it on `sub`."""
+        topic = sub.dead_letter_policy.dead_letter_topic
+        if await self._table.get(Kind.TOPIC, topic) is None:
+            log.warning("%s: dead-letter topic %s does not exist; delivering again",
+                        sub.name, topic)
+            return False
+        source = received.message
+        forwarded = PubsubMessage(data=source.data, attributes=source.attributes,
+                                  ordering_key=source.ordering_key)
+        sub_name = names.subscription(sub.name)
+        forwarded.attributes.update({
+            "CloudPubSubDeadLetterSourceDeliveryCount": str(attempts),
+            "CloudPubSubDeadLetterSourceSubscription": sub_name.id,
+            "CloudPubSubDeadLetterSourceSubscriptionProject": sub_name.project,
+            "CloudPubSubDeadLetterSourceTopicPublishTime": source.publish_time.ToJsonString(),
+        })
+        await self._log.publish(topic, [forwarded.SerializeToString()], self._clock())
+        await self._log.acknowledge(sub.name, [received.ack_id], delivery_policy(sub),
+                                    self._clock())
+        log.info("%s: message %s dead-lettered to %s after %d delivery attempts", sub.name,
+                 source.message_id, topic, attempts)
+        self._events.wake_all()
+        return True
+
+    # --- settling ------------------------------------------------------------------------------
+    async def policy(self, subscription: str) -> DeliveryPolicy:
+        raw = await self._table.get(Kind.SUBSCRIPTION, subscription)
+        return delivery_policy(Subscription.FromString(raw)) if raw is not None else \
+            DeliveryPolicy()
+
+    async def ack(self, subscription: str, ack_ids: list[str], strict: bool = True,
+                  policy: DeliveryPolicy | None = None) -> list[str]:
+        """Acknowledge; under exactly-once, returns the ids that failed (raises if `strict`)."""
+        await self._activity.touch(subscription)
+        try:
+            invalid = await self._log.acknowledge(subscription, ack_ids,
+                                                  policy or await self.policy(subscription),
+                                                  self._clock())
+        except InvalidAckId as exc:
+            raise invalid_argument(f"Invalid ack ID: {exc}") from None
+        for holder in self._holders.get(subscription, ()):
+            holder.release(ack_ids)
+        if invalid and strict:
+            raise exactly_once_failure(invalid)
+        return invalid
+
+    async def modify(self, subscription: str, ack_ids: list[str], seconds: int,
+                     strict: bool = True, policy: DeliveryPolicy | None = None) -> list[str]:
+        """Extend the leases by `seconds` from now, or nack them (0); returns/raises as ack."""
+        if not 0 <= seconds <= limits.MAX_MODIFY_DEADLINE_S:
+            raise invalid_argument(
+                f"Invalid ack deadline given: {seconds}. It must be between 0 and "
+                f"{limits.MAX_MODIFY_DEADLINE_S} seconds.")
+        now = self._clock()
+        try:
+            invalid = await self._log.modify_deadline(subscription, ack_ids, seconds * 1000, now,
+                                                      policy or await self.policy(subscription))
+        except InvalidAckId as exc:
+            raise invalid_argument(f"Invalid ack ID: {exc}") from None
+        for holder in self._holders.get(subscription, ()):
+            if seconds == 0:
+                holder.release(ack_ids)
+            else:
+                holder.extend(ack_ids, now + seconds * 1000)
+        if seconds == 0:
+            self._events.wake(subscription)
+        if invalid and strict:
+            raise exactly_once_failure(invalid)
+        return invalid

@@ -1,0 +1,74 @@
+"""Wake-ups and change notices inside one emulator process.
+
+Deliveries that wait for messages (a Pull with nothing to return, an open StreamingPull, a push
+loop) `watch` their subscription and sleep on the event; whatever may have made messages
+available (a publish, a nack, a seek, a change of the subscription) wakes them. Components that
+cache resources (filters, schemas, push configs) subscribe to `on_change` and hear of every
+change, made here or, through the store's listener, by another process sharing the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from ..store import Kind
+
+ChangeListener = Callable[[Kind, str], None]
+
+
+class Events:
+    """This process's wake-ups and change notices; also the store's listener."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._listeners: list[ChangeListener] = []
+
+    # --- wake-ups ------------------------------------------------------------------------------
+    def watch(self, subscription: str) -> asyncio.Event:
+        """An event set whenever the subscription may have messages to deliver."""
+        event = asyncio.Event()
+        self._waiters.setdefault(subscription, set()).add(event)
+        return event
+
+    def unwatch(self, subscription: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(subscription)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                self._waiters.pop(subscription, None)
+
+    def wake(self, subscription: str) -> None:
+        for event in self._waiters.get(subscription, ()):
+            event.set()
+
+    def wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
+
+    def watched(self, subscription: str) -> bool:
+        """Whether anything here waits on the subscription (an open stream, a pull, a pusher)."""
+        return bool(self._waiters.get(subscription))
+
+    # --- change notices ------------------------------------------------------------------------
+    def on_change(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: ChangeListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def resource_changed(self, kind: Kind, name: str) -> None:
+        """A resource was created, changed or deleted (here or elsewhere)."""
+        for listener in list(self._listeners):
+            listener(kind, name)
+
+    # --- the store's listener: what other processes sharing the store did ----------------------
+    def published(self, topic: str) -> None:
+        self.wake_all()
+
+    def changed(self, kind: Kind, name: str) -> None:
+        self.resource_changed(kind, name)
+        if kind is Kind.SUBSCRIPTION:
+            self.wake(name)  # its streams and waiting pulls look at it again

@@ -1,0 +1,100 @@
+"""The Pub/Sub v1 service core: every Publisher, Subscriber and SchemaService RPC, protocol-free.
+
+Adapters (gRPC, REST) hand in request protos and get response protos or an ApiError back, through
+`unary[method name]` and `streaming_pull`. The core is split by concern; `PubSubService` only
+puts the parts together:
+
+    catalog        typed reads and compare-and-set writes of resources
+    topics, subscriptions, snapshots    resource administration (snapshots also Seek)
+    publishing     Publish
+    engine         the delivery engine: leases, acks, modacks, dead letters
+    pulls          Pull, Acknowledge, ModifyAckDeadline over the engine
+    streaming_pull StreamingPull over the engine
+    schemas        SchemaService, and schema checks of topics and messages
+    sweeper        retention, expiration, reclaiming
+    events         wake-ups and change notices (also the store's listener)
+
+All calls run on one asyncio event loop, so the core needs no locks. Store calls are awaited:
+the embedded store never suspends (each call is atomic), while a store that talks to a server
+(NATS) lets the loop serve other calls meanwhile; what the core does across such a wait must
+hold even if another call ran in between (as it must anyway with several processes on one
+store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ..schemas import SCHEMA_METHODS, SchemaRegistry
+from ..store import Kind, Store
+from .activity import Activity
+from .catalog import Catalog
+from .delivery import DeliveryEngine
+from .events import Events
+from .model import now_ms
+from .publishing import Publishing
+from .pull import PullRpcs
+from .snapshots import Snapshots
+from .streaming import StreamingPull
+from .subscriptions import Subscriptions
+from .sweeper import Sweeper
+from .topics import Topics
+
+UnaryHandler = Callable[[Any], Awaitable[Message]]
+
+TOPIC_METHODS = ("CreateTopic", "UpdateTopic", "GetTopic", "ListTopics",
+                 "ListTopicSubscriptions", "ListTopicSnapshots", "DeleteTopic")
+SUBSCRIPTION_METHODS = ("CreateSubscription", "GetSubscription", "UpdateSubscription",
+                        "ListSubscriptions", "DeleteSubscription", "ModifyPushConfig",
+                        "DetachSubscription")
+SNAPSHOT_METHODS = ("GetSnapshot", "ListSnapshots", "CreateSnapshot", "UpdateSnapshot",
+                    "DeleteSnapshot", "Seek")
+PULL_METHODS = ("Pull", "Acknowledge", "ModifyAckDeadline")
+
+
+def snake_case(method: str) -> str:
+    """CreateTopic -> create_topic: the core's handler of an RPC has the RPC's name."""
+    out = []
+    for i, ch in enumerate(method):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+class PubSubService:
+    """Google's Publisher, Subscriber and SchemaService over a Store."""
+
+    def __init__(self, store: Store, clock: Callable[[], int] = now_ms) -> None:
+        """`clock` gives the time in milliseconds (tests move it to exercise retention)."""
+        self.store = store
+        self.clock = clock
+        self.events = Events()
+        store.set_listener(self.events)
+        self.catalog = Catalog(store, self.events)
+        activity = Activity(store.resources, clock)
+        self.schemas = SchemaRegistry(store.resources, clock)
+        self.events.on_change(self._schema_changed)
+        self.topics = Topics(store, self.catalog, self.events, self.schemas)
+        self.subscriptions = Subscriptions(store, self.catalog, self.events, activity)
+        self.publishing = Publishing(store, self.catalog, self.events, self.schemas, clock)
+        self.engine = DeliveryEngine(store, self.catalog, self.events, activity, clock)
+        self.pulls = PullRpcs(self.engine, self.catalog, self.events, clock)
+        self.snapshots = Snapshots(store, self.catalog, self.events, self.engine, clock)
+        self.streaming_pull = StreamingPull(self.engine, self.events, clock)
+        self.sweeper = Sweeper(store, self.catalog, activity, self.engine, self.subscriptions,
+                               clock)
+        handlers: list[tuple[object, tuple[str, ...]]] = [
+            (self.topics, TOPIC_METHODS), (self.subscriptions, SUBSCRIPTION_METHODS),
+            (self.snapshots, SNAPSHOT_METHODS), (self.pulls, PULL_METHODS),
+            (self.publishing, ("Publish",)), (self.schemas, SCHEMA_METHODS)]
+        self.unary: dict[str, UnaryHandler] = {
+            method: getattr(component, snake_case(method))
+            for component, methods in handlers for method in methods}
+
+    def _schema_changed(self, kind: Kind, name: str) -> None:
+        if kind is Kind.SCHEMA:
+            self.schemas.forget(name)

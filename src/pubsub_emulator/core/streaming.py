@@ -1,0 +1,214 @@
+"""The StreamingPull RPC over the delivery engine.
+
+The first request opens the call on a subscription; the call then sends messages while its
+flow-control window (max_outstanding_messages/bytes) has room, and later requests ack and
+modack. Under exactly-once delivery each ack and modack is confirmed on the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from google.pubsub_v1 import types as t
+
+from ..store import DeliveryPolicy
+from . import limits
+from .delivery import DeliveryEngine
+from .errors import ApiError, invalid_argument
+from .events import Events
+from .policy import delivery_policy
+
+log = logging.getLogger("pubsub_emulator.service")
+
+StreamingPullResponse = t.StreamingPullResponse.pb()
+AckConfirmation = t.StreamingPullResponse.AcknowledgeConfirmation.pb()
+ModAckConfirmation = t.StreamingPullResponse.ModifyAckDeadlineConfirmation.pb()
+IDLE_LOOK_S = 30.0  # an idle call looks at its subscription again at least this often
+
+
+class OpenPull:
+    """One open StreamingPull call: its lease window and the leases it holds."""
+
+    def __init__(self, sub: Any, lease_ms: int, max_messages: int, max_bytes: int,
+                 wakeup: asyncio.Event) -> None:
+        self.subscription: str = sub.name
+        self.lease_ms = lease_ms
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.wakeup = wakeup
+        self.outstanding: dict[str, tuple[int, int]] = {}  # ack_id -> (until, size)
+        self.outstanding_bytes = 0
+        self.confirmations: list[Any] = []  # responses owed to the client
+        # The subscription's delivery policy as of the call's last look at it (every turn of
+        # its loop): acks and modacks on the call use it rather than reading it again.
+        self.policy: DeliveryPolicy = delivery_policy(sub)
+        # What the subscription was when the call opened: the client reads these once.
+        self.exactly_once: bool = sub.enable_exactly_once_delivery
+        self.properties = StreamingPullResponse.SubscriptionProperties(
+            exactly_once_delivery_enabled=sub.enable_exactly_once_delivery,
+            message_ordering_enabled=sub.enable_message_ordering)
+
+    # LeaseHolder
+    def release(self, ack_ids: Sequence[str]) -> None:
+        for ack_id in ack_ids:
+            held = self.outstanding.pop(ack_id, None)
+            if held is not None:
+                self.outstanding_bytes -= held[1]
+        self.wakeup.set()
+
+    def release_all(self) -> None:
+        self.release(list(self.outstanding))
+
+    def extend(self, ack_ids: Sequence[str], until_ms: int) -> None:
+        for ack_id in ack_ids:
+            held = self.outstanding.get(ack_id)
+            if held is not None:
+                self.outstanding[ack_id] = (until_ms, held[1])
+
+    def hold(self, leased: list[tuple[str, int]], until_ms: int) -> None:
+        for ack_id, size in leased:
+            self.outstanding[ack_id] = (until_ms, size)
+            self.outstanding_bytes += size
+
+    def expire(self, now: int) -> None:
+        """A lease that ran out is no longer held by this call: the message is redelivered."""
+        gone = [ack_id for ack_id, (until, _) in self.outstanding.items() if until <= now]
+        if gone:
+            self.release(gone)
+
+    def window(self) -> tuple[int, int]:
+        """How many messages, and bytes (0: any), the call may receive now."""
+        count = limits.MAX_MESSAGES_PER_STREAM_RESPONSE
+        if self.max_messages > 0:
+            count = min(count, self.max_messages - len(self.outstanding))
+        size = self.max_bytes - self.outstanding_bytes if self.max_bytes > 0 else 0
+        if self.max_bytes > 0 and size <= 0:
+            count = 0
+        return count, size
+
+    def soonest_expiry(self) -> int | None:
+        return min((until for until, _ in self.outstanding.values()), default=None)
+
+
+class StreamingPull:
+    def __init__(self, engine: DeliveryEngine, events: Events, clock: Callable[[], int]) -> None:
+        self._engine = engine
+        self._events = events
+        self._clock = clock
+
+    async def __call__(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        first = await anext(requests, None)
+        if first is None:
+            return
+        call = await self._open(first)
+        closed = asyncio.Event()
+        failure: list[ApiError] = []
+        reader = asyncio.ensure_future(self._read(call, first, requests, closed, failure))
+        log.debug("StreamingPull opened on %s", call.subscription)
+        try:
+            async for response in self._deliver(call, closed):
+                yield response
+            if failure:
+                raise failure[0]
+        finally:
+            reader.cancel()
+            self._engine.let_go(call.subscription, call)
+            self._events.unwatch(call.subscription, call.wakeup)
+            log.debug("StreamingPull closed on %s", call.subscription)
+
+    async def _open(self, first: Any) -> OpenPull:
+        if not first.subscription:
+            raise invalid_argument("The first StreamingPullRequest must name a subscription.")
+        sub = await self._engine.deliverable(first.subscription)
+        if not (limits.MIN_ACK_DEADLINE_S <= first.stream_ack_deadline_seconds
+                <= limits.MAX_ACK_DEADLINE_S):
+            raise invalid_argument(
+                f"Invalid stream_ack_deadline_seconds: {first.stream_ack_deadline_seconds}. It "
+                f"must be between {limits.MIN_ACK_DEADLINE_S} and {limits.MAX_ACK_DEADLINE_S}.")
+        call = OpenPull(sub, first.stream_ack_deadline_seconds * 1000,
+                        first.max_outstanding_messages, first.max_outstanding_bytes,
+                        self._events.watch(sub.name))
+        self._engine.hold(sub.name, call)
+        return call
+
+    async def _read(self, call: OpenPull, request: Any, requests: AsyncIterator[Any],
+                    closed: asyncio.Event, failure: list[ApiError]) -> None:
+        try:
+            while request is not None:
+                await self._settle(call, request)
+                request = await anext(requests, None)
+        except ApiError as exc:
+            failure.append(exc)
+        except (asyncio.CancelledError, Exception):  # the client went away
+            pass
+        finally:
+            closed.set()
+            call.wakeup.set()
+
+    async def _deliver(self, call: OpenPull, closed: asyncio.Event) -> AsyncIterator[Any]:
+        while not closed.is_set():
+            while call.confirmations:
+                yield call.confirmations.pop(0)
+            now = self._clock()
+            call.expire(now)
+            sub = await self._engine.deliverable(call.subscription)
+            call.policy = delivery_policy(sub)
+            count, size = call.window()
+            if count > 0:
+                received, leased = await self._engine.receive(sub, count, call.lease_ms, size)
+                call.hold(leased, now + call.lease_ms)
+                if received:
+                    yield StreamingPullResponse(received_messages=received,
+                                                subscription_properties=call.properties)
+                    continue
+            call.wakeup.clear()
+            await self._sleep(call, count > 0)
+
+    async def _sleep(self, call: OpenPull, has_room: bool) -> None:
+        """Until woken, the next message is due, or a held lease runs out."""
+        timeout = IDLE_LOOK_S
+        due = await self._engine.next_due_ms(call.subscription)
+        if due is not None and has_room:
+            timeout = min(timeout, max(0.001, (due - self._clock()) / 1000))
+        soonest = call.soonest_expiry()
+        if soonest is not None:
+            timeout = min(timeout, max(0.001, (soonest - self._clock()) / 1000))
+        try:
+            await asyncio.wait_for(call.wakeup.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _settle(self, call: OpenPull, request: Any) -> None:
+        """Acks and modacks on the call; with exactly-once, queue their confirmations."""
+        confirm = call.exactly_once
+        if request.ack_ids:
+            ack_ids = list(request.ack_ids)
+            invalid = await self._engine.ack(call.subscription, ack_ids, strict=False,
+                                             policy=call.policy)
+            if confirm:
+                bad = set(invalid)
+                call.confirmations.append(StreamingPullResponse(
+                    acknowledge_confirmation=AckConfirmation(
+                        ack_ids=[a for a in ack_ids if a not in bad], invalid_ack_ids=invalid)))
+        if len(request.modify_deadline_seconds) != len(request.modify_deadline_ack_ids):
+            raise invalid_argument("modify_deadline_seconds and modify_deadline_ack_ids must "
+                                   "have the same length.")
+        by_deadline: dict[int, list[str]] = {}
+        for seconds, ack_id in zip(request.modify_deadline_seconds,
+                                   request.modify_deadline_ack_ids, strict=True):
+            by_deadline.setdefault(seconds, []).append(ack_id)
+        for seconds, ack_ids in by_deadline.items():
+            invalid = await self._engine.modify(call.subscription, ack_ids, seconds,
+                                                strict=False, policy=call.policy)
+            if confirm:
+                bad = set(invalid)
+                call.confirmations.append(StreamingPullResponse(
+                    modify_ack_deadline_confirmation=ModAckConfirmation(
+                        ack_ids=[a for a in ack_ids if a not in bad], invalid_ack_ids=invalid)))
+        if call.confirmations:
+            call.wakeup.set()
+        if request.stream_ack_deadline_seconds:
+            call.lease_ms = request.stream_ack_deadline_seconds * 1000

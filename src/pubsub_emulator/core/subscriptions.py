@@ -1,0 +1,119 @@
+"""Subscription administration: create, get, update, list, delete, ModifyPushConfig, detach."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from google.protobuf import empty_pb2
+from google.pubsub_v1 import types as t
+
+from ..store import Kind, Store
+from . import names
+from .activity import Activity
+from .catalog import Catalog
+from .errors import already_exists, invalid_argument, not_found
+from .events import Events
+from .model import Subscription
+from .validation import (
+    SUBSCRIPTION_MUTABLE,
+    apply_mask,
+    check_mask,
+    check_subscription,
+    note_unhonoured,
+)
+
+log = logging.getLogger("pubsub_emulator.service")
+
+
+class Subscriptions:
+    def __init__(self, store: Store, catalog: Catalog, events: Events,
+                 activity: Activity) -> None:
+        self._table = store.resources
+        self._log = store.messages
+        self._catalog = catalog
+        self._events = events
+        self._activity = activity
+
+    def _changed(self, name: str) -> None:
+        self._events.resource_changed(Kind.SUBSCRIPTION, name)
+
+    async def create_subscription(self, request: Any) -> Any:
+        rn = names.subscription(request.name)
+        sub = Subscription()
+        sub.CopyFrom(request)
+        if not sub.topic:
+            raise invalid_argument("The topic of the subscription must be set.")
+        if sub.topic != names.DELETED_TOPIC:
+            topic_rn = names.topic(sub.topic)
+            if await self._table.get(Kind.TOPIC, sub.topic) is None:
+                raise not_found(topic_rn.id)
+        check_subscription(sub, creating=True)
+        sub.state = t.Subscription.State.ACTIVE
+        if not await self._table.create(Kind.SUBSCRIPTION, sub.name, sub.SerializeToString(),
+                                        topic=sub.topic):
+            raise already_exists(rn.id)
+        self._changed(sub.name)
+        log.info("created subscription %s on %s", sub.name, sub.topic)
+        note_unhonoured(sub)
+        return sub
+
+    async def get_subscription(self, request: Any) -> Any:
+        return await self._catalog.subscription(request.subscription)
+
+    async def update_subscription(self, request: Any) -> Any:
+        rn = names.subscription(request.subscription.name)
+
+        def change(sub: Any) -> None:  # (after the read: NOT_FOUND before a bad mask)
+            paths = check_mask(request.update_mask, SUBSCRIPTION_MUTABLE, "Subscription")
+            apply_mask(sub, request.subscription, paths)
+            check_subscription(sub, creating=False)
+
+        updated = await self._catalog.rewrite(Kind.SUBSCRIPTION, request.subscription.name,
+                                              Subscription, rn.id, change)
+        self._changed(updated.name)
+        note_unhonoured(updated)
+        return updated
+
+    async def list_subscriptions(self, request: Any) -> Any:
+        subscriptions, token = await self._catalog.list_project(
+            Kind.SUBSCRIPTION, request.project, request.page_size, request.page_token,
+            Subscription)
+        return t.ListSubscriptionsResponse.pb()(subscriptions=subscriptions,
+                                                next_page_token=token)
+
+    async def delete_subscription(self, request: Any) -> Any:
+        rn = names.subscription(request.subscription)
+        if not await self._table.delete(Kind.SUBSCRIPTION, request.subscription):
+            raise not_found(rn.id)
+        await self._activity.forget(request.subscription)
+        self._events.wake(request.subscription)
+        self._changed(request.subscription)
+        log.info("deleted subscription %s", request.subscription)
+        return empty_pb2.Empty()
+
+    async def modify_push_config(self, request: Any) -> Any:
+        rn = names.subscription(request.subscription)
+
+        def change(sub: Any) -> None:
+            sub.push_config.CopyFrom(request.push_config)
+            check_subscription(sub, creating=False)
+
+        await self._catalog.rewrite(Kind.SUBSCRIPTION, request.subscription, Subscription,
+                                    rn.id, change)
+        self._changed(request.subscription)
+        return empty_pb2.Empty()
+
+    async def detach_subscription(self, request: Any) -> Any:
+        rn = names.subscription(request.subscription)
+
+        def detach(sub: Any) -> None:
+            sub.detached = True
+
+        sub = await self._catalog.rewrite(Kind.SUBSCRIPTION, request.subscription, Subscription,
+                                          rn.id, detach, topic="")
+        await self._log.purge(sub.name)
+        self._events.wake(sub.name)
+        self._changed(sub.name)
+        log.info("detached subscription %s", sub.name)
+        return t.DetachSubscriptionResponse.pb()()

@@ -1,0 +1,86 @@
+"""The sweeper: retention, expiration and reclaiming, in the background every few seconds.
+
+- subscriptions idle beyond their expiration policy are deleted (not while a StreamingPull is
+  open on them here);
+- snapshots past their expire time are deleted;
+- the store drops what subscription and topic retention no longer keep, and every message that
+  no subscription, snapshot or topic retention needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from google.pubsub_v1 import types as t
+
+from ..store import Kind, RetentionRules, Store
+from .activity import Activity
+from .catalog import Catalog
+from .delivery import DeliveryEngine
+from .model import Snapshot, Subscription, Topic, duration_ms
+from .subscriptions import Subscriptions
+
+log = logging.getLogger("pubsub_emulator.service")
+
+SWEEP_EVERY_S = 5.0
+
+
+class Sweeper:
+    def __init__(self, store: Store, catalog: Catalog, activity: Activity,
+                 engine: DeliveryEngine, subscriptions: Subscriptions,
+                 clock: Callable[[], int]) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._activity = activity
+        self._engine = engine
+        self._subscriptions = subscriptions
+        self._clock = clock
+
+    async def run_forever(self, every_s: float = SWEEP_EVERY_S) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.sweep()
+            except Exception:  # keep sweeping; the next round may succeed
+                log.exception("sweep failed")
+
+    async def sweep(self) -> None:
+        """Enforce retention and expiration policies; reclaim what nothing needs."""
+        now = self._clock()
+        rules, expired = await self._subscription_rules(now)
+        topic_retention = {}
+        for item in (await self._catalog.all(Kind.TOPIC)).items:
+            topic = Topic.FromString(item.data)
+            if topic.HasField("message_retention_duration"):
+                topic_retention[item.name] = duration_ms(topic.message_retention_duration)
+        for item in (await self._catalog.all(Kind.SNAPSHOT)).items:
+            if Snapshot.FromString(item.data).expire_time.ToMilliseconds() <= now:
+                log.info("snapshot %s expired", item.name)
+                await self._store.resources.delete(Kind.SNAPSHOT, item.name)
+        for name in expired:
+            log.info("subscription %s expired (inactive beyond its expiration policy)", name)
+            await self._subscriptions.delete_subscription(
+                t.DeleteSubscriptionRequest.pb()(subscription=name))
+        gone = await self._store.messages.sweep(
+            now, RetentionRules(rules.subscription_ms, topic_retention, rules.retain_acked))
+        if gone:
+            log.debug("swept %d messages nothing needs any more", gone)
+
+    async def _subscription_rules(self, now: int) -> tuple[RetentionRules, list[str]]:
+        """Each subscription's retention, and the subscriptions that expired."""
+        retention: dict[str, int] = {}
+        retain_acked = set()
+        expired = []
+        for item in (await self._catalog.all(Kind.SUBSCRIPTION)).items:
+            sub = Subscription.FromString(item.data)
+            retention[item.name] = duration_ms(sub.message_retention_duration)
+            if sub.retain_acked_messages:
+                retain_acked.add(item.name)
+            if sub.expiration_policy.HasField("ttl"):
+                ttl_ms = duration_ms(sub.expiration_policy.ttl)
+                last = await self._activity.last_used(item.name, now)
+                if now - last > ttl_ms and not self._engine.has_holders(item.name):
+                    expired.append(item.name)
+        return RetentionRules(retention, {}, frozenset(retain_acked)), expired

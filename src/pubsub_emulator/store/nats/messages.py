@@ -1,0 +1,248 @@
+"""The message log: publish to topic streams, pull from consumers, ack and nack deliveries.
+
+A published message is stored with its publish time appended and headers for what the store
+must know without parsing it (see layout); its id is the stream's id prefix * 10^12 + its
+stream sequence. Every publish also sends a core-NATS notification `<ns>.wake.<hash>` that
+other processes turn into wake-ups of their waiting pulls. JetStream's redelivery timers run
+on the server's clock: the `now_ms` arguments are used for publish times and exactly-once
+checks only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..base import (
+    DEFAULT_POLICY,
+    Delivery,
+    DeliveryPolicy,
+    InvalidAckId,
+    MessageLog,
+    RetentionRules,
+    RetryPolicy,
+    stamp,
+)
+from .acks import ACK, ACK_PREFIX, NAK, TERM, AckId, Fetched, nak, parse_ack_ids
+from .client import JetStream, NatsError, NoStream
+from .layout import H_KEY, H_SIZE, H_SKIP, H_TIME, Layout
+from .leases import Leases, Redeliveries
+from .ordering import KeyOrdering, Send
+from .retention import Retention
+from .topics import ACK_WAIT_MS, Topics
+
+_ID_SCALE = 10**12
+
+
+def _in_order(sends: Mapping[int, list[Send]]) -> list[Send]:
+    """Sends by stream sequence, in stream order."""
+    return [item for seq in sorted(sends) for item in sends[seq]]
+
+
+class NatsMessageLog(MessageLog):
+    """Messages in topic streams, delivery state in the subscriptions' consumers."""
+
+    def __init__(self, js: JetStream, layout: Layout, topics: Topics, origin: str) -> None:
+        self._js = js
+        self._layout = layout
+        self._topics = topics
+        self._origin = origin  # this process, in its wake-up notifications
+        self._ordering = KeyOrdering(js, layout)
+        self._leases = Leases(js, layout)
+        self._redeliveries = Redeliveries(js, layout)
+        self._retention = Retention(js, layout, topics, self._leases, self._redeliveries)
+
+    # --- publish ----------------------------------------------------------------------------
+    async def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                      skip: Mapping[str, set[int]] | None = None,
+                      ordering_keys: Sequence[str] | None = None,
+                      retain: bool = False) -> list[str]:
+        try:
+            return await self._publish(topic, messages, now_ms, skip or {}, ordering_keys)
+        except NoStream:  # the stream went away (deleted by hand): create it again
+            self._topics.forget_stream(topic)
+            return await self._publish(topic, messages, now_ms, skip or {}, ordering_keys)
+
+    async def _publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                       skip: Mapping[str, set[int]], ordering_keys: Sequence[str] | None
+                       ) -> list[str]:
+        stream = await self._topics.stream(topic)
+        subject = self._layout.topic_subject(topic)
+        skipped: dict[int, list[str]] = {}
+        for name, indexes in skip.items():
+            for index in indexes:
+                skipped.setdefault(index, []).append(self._layout.consumer(name))
+        items = []
+        for index, raw in enumerate(messages):
+            headers = {H_TIME: str(now_ms), H_SIZE: str(len(raw))}
+            if ordering_keys and ordering_keys[index]:
+                headers[H_KEY] = ordering_keys[index]
+            if index in skipped:
+                headers[H_SKIP] = ",".join(skipped[index])
+            # (the id is known only once stored: it is added when delivered)
+            items.append((subject, stamp(raw, "", now_ms), headers))
+        acks = await self._js.publish_many(items)
+        if any("error" in a for a in acks):
+            raise NatsError(next(a["error"] for a in acks if "error" in a))
+        prefix = await self._topics.id_prefix(stream)
+        await self._js.publish(self._layout.wake(topic), f"{self._origin}\n{topic}".encode())
+        return [str(prefix * _ID_SCALE + a["seq"]) for a in acks]
+
+    # --- pull -------------------------------------------------------------------------------
+    async def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
+                   max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
+        async def pull(stream: str, consumer: str) -> list[Delivery]:
+            return await self._pull(stream, consumer, max_messages, lease_ms, now_ms,
+                                    max_bytes, policy)
+
+        return await self._topics.call(subscription, pull, [])
+
+    async def _pull(self, stream: str, consumer: str, max_messages: int, lease_ms: int,
+                    now_ms: int, max_bytes: int, policy: DeliveryPolicy) -> list[Delivery]:
+        msgs = await self._js.fetch(stream, consumer, max_messages)
+        prefix = await self._topics.id_prefix(stream)
+        chosen, over = await self._choose(consumer, msgs, max_bytes, policy)
+        attempts: dict[int, int] = {}  # stream sequence -> delivery attempt, when not `delivered`
+        if policy.ordered and (chosen or over):
+            chosen = await self._ordering.order(stream, consumer, chosen, over, attempts,
+                                                policy.accepts)
+        if policy.exactly_once and chosen:
+            chosen = await self._leases.lease(chosen, now_ms + lease_ms)
+        elif any(f.ack.delivered > 1 for f in chosen):
+            await self._redeliveries.note(consumer, [f.ack for f in chosen
+                                                     if f.ack.delivered > 1])
+        return [await self._hand_out(f, prefix, attempts.get(f.ack.sseq, f.ack.delivered),
+                                     lease_ms, policy.retry)
+                for f in chosen]
+
+    async def _choose(self, consumer: str, msgs: list[Any], max_bytes: int,
+                      policy: DeliveryPolicy) -> tuple[list[Fetched], list[Fetched]]:
+        """Of fetched messages, those for the puller, and (if ordered) those past the byte
+        budget; the rest are sent back."""
+        chosen: list[Fetched] = []
+        over: list[Fetched] = []
+        total = 0
+        for msg in msgs:
+            headers = msg.headers or {}
+            ack = AckId(msg.reply[len(ACK_PREFIX):])
+            size = int(headers.get(H_SIZE, len(msg.data)))
+            if (consumer in headers.get(H_SKIP, "").split(",")
+                    or (policy.accepts is not None and not policy.accepts(msg.data[:size]))):
+                await self._js.publish(msg.reply, TERM)  # its filter rejects it
+                continue
+            if max_bytes and chosen and total + size > max_bytes:
+                if policy.ordered:
+                    over.append(Fetched(msg, ack, size))  # (sent back once recorded)
+                else:
+                    await self._js.publish(msg.reply, NAK)  # over the byte budget: back now
+                continue
+            total += size
+            chosen.append(Fetched(msg, ack, size))
+        return chosen, over
+
+    async def _hand_out(self, fetched: Fetched, prefix: int, attempt: int, lease_ms: int,
+                        retry: RetryPolicy | None) -> Delivery:
+        """Set the delivery's lease and stamp the message with its id and publish time."""
+        delay = lease_ms + (retry.delay_ms(attempt) if retry else 0)
+        if delay != ACK_WAIT_MS:
+            await self._js.publish(fetched.msg.reply, nak(delay))
+        message_id = str(prefix * _ID_SCALE + fetched.ack.sseq)
+        published = int(fetched.headers.get(H_TIME, 0))
+        message = stamp(fetched.msg.data[:fetched.size], message_id, published)
+        return Delivery(fetched.msg.reply[len(ACK_PREFIX):], message, attempt, fetched.size)
+
+    # --- ack and modack ---------------------------------------------------------------------
+    def _targets(self, subscription: str, ack_ids: Sequence[str], policy: DeliveryPolicy
+                 ) -> tuple[list[AckId], list[str], list[str]]:
+        """(parsed, their ids, refused ids): exactly-once refuses malformed ids, else raises."""
+        consumer = self._layout.consumer(subscription)
+        if not policy.exactly_once:
+            return parse_ack_ids(consumer, ack_ids), list(ack_ids), []
+        parsed, ids, bad = [], [], []
+        for ack_id in ack_ids:
+            try:
+                parsed += parse_ack_ids(consumer, [ack_id])
+                ids.append(ack_id)
+            except InvalidAckId:
+                bad.append(ack_id)
+        return parsed, ids, bad
+
+    async def acknowledge(self, subscription: str, ack_ids: Sequence[str],
+                          policy: DeliveryPolicy = DEFAULT_POLICY, now_ms: int = 0) -> list[str]:
+        parsed, ids, bad = self._targets(subscription, ack_ids, policy)
+        stale: list[str] = []
+        if policy.exactly_once:
+            parsed, stale = await self._leases.settle(parsed, ids, now_ms,
+                                                      lambda a: {"acked": True})
+        if policy.ordered:
+            await self._js.send(_in_order(await self._ordering.settle(parsed, None)))
+        else:
+            await self._js.send([(ack.subject, ACK) for ack in parsed])
+        return bad + stale
+
+    async def modify_deadline(self, subscription: str, ack_ids: Sequence[str], deadline_ms: int,
+                              now_ms: int, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[str]:
+        parsed, ids, bad = self._targets(subscription, ack_ids, policy)
+        stale: list[str] = []
+        if policy.exactly_once:
+            # a nack ends the lease (until = now); an extension moves it
+            parsed, stale = await self._leases.settle(
+                parsed, ids, now_ms, lambda a: {"d": a.delivered, "until": now_ms + deadline_ms})
+        else:
+            parsed = await self._redeliveries.current(parsed)
+        retry = policy.retry
+        if deadline_ms == 0:
+            await self._nack(parsed, policy)
+        else:
+            await self._js.send([
+                (ack.subject, nak(deadline_ms + (retry.delay_ms(ack.delivered) if retry else 0)))
+                for ack in parsed])
+        return bad + stale
+
+    async def _nack(self, parsed: list[AckId], policy: DeliveryPolicy) -> None:
+        """Nacks: through the ordering record (if any), as acks are."""
+        retry = policy.retry
+
+        def body(ack: AckId, attempt: int) -> bytes:
+            return nak(retry.delay_ms(attempt) if retry else 0)
+
+        if policy.ordered:
+            await self._js.send(_in_order(await self._ordering.settle(parsed, body)))
+        else:
+            await self._js.send([(ack.subject, body(ack, ack.delivered)) for ack in parsed])
+
+    # --- the backlog ------------------------------------------------------------------------
+    async def next_due_ms(self, subscription: str) -> int | None:
+        info = await self._topics.call(subscription, self._js.consumer_info, None)
+        if not info:
+            return None
+        now = int(time.time() * 1000)
+        if info.get("num_pending", 0) > 0:
+            return now
+        if info.get("num_ack_pending", 0) > 0:
+            return now + 1000  # leased or backing off: JetStream does not say until when
+        return None  # nothing stored: a publish (from any process) wakes the waiters
+
+    async def backlog(self, subscription: str) -> int:
+        info = await self._topics.call(subscription, self._js.consumer_info, None)
+        return (info.get("num_pending", 0) + info.get("num_ack_pending", 0)) if info else 0
+
+    async def purge(self, subscription: str) -> None:
+        await self._topics.restart(subscription, {"deliver_policy": "new", "keep_origin": True})
+
+    # --- seeks, snapshots, retention ----------------------------------------------------------
+    async def seek_to_time(self, subscription: str, time_ms: int, now_ms: int,
+                           policy: DeliveryPolicy = DEFAULT_POLICY,
+                           from_topic: bool = False) -> None:
+        await self._retention.seek_to_time(subscription, time_ms, policy.retain_acked,
+                                           from_topic)
+
+    async def save_snapshot(self, snapshot: str, subscription: str) -> None:
+        await self._retention.save_snapshot(snapshot, subscription)
+
+    async def seek_to_snapshot(self, subscription: str, snapshot: str, now_ms: int) -> None:
+        await self._retention.seek_to_snapshot(subscription, snapshot)
+
+    async def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
+        return await self._retention.sweep(now_ms, rules or RetentionRules())

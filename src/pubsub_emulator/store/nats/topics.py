@@ -1,0 +1,123 @@
+"""Topic streams and the subscriptions' durable pull consumers on them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from ..base import Kind, NotFound
+from .client import CONSUMER_NOT_FOUND, STREAM_NOT_FOUND, JetStream, NatsError
+from .layout import DETACHED, REDELIVERED, SUB_START, Layout
+
+T = TypeVar("T")
+
+# A consumer's own redelivery timer; a lease of another length is set with a delayed nack.
+ACK_WAIT_MS = 10_000
+_MAX_AGE_S = 31 * 24 * 3600  # the longest retention Pub/Sub allows
+
+
+class Topics:
+    """Topic streams (with their message id prefixes) and subscription consumers."""
+
+    def __init__(self, js: JetStream, layout: Layout) -> None:
+        self._js = js
+        self._layout = layout
+        self._prefixes: dict[str, int] = {}  # stream name -> message id prefix
+        self._links: dict[str, str] = {}  # subscription -> topic link (cache)
+
+    # --- topic streams ----------------------------------------------------------------------
+    async def stream(self, topic: str) -> str:
+        """The topic's stream, created if it does not exist yet."""
+        stream = self._layout.topic_stream(topic)
+        if stream not in self._prefixes:
+            info = await self._js.ensure_stream(
+                stream, [self._layout.topic_subject(topic)],
+                description=f"pubsub topic {topic}; id-prefix {random.randrange(1, 1 << 23)}",
+                max_age=_MAX_AGE_S * 10**9)
+            self._remember(stream, info)
+        return stream
+
+    def forget_stream(self, topic: str) -> None:
+        """The topic's stream went away (deleted by hand): create it again when next used."""
+        self._prefixes.pop(self._layout.topic_stream(topic), None)
+
+    def _remember(self, stream: str, info: Mapping[str, Any]) -> None:
+        description = info.get("config", {}).get("description", "")
+        self._prefixes[stream] = int(description.rpartition(" ")[2] or 0)
+
+    async def id_prefix(self, stream: str) -> int:
+        """The random prefix of the stream's message ids (unique across topics)."""
+        if stream not in self._prefixes:
+            self._remember(stream, await self._js.api(f"STREAM.INFO.{stream}"))
+        return self._prefixes[stream]
+
+    # --- consumers --------------------------------------------------------------------------
+    async def create_consumer(self, topic: str, subscription: str,
+                              start: Mapping[str, Any]) -> None:
+        stream = await self.stream(topic)
+        consumer = self._layout.consumer(subscription)
+        config = {"durable_name": consumer, "ack_policy": "explicit",
+                  "ack_wait": ACK_WAIT_MS * 10**6, "max_deliver": -1,
+                  "max_ack_pending": 1_000_000, "max_waiting": 512, "replay_policy": "instant",
+                  "filter_subject": self._layout.topic_subject(topic),
+                  **{k: v for k, v in start.items() if k != "keep_origin"}}
+        info = await self._js.api(f"CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+                                  {"stream_name": stream, "config": config})
+        if start.get("deliver_policy") == "new" and not start.get("keep_origin"):
+            # Where the subscription began: a seek never goes back beyond it (unless the topic
+            # retains messages), and retained acked messages are kept from there on.
+            await self._js.kv_put(self._layout.key(SUB_START, subscription),
+                                  {"t": topic, "seq": info["delivered"]["stream_seq"] + 1,
+                                   "p": ""}, None)
+
+    async def delete_consumer(self, topic: str, subscription: str) -> None:
+        """Delete the consumer with its ordering record and its record of redeliveries."""
+        consumer = self._layout.consumer(subscription)
+        await self._js.kv_delete(self._layout.order_key(consumer), self._layout.order_stream)
+        await self._js.kv_delete(self._layout.key(REDELIVERED, consumer))
+        try:
+            await self._js.api(f"CONSUMER.DELETE.{self._layout.topic_stream(topic)}.{consumer}")
+        except NatsError as exc:
+            if exc.err_code not in (STREAM_NOT_FOUND, CONSUMER_NOT_FOUND):
+                raise
+
+    async def restart(self, subscription: str, start: Mapping[str, Any]) -> None:
+        """Recreate the subscription's consumer at another start (purge, seek)."""
+        topic = await self.topic_of(subscription, fresh=True)
+        if not topic:
+            return
+        await self.delete_consumer(topic, subscription)
+        await self.create_consumer(topic, subscription, start)
+
+    # --- subscriptions' topic links -----------------------------------------------------------
+    async def topic_of(self, subscription: str, fresh: bool = False) -> str:
+        """The subscription's topic link ("" when detached); NotFound if it does not exist."""
+        if fresh or subscription not in self._links:
+            found = await self._js.kv_get(self._layout.key(Kind.SUBSCRIPTION.value,
+                                                           subscription))
+            if found is None:
+                self._links.pop(subscription, None)
+                raise NotFound(subscription)
+            topic = found.value.get("t", "")
+            self._links[subscription] = "" if topic in DETACHED else topic
+        return self._links[subscription]
+
+    def forget(self, subscription: str) -> None:
+        """The subscription changed: read its topic link again when next needed."""
+        self._links.pop(subscription, None)
+
+    async def call(self, subscription: str, call: Callable[[str, str], Awaitable[T]],
+                   default: T) -> T:
+        """Run `call(stream, consumer)`; refresh the cached topic link once if it is gone."""
+        for fresh in (False, True):
+            topic = await self.topic_of(subscription, fresh)
+            if not topic:
+                return default
+            try:
+                return await call(self._layout.topic_stream(topic),
+                                  self._layout.consumer(subscription))
+            except NatsError as exc:
+                if exc.err_code not in (STREAM_NOT_FOUND, CONSUMER_NOT_FOUND):
+                    raise
+        return default
