@@ -3,10 +3,12 @@ NOT_FOUND; change one by compare-and-set; list a project's resources a page at a
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from ..store import InvalidPageToken, Kind, Page, Store
+from ..store import InvalidPageToken, Kind, Page, ResourceTable, Store
 from . import limits, names
 from .errors import aborted, failed_precondition, invalid_argument, not_found
 from .events import Events
@@ -14,6 +16,9 @@ from .model import Snapshot, Subscription, Topic
 from .policy import attribute_filter
 
 Change = Callable[[Any], Awaitable[None] | None]
+T = TypeVar("T")
+# The first wait after a compare-and-set collision (at most; it doubles with each one).
+REWRITE_BACKOFF_S = 0.001
 
 
 def page_size(requested: int) -> int:
@@ -21,6 +26,30 @@ def page_size(requested: int) -> int:
     if requested < 0:
         raise invalid_argument("page_size must not be negative.")
     return min(requested or limits.DEFAULT_PAGE_SIZE, limits.MAX_PAGE_SIZE)
+
+
+async def compare_and_set(table: ResourceTable, kind: Kind, name: str, resource_id: str,
+                          apply: Callable[[bytes], Awaitable[tuple[bytes, T]]],
+                          topic: str | None = None) -> T:
+    """Read-modify-write of a stored resource that loses no concurrent change.
+
+    `apply(stored bytes)` returns the new bytes and a result (or refuses with an ApiError).
+    The write is a compare-and-set on the bytes read: if another call or process changed the
+    resource meanwhile, it is read again and `apply` runs on top, so neither change is lost.
+    Writers that collide wait a random, growing moment before trying again, so they do not
+    collide again in lockstep; after REWRITE_ATTEMPTS the caller gets ABORTED, as Google
+    answers such conflicts.
+    """
+    for attempt in range(limits.REWRITE_ATTEMPTS):
+        raw = await table.get(kind, name)
+        if raw is None:
+            raise not_found(resource_id)
+        data, result = await apply(raw)
+        if await table.update(kind, name, data, topic=topic, expected=raw):
+            return result
+        await asyncio.sleep(random.uniform(0, REWRITE_BACKOFF_S * 2 ** attempt))
+    raise aborted(f"The resource was changed by other requests {limits.REWRITE_ATTEMPTS} "
+                  f"times while this one applied; try again (resource={resource_id}).")
 
 
 class Catalog:
@@ -61,25 +90,17 @@ class Catalog:
 
     async def rewrite(self, kind: Kind, name: str, message_type: Any, resource_id: str,
                       change: Change, topic: str | None = None) -> Any:
-        """Read a resource, apply `change` (which may refuse with an ApiError), write it back.
+        """Read a resource, apply `change` (which may refuse with an ApiError), write it back,
+        as a compare-and-set (see compare_and_set)."""
 
-        The write is a compare-and-set on the bytes read: if another call or process changed
-        the resource meanwhile, it is read again and `change` applied on top, so neither
-        change is lost.
-        """
-        for _ in range(limits.REWRITE_ATTEMPTS):
-            raw = await self.table.get(kind, name)
-            if raw is None:
-                raise not_found(resource_id)
+        async def apply(raw: bytes) -> tuple[bytes, Any]:
             resource = message_type.FromString(raw)
             pending = change(resource)
             if pending is not None:
                 await pending
-            if await self.table.update(kind, name, resource.SerializeToString(), topic=topic,
-                                       expected=raw):
-                return resource
-        raise aborted(f"The resource was changed by other requests {limits.REWRITE_ATTEMPTS} "
-                      f"times while this one applied; try again (resource={resource_id}).")
+            return resource.SerializeToString(), resource
+
+        return await compare_and_set(self.table, kind, name, resource_id, apply, topic)
 
     async def list_project(self, kind: Kind, project_name: str, requested_size: int,
                            token: str, message_type: Any) -> tuple[list[Any], str]:

@@ -22,12 +22,11 @@ from google.protobuf import empty_pb2
 from google.pubsub_v1 import types as t
 from google.rpc import error_details_pb2
 
-from ..core import limits, names
-from ..core.catalog import page_size
+from ..core import names
+from ..core.catalog import compare_and_set, page_size
 from ..core.errors import (
     ApiError,
     Status,
-    aborted,
     already_exists,
     failed_precondition,
     invalid_argument,
@@ -160,19 +159,22 @@ class SchemaRegistry:
 
     async def _rewrite(self, name: str,
                        change: Callable[[list[Revision]], tuple[list[Revision], Any]]) -> Any:
-        """Apply `change` (revisions -> (new revisions, result)) with a compare-and-set write:
-        revisions another call or process added meanwhile are read again, never overwritten."""
-        for _ in range(limits.REWRITE_ATTEMPTS):
-            raw = await self._table.get(Kind.SCHEMA, name)
-            if raw is None:
-                self._revisions.pop(name, None)
-                raise not_found(_schema_id(name))
+        """Apply `change` (revisions -> (new revisions, result)) by compare-and-set: revisions
+        another call or process added meanwhile are read again, never overwritten."""
+
+        async def apply(raw: bytes) -> tuple[bytes, tuple[list[Revision], Any]]:
             revisions, result = change(_parse(raw))
-            if await self._table.update(Kind.SCHEMA, name, _dump(revisions), expected=raw):
-                self._revisions[name] = revisions
-                return result
-        raise aborted(f"The schema was changed by other requests {limits.REWRITE_ATTEMPTS} "
-                      f"times while this one applied; try again (resource={_schema_id(name)}).")
+            return _dump(revisions), (revisions, result)
+
+        try:
+            revisions, result = await compare_and_set(self._table, Kind.SCHEMA, name,
+                                                      _schema_id(name), apply)
+        except ApiError as exc:
+            if exc.status is Status.NOT_FOUND:
+                self._revisions.pop(name, None)
+            raise
+        self._revisions[name] = revisions
+        return result
 
     def _new_revision_id(self, revisions: list[Revision]) -> str:
         taken = {r.id for r in revisions}
