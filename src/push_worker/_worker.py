@@ -18,12 +18,14 @@ from ._metrics import Stats
 
 log = logging.getLogger("push_worker")
 
-# Re-subscribing after the stream ended with an error (e.g. subscription not found yet).
+# Re-subscribing after the streaming pull ended with an error (e.g. subscription not found yet).
 _RESUBSCRIBE = BackoffPolicy(initial=1.0, multiplier=2.0, maximum=30.0)
 
 
 @dataclass
-class _Stream:
+class _Relay:
+    """One configured subscription relayed to its endpoint: its streaming pull, its POSTs."""
+
     sub: SubscriptionConfig
     deliverer: Deliverer
     gate: EndpointGate
@@ -48,7 +50,7 @@ class Worker:
         self.stats = Stats([s.subscription_path for s in config.subscriptions])
         self._gates: dict[str, EndpointGate] = {}
         self._deliverers: dict[str, Deliverer] = {}
-        self._streams: list[_Stream] = []
+        self._relays: list[_Relay] = []
         self.metrics_port: int | None = None
         self.started = threading.Event()
         self._busy_lock = threading.Lock()
@@ -104,22 +106,22 @@ class Worker:
                 gate = self._gates[sub.endpoint] = EndpointGate(sub.backoff)
             deliverer = Deliverer(sub.endpoint, sub.token, sub.timeout, sub.concurrency)
             self._deliverers[sub.subscription_path] = deliverer
-            stream = _Stream(sub, deliverer, gate)
-            self._streams.append(stream)
-            self._subscribe(stream)
+            relay = _Relay(sub, deliverer, gate)
+            self._relays.append(relay)
+            self._subscribe(relay)
         self.started.set()
 
-    def _subscribe(self, stream: _Stream) -> None:
+    def _subscribe(self, relay: _Relay) -> None:
         from google.cloud import pubsub_v1
         from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
 
-        sub = stream.sub
+        sub = relay.sub
         executor = ThreadPoolExecutor(max_workers=sub.concurrency,
                                       thread_name_prefix=f"push-{sub.subscription_id}")
-        stream.future = self._subscriber.subscribe(
+        relay.future = self._subscriber.subscribe(
             sub.subscription_path,
-            callback=lambda message, s=stream: self._handle(s, message),
-            # max_duration_per_lease_extension is also the stream's ack deadline: messages
+            callback=lambda message, s=relay: self._handle(s, message),
+            # max_duration_per_lease_extension is also the streaming pull's ack deadline: messages
             # lost in transit when the worker stops or dies come back after that long.
             flow_control=pubsub_v1.types.FlowControl(
                 max_messages=sub.concurrency,
@@ -132,34 +134,34 @@ class Worker:
                  ", token ***" if sub.token else "")
 
     def _supervise(self, now: float) -> None:
-        """Re-open streams that ended with an error (the library retries transient ones)."""
-        for stream in self._streams:
-            future = stream.future
+        """Re-open streaming pulls that ended with an error (the library retries transient ones)."""
+        for relay in self._relays:
+            future = relay.future
             if future is None:
-                if now >= stream.retry_at and not self._stop.is_set():
-                    self._subscribe(stream)
+                if now >= relay.retry_at and not self._stop.is_set():
+                    self._subscribe(relay)
                 continue
             if not future.done():
-                if stream.failures and now >= stream.retry_at + 10:
-                    stream.failures = 0
+                if relay.failures and now >= relay.retry_at + 10:
+                    relay.failures = 0
                 continue
             try:
                 future.result(timeout=0)
                 error: BaseException | None = None
             except BaseException as e:  # noqa: BLE001 - reported, then retried
                 error = e
-            stream.failures += 1
-            delay = _RESUBSCRIBE.cap(stream.failures)
+            relay.failures += 1
+            delay = _RESUBSCRIBE.cap(relay.failures)
             log.error("streaming pull on %s ended: %s; retrying in %gs",
-                      stream.sub.subscription_path, error or "closed", delay)
-            stream.future = None
-            stream.retry_at = now + delay
+                      relay.sub.subscription_path, error or "closed", delay)
+            relay.future = None
+            relay.retry_at = now + delay
 
     def _shutdown(self) -> None:
         log.info("shutting down: finish in-flight POSTs, nack the rest, stop pulling")
         # 1. From now on every message is nacked without a POST, and messages waiting for a
-        #    backed-off endpoint are nacked at once.  This happens while the streams are
-        #    still open: servers honour those nacks immediately (a nack sent after the stream
+        #    backed-off endpoint are nacked at once.  This happens while the streaming pulls are
+        #    still open: servers honour those nacks immediately (a nack sent after the relay
         #    closed may only take effect when the ack deadline expires, e.g. on Google's
         #    reference emulator).
         self._stopping.set()
@@ -173,7 +175,7 @@ class Worker:
             time.sleep(0.02)
         time.sleep(0.2)
         # 3. Stop pulling; the library nacks whatever it still holds and waits for callbacks.
-        futures = [s.future for s in self._streams if s.future is not None]
+        futures = [s.future for s in self._relays if s.future is not None]
         for future in futures:
             future.cancel()
         deadline = time.monotonic() + timeout + 15.0
@@ -181,7 +183,7 @@ class Worker:
             try:
                 future.result(timeout=max(0.1, deadline - time.monotonic()))
             except Exception as e:  # noqa: BLE001 - shutting down anyway
-                log.debug("stream ended with %r during shutdown", e)
+                log.debug("streaming pull ended with %r during shutdown", e)
         if self._subscriber is not None:
             try:
                 self._subscriber.close()
@@ -203,13 +205,13 @@ class Worker:
 
     # -- per message -----------------------------------------------------------------------
 
-    def _handle(self, stream: _Stream, message: Any) -> None:
+    def _handle(self, relay: _Relay, message: Any) -> None:
         """Message callback (runs in the subscription's thread pool).
 
         The message is held (and its lease extended by the client library) until the POST
         has finished; only then is it acked or nacked.
         """
-        sub = stream.sub
+        sub = relay.sub
         path = sub.subscription_path
         try:
             if self._stopping.is_set():
@@ -220,13 +222,13 @@ class Worker:
                                     sub.write_metadata)
             self._set_busy(+1)
             try:
-                ticket = stream.gate.acquire(self._stopping)
+                ticket = relay.gate.acquire(self._stopping)
                 if ticket is None:
                     message.nack()
                     self.stats.record(path, "shutdown_nacked")
                     return
-                result = stream.deliverer.post(request.body, request.headers)
-                before = stream.gate.release(ticket, result.outcome is Outcome.ACK)
+                result = relay.deliverer.post(request.body, request.headers)
+                before = relay.gate.release(ticket, result.outcome is Outcome.ACK)
             finally:
                 self._set_busy(-1)
         except Exception:
