@@ -59,7 +59,7 @@ class Snapshots:
         rn = names.snapshot(request.snapshot.name)
 
         def change(snapshot: Any) -> None:  # (after the read: NOT_FOUND before a bad mask)
-            paths = check_mask(request.update_mask, SNAPSHOT_MUTABLE, "Snapshot")
+            paths = check_mask(request.update_mask, snapshot, SNAPSHOT_MUTABLE, "Snapshot")
             check_labels(request.snapshot.labels)
             apply_mask(snapshot, request.snapshot, paths)
 

@@ -21,6 +21,7 @@ from .validation import (
     check_mask,
     check_subscription,
     note_unhonoured,
+    with_present_fields,
 )
 
 log = logging.getLogger("pubsub_emulator.service")
@@ -59,13 +60,14 @@ class Subscriptions:
         return sub
 
     async def get_subscription(self, request: Any) -> Any:
-        return await self._catalog.subscription(request.subscription)
+        return with_present_fields(await self._catalog.subscription(request.subscription))
 
     async def update_subscription(self, request: Any) -> Any:
         rn = names.subscription(request.subscription.name)
 
         def change(sub: Any) -> None:  # (after the read: NOT_FOUND before a bad mask)
-            paths = check_mask(request.update_mask, SUBSCRIPTION_MUTABLE, "Subscription")
+            paths = check_mask(request.update_mask, sub, SUBSCRIPTION_MUTABLE,
+                               "Subscription")
             apply_mask(sub, request.subscription, paths)
             check_subscription(sub, creating=False)
 
@@ -79,7 +81,8 @@ class Subscriptions:
         subscriptions, token = await self._catalog.list_project(
             Kind.SUBSCRIPTION, request.project, request.page_size, request.page_token,
             Subscription)
-        return t.ListSubscriptionsResponse.pb()(subscriptions=subscriptions,
+        return t.ListSubscriptionsResponse.pb()(subscriptions=[with_present_fields(sub) for sub
+                                                               in subscriptions],
                                                 next_page_token=token)
 
     async def delete_subscription(self, request: Any) -> Any:

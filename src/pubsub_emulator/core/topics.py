@@ -56,9 +56,9 @@ class Topics:
         rn = names.topic(request.topic.name)
 
         async def change(topic: Any) -> None:  # (after the read: NOT_FOUND before a bad mask)
-            paths = check_mask(request.update_mask, TOPIC_MUTABLE, "Topic")
-            await self._validate(request.topic)
+            paths = check_mask(request.update_mask, topic, TOPIC_MUTABLE, "Topic")
             apply_mask(topic, request.topic, paths)
+            await self._validate(topic)  # the topic as it will be (a mask may be partial)
 
         current = await self._catalog.rewrite(Kind.TOPIC, request.topic.name, Topic, rn.id,
                                               change)

@@ -39,30 +39,59 @@ def check_labels(labels: Any) -> None:
             raise invalid_argument(f"Invalid label: {k}={v}")
 
 
-def check_mask(mask: field_mask_pb2.FieldMask, mutable: frozenset[str], kind: str) -> list[str]:
+def check_mask(mask: field_mask_pb2.FieldMask, resource: Message, mutable: frozenset[str],
+               kind: str) -> list[list[str]]:
+    """The update mask's paths as field names, each checked against what may change.
+
+    Cloud Pub/Sub accepts paths in the proto (snake_case) and the JSON (camelCase) spelling,
+    and nested paths into message fields (e.g. `retryPolicy.minimumBackoff`,
+    `schemaSettings.firstRevisionId`); each path comes back as its snake_case segments.
+    """
     if not mask.paths:
         raise invalid_argument("The update_mask in the request must be set and non-empty.")
+    resolved = []
     for path in mask.paths:
-        root = path.split(".")[0]
-        if root not in mutable:
+        segments = _field_names(resource.DESCRIPTOR, path)
+        if segments is None or segments[0] not in mutable:
             raise invalid_argument(f"Invalid update_mask provided in the Update{kind} request: "
                                    f"the '{path}' field cannot be updated.")
-    return list(mask.paths)
+        resolved.append(segments)
+    return resolved
 
 
-def apply_mask(target: Message, source: Message, paths: list[str]) -> None:
-    """Copy the masked top-level fields from source to target (unset in source: cleared)."""
-    for path in paths:
-        root = path.split(".")[0]
-        fd = source.DESCRIPTOR.fields_by_name[root]
-        target.ClearField(root)
+def _field_names(descriptor: Any, path: str) -> list[str] | None:
+    """`path`'s segments as proto field names, or None if a segment names no field (or goes
+    into a repeated field or map, which masks cannot address piecewise)."""
+    names: list[str] = []
+    for segment in path.split("."):
+        if descriptor is None:
+            return None
+        fd = descriptor.fields_by_name.get(segment) or descriptor.fields_by_camelcase_name.get(
+            segment)
+        if fd is None:
+            return None
+        names.append(fd.name)
+        descriptor = None if fd.is_repeated else fd.message_type
+    return names
+
+
+def apply_mask(target: Message, source: Message, paths: list[list[str]]) -> None:
+    """Copy each masked field from source to target (unset in source: cleared there)."""
+    for segments in paths:
+        *parents, leaf = segments
+        src: Any = source
+        dst: Any = target
+        for name in parents:
+            src, dst = getattr(src, name), getattr(dst, name)
+        fd = src.DESCRIPTOR.fields_by_name[leaf]
+        dst.ClearField(leaf)
         if fd.is_repeated:  # repeated fields and maps
-            getattr(target, root).MergeFrom(getattr(source, root))
+            getattr(dst, leaf).MergeFrom(getattr(src, leaf))
         elif fd.message_type is not None:
-            if source.HasField(root):
-                getattr(target, root).CopyFrom(getattr(source, root))
+            if src.HasField(leaf):
+                getattr(dst, leaf).CopyFrom(getattr(src, leaf))
         else:
-            setattr(target, root, getattr(source, root))
+            setattr(dst, leaf, getattr(src, leaf))
 
 
 def check_topic_retention(topic: Any) -> None:
@@ -96,6 +125,14 @@ def check_subscription(sub: Any, creating: bool) -> None:
     endpoint = sub.push_config.push_endpoint
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise invalid_argument(f"Invalid push_endpoint given: {endpoint}")
+    with_present_fields(sub)
+
+
+def with_present_fields(sub: Any) -> Any:
+    """The subscription with the fields Google always returns, empty or not: a pull
+    subscription has an empty `pushConfig` ({} in JSON), which clients read without a check."""
+    sub.push_config.SetInParent()
+    return sub
 
 
 def _check_retention_and_expiration(sub: Any, creating: bool) -> None:
