@@ -12,6 +12,13 @@ except NameError:  # Python 3
 
 _B64_RE = re.compile(r'^[A-Za-z0-9+/_-]*={0,2}$')
 METADATA_HEADER_PREFIX = 'x-goog-pubsub-'
+# The largest push body accepted (413 above it). A Pub/Sub message is at most 10 MB (data and
+# attributes together); wrapped, its data is base64 (4/3: ~13.4 MiB for 10 MiB) inside a JSON
+# envelope whose attributes may grow up to 6x by JSON escaping (100 attributes of at most
+# 256 + 1024 bytes: under 1 MiB), so 16 MiB holds any real push. App Engine itself refuses
+# requests over 32 MB, but AppScale's front end is not known to cap them, and a body is read
+# into memory whole: this bounds what one request can make an instance hold.
+MAX_PUSH_BODY_BYTES = 16 * 1024 * 1024
 
 
 class MalformedPush(ValueError):
@@ -90,9 +97,16 @@ def parse_envelope(body):
     try:
         if isinstance(body, bytes):
             body = body.decode('utf-8')
+    except UnicodeError:
+        raise MalformedPush('body is not UTF-8 JSON')
+    try:
         envelope = json.loads(body)
-    except (ValueError, UnicodeError):
+    except ValueError:
         raise MalformedPush('body is not JSON')
+    except RuntimeError:
+        # json recurses once per nesting level: thousands of [ or { exhaust the stack
+        # (RuntimeError under Python 2, its subclass RecursionError under Python 3).
+        raise MalformedPush('body is JSON nested too deeply')
     if not isinstance(envelope, dict):
         raise MalformedPush('envelope is not a JSON object')
     message = envelope.get('message')
@@ -129,9 +143,21 @@ def metadata_headers(headers):
                 if k.lower().startswith(METADATA_HEADER_PREFIX))
 
 
+def _header_text(name, value):
+    """A metadata header's value as text. WSGI under Python 2 hands header values over as
+    bytes, undecoded: one that is not UTF-8 would break the log line later, so it is refused
+    here (MalformedPush) instead."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode('utf-8')
+        except UnicodeError:
+            raise MalformedPush('header %s is not valid UTF-8' % name)
+    return value
+
+
 def parse_unwrapped(body, headers):
     """An unwrapped (noWrapper) push: the body is the data, metadata in x-goog-pubsub-*."""
-    meta = metadata_headers(headers)
+    meta = dict((k, _header_text(k, v)) for k, v in metadata_headers(headers).items())
     return PushMessage(
         data=body or b'',
         message_id=meta.get('x-goog-pubsub-message-id'),

@@ -9,7 +9,8 @@ Google documents for push receivers:
   token's `kid`; the certificates are cached in memory for their `Cache-Control: max-age`
   (else DEFAULT_CERTS_TTL) and refetched when a token names an unknown `kid`;
 - `aud` equals `PUBSUB_OIDC_AUDIENCE`; `iss` is accounts.google.com (with or without https://);
-- `exp` not passed and `iat` not in the future (CLOCK_SKEW_SECONDS of slack either way);
+- `exp` not passed and `iat` not in the future (CLOCK_SKEW_SECONDS of slack either way), both
+  finite numbers (not NaN, Infinity or a boolean);
 - `email_verified` true and, when `PUBSUB_OIDC_EMAIL` is set, `email` equals it.
 
 Pure Python, Python 2.7 and 3: oauth2client.crypt.RsaVerifier (rsa + pyasn1) reads the
@@ -21,6 +22,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -217,8 +219,28 @@ def _show(value):
         return '<unprintable>'
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+try:  # Python 2: JSON integers beyond the machine word are longs
+    _NUMBER_TYPES = (int, long, float)  # noqa: F821
+except NameError:  # Python 3
+    _NUMBER_TYPES = (int, float)
+
+
+def _finite_time(value):
+    """`value` (an exp or iat claim) as a float, or None unless it is a finite JSON number.
+
+    Python's json reads NaN and Infinity: NaN compares false with everything and Infinity is
+    never passed, so either would slip past the time checks (and -Infinity made int() raise);
+    True is an int in Python; an integer too large for a float would make the arithmetic raise.
+    """
+    if isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    if math.isnan(value) or math.isinf(value):
+        return None
+    return value
 
 
 def verify_token(token, config, now=None, certs=None):
@@ -240,6 +262,10 @@ def verify_token(token, config, now=None, certs=None):
         signature = _b64url_decode(signature_b64)
     except (ValueError, TypeError, UnicodeError, binascii.Error):
         raise InvalidToken('token is not a well-formed JWT')
+    except RuntimeError:
+        # Read before the signature is checked, so anyone can send it: deeply nested JSON
+        # exhausts json's recursion (RecursionError, a RuntimeError, under Python 3).
+        raise InvalidToken('token is not a well-formed JWT (JSON nested too deeply)')
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise InvalidToken('token header or payload is not a JSON object')
     if header.get('alg') != 'RS256':
@@ -268,14 +294,23 @@ def verify_token(token, config, now=None, certs=None):
     aud = payload.get('aud')
     if aud != config.audience:
         raise InvalidToken('wrong audience %s (expected %s)' % (_show(aud), _show(config.audience)))
-    exp, iat = payload.get('exp'), payload.get('iat')
-    if not _is_number(exp):
+    if payload.get('exp') is None:
         raise InvalidToken('token has no exp')
+    exp = _finite_time(payload.get('exp'))
+    if exp is None:
+        raise InvalidToken('token exp %s is not a finite number' % _show(payload.get('exp')))
     if now > exp + CLOCK_SKEW_SECONDS:
         raise InvalidToken('token expired %d seconds ago' % int(now - exp))
-    if iat is not None and (not _is_number(iat) or iat > now + CLOCK_SKEW_SECONDS):
-        raise InvalidToken('token iat is in the future or not a number')
-    if payload.get('email_verified') not in (True, 'true'):
+    if payload.get('iat') is not None:
+        iat = _finite_time(payload.get('iat'))
+        if iat is None:
+            raise InvalidToken('token iat %s is not a finite number'
+                               % _show(payload.get('iat')))
+        if iat > now + CLOCK_SKEW_SECONDS:
+            raise InvalidToken('token iat is in the future')
+    # `in (True, 'true')` would also let 1 and 1.0 through (1 == True in Python)
+    verified = payload.get('email_verified')
+    if verified is not True and verified != 'true':
         raise InvalidToken('email_verified is not true')
     if config.email and payload.get('email') != config.email:
         raise InvalidToken('wrong email %s (expected %s)'

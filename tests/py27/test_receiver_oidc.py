@@ -267,7 +267,7 @@ def test_hs256_403(app, caplog):
     assert_rejected(push(app, make_jwt(alg='HS256')), caplog, 403, 'not RS256')
 
 
-@pytest.mark.parametrize('verified', [False, 'false', None])
+@pytest.mark.parametrize('verified', [False, 'false', None, 1, 1.0, 'True', [True]])
 def test_email_not_verified_403(app, caplog, verified):
     resp = push(app, make_jwt(claims(email_verified=verified)))
     assert_rejected(resp, caplog, 403, 'email_verified')
@@ -322,6 +322,76 @@ def test_oidc_off_unchanged(app, caplog, certs_server, monkeypatch):
     assert push(app, make_jwt(), token='wrong').status_int == 403
     assert len(received(caplog)) == 2
     assert certs_server.requests == []
+
+
+NOT_FINITE = [float('nan'), float('inf'), float('-inf'), True, False, 10 ** 400, -10 ** 400,
+              '1999999999', [1999999999], {}]
+NOT_FINITE_IDS = ['NaN', 'Infinity', '-Infinity', 'true', 'false', '1e400 int', '-1e400 int',
+                  'string', 'list', 'object']
+
+
+@pytest.mark.parametrize('exp', NOT_FINITE, ids=NOT_FINITE_IDS)
+def test_exp_not_a_finite_number_403(app, caplog, exp):
+    """json writes and reads NaN and Infinity; NaN compares false with everything (never
+    expires), -Infinity used to overflow int() (a 500), True is an int in Python."""
+    resp = push(app, make_jwt(claims(exp=exp)))
+    assert_rejected(resp, caplog, 403, 'exp')
+    assert 'not a finite number' in warnings(caplog)[0]
+
+
+@pytest.mark.parametrize('iat', NOT_FINITE, ids=NOT_FINITE_IDS)
+def test_iat_not_a_finite_number_403(app, caplog, iat):
+    resp = push(app, make_jwt(claims(iat=iat)))
+    assert_rejected(resp, caplog, 403, 'iat')
+    assert 'not a finite number' in warnings(caplog)[0]
+
+
+def test_float_times_accepted(app, caplog):
+    now = time.time()
+    assert push(app, make_jwt(claims(iat=now - 0.5, exp=now + 3600.5))).status_int == 204
+
+
+def test_no_iat_accepted(app, caplog):
+    assert push(app, make_jwt(claims(iat=None))).status_int == 204
+
+
+def _unsigned_jwt(header_json, payload_json):
+    return '.'.join([b64url(header_json), b64url(payload_json), b64url(b'sig')])
+
+
+@pytest.mark.parametrize('part', ['header', 'payload'])
+def test_deeply_nested_token_json_403(app, caplog, part):
+    """Header and payload are parsed before the signature is checked: nesting deeper than
+    json's recursion allows (within MAX_TOKEN_BYTES) is an invalid token, not a 500."""
+    deep = b'[' * 5000 + b']' * 5000
+    plain = json.dumps({'alg': 'RS256', 'kid': KID_A}).encode('utf-8')
+    jwt = _unsigned_jwt(deep, plain) if part == 'header' else _unsigned_jwt(plain, deep)
+    assert len(jwt) <= oidc.MAX_TOKEN_BYTES
+    assert_rejected(push(app, jwt), caplog, 403, 'nested too deeply')
+
+
+@pytest.mark.parametrize('authorization,status,reason', [
+    ('Bearer \xff\xfe.e30.e30', 403, 'well-formed'),
+    ('Bearer a.b.\xff', 403, 'well-formed'),
+    ('\xffBearer abc', 401, 'Bearer'),
+    ('Bearer \x00', 403, 'not a JWT'),
+], ids=['header part', 'signature part', 'scheme', 'nul'])
+def test_odd_bytes_in_authorization_header(app, caplog, authorization, status, reason):
+    # Python 2 WSGI hands header values over as undecoded bytes: sent as they are
+    resp = app.post('/pubsub/push?token=%s' % TOKEN, envelope_json(),
+                    headers={'Authorization': authorization},
+                    content_type='application/json', expect_errors=True)
+    assert_rejected(resp, caplog, status, reason)
+
+
+def test_oversized_token_403(app, caplog):
+    jwt = 'a' * (oidc.MAX_TOKEN_BYTES + 1)
+    assert_rejected(push(app, jwt), caplog, 403, 'too long')
+
+
+def test_token_payload_not_an_object_403(app, caplog):
+    jwt = _unsigned_jwt(json.dumps({'alg': 'RS256'}).encode('utf-8'), b'null')
+    assert_rejected(push(app, jwt), caplog, 403, 'not a JSON object')
 
 
 # -- helpers, directly -------------------------------------------------------------------
