@@ -34,10 +34,13 @@ class Kind(enum.Enum):
     ACTIVITY = "activity"
     # The emulator's OIDC signing key (push tokens).
     SIGNING_KEY = "keys"
+    # Service account keys' public halves (auth/keys.py): who may call the API.
+    SERVICE_ACCOUNT_KEY = "serviceAccountKeys"
 
 
 # Kinds whose changes every process sharing a store must hear of (they cache them).
-ANNOUNCED_KINDS = frozenset({Kind.TOPIC, Kind.SUBSCRIPTION, Kind.SNAPSHOT, Kind.SCHEMA})
+ANNOUNCED_KINDS = frozenset({Kind.TOPIC, Kind.SUBSCRIPTION, Kind.SNAPSHOT, Kind.SCHEMA,
+                             Kind.SERVICE_ACCOUNT_KEY})
 
 
 # --- errors ------------------------------------------------------------------------------------
