@@ -315,3 +315,41 @@ def test_ordering_keys_keep_publish_order_through_redelivery(store):
     store.messages.modify_deadline(S, [third[0].ack_id], 0, 2, policy=ordered)
     again = store.messages.pull(S, 10, 10_000, 2, policy=ordered)
     assert [data_of(d) for d in again] == [b"a2", b"a3"]
+
+
+def test_ids_never_repeat_after_reopen_even_when_nothing_was_stored(backend):
+    open_store, durable = backend
+    if not durable:
+        pytest.skip("this backend keeps nothing across processes by design (--in-memory)")
+    lonely = "projects/p/topics/lonely"  # no subscription, no retention: no message is kept
+    first = open_store()
+    first.resources.create(Kind.TOPIC, lonely, b"topic")
+    ids = first.messages.publish(lonely, [msg(b"a"), msg(b"b")], now())
+    first.close()
+    second = open_store()
+    more = second.messages.publish(lonely, [msg(b"c"), msg(b"d")], now())
+    assert len(set(ids + more)) == 4
+
+
+def test_a_subscription_made_again_under_a_deleted_name_starts_empty(store):
+    store.messages.publish(T, [msg(b"old %d" % i) for i in range(20)], 0)
+    assert store.resources.delete(Kind.SUBSCRIPTION, S)
+    store.resources.create(Kind.SUBSCRIPTION, S, b"sub", topic=T)
+    assert store.messages.backlog(S) == 0
+    store.messages.publish(T, [msg(b"new")], 0)
+    assert [data_of(d) for d in store.messages.pull(S, 50, 10_000, 0)] == [b"new"]
+
+
+def test_a_snapshot_saved_again_under_a_deleted_name_has_only_its_new_state(store):
+    snap = "projects/p/snapshots/again"
+    store.messages.publish(T, [msg(b"old")], 1_000)
+    store.resources.create(Kind.SNAPSHOT, snap, b"snap", topic=T)
+    store.messages.save_snapshot(snap, S)
+    assert store.resources.delete(Kind.SNAPSHOT, snap)
+    store.messages.acknowledge(S, [d.ack_id for d in store.messages.pull(S, 10, 60_000, 2_000)])
+    store.messages.publish(T, [msg(b"new")], 3_000)
+    store.resources.create(Kind.SNAPSHOT, snap, b"snap", topic=T)
+    store.messages.save_snapshot(snap, S)
+    store.messages.acknowledge(S, [d.ack_id for d in store.messages.pull(S, 10, 60_000, 4_000)])
+    store.messages.seek_to_snapshot(S, snap, 5_000)
+    assert [data_of(d) for d in store.messages.pull(S, 10, 60_000, 5_000)] == [b"new"]

@@ -180,7 +180,8 @@ class ResourceTable(abc.ABC):
     async def delete(self, kind: Kind, name: str) -> bool:
         """Delete a resource; a subscription's backlog and a snapshot's state go with it.
 
-        False if absent.
+        False if absent. The deletion is visible at once and entirely (no call sees part of the
+        backlog afterwards); a store may reclaim the storage it took later, in the background.
         """
 
     @abc.abstractmethod
@@ -278,7 +279,11 @@ class MessageLog(abc.ABC):
 
     @abc.abstractmethod
     async def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
-        """Apply retention and reclaim messages nothing needs. Returns how many went."""
+        """Apply retention and reclaim messages nothing needs. Returns how many went.
+
+        A store may do it in steps and serve other calls between them; every step leaves
+        what any call needs (a backlog, a snapshot, a topic's retained messages) in place.
+        """
 
 
 class StoreListener(Protocol):
@@ -295,8 +300,9 @@ class Store(abc.ABC):
     """Durable state behind the Pub/Sub API, used from one asyncio event loop.
 
     Methods are coroutines so that a store that talks to a server (NATS) lets the loop serve
-    other calls while it waits; the embedded store never suspends, so each of its calls is
-    atomic with respect to the others.
+    other calls while it waits. The embedded store suspends only between the steps of a sweep
+    and of its background reclaiming, so each of its calls' visible effect is atomic with
+    respect to the others.
     """
 
     resources: ResourceTable

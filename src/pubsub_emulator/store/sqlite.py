@@ -5,12 +5,22 @@ transaction survives the process being killed (it is in the OS's page cache and 
 only a power loss can take the last transactions, which is the trade Cloud Pub/Sub's clients
 would not notice on a laptop or CI machine and which buys an order of magnitude in publish rate.
 
+Message ids are the `seq` of the messages table, one sequence for every topic, and never
+repeat: `IdCounter` records a mark above the ids handed out before it hands them out, including
+ids of a publish that stores nothing (a topic with no subscription).
+
 `SqliteResources` is the resource table, `SqliteMessages` the message log; they share one
-connection and `Fanout`, the in-memory map of which subscriptions each topic feeds.
+connection, `Fanout`, the in-memory map of which subscriptions each topic feeds, and the
+`Reclaimer`. Deleting a subscription or snapshot is one atomic step (it is gone at once); the
+rows it leaves behind, and the space they took, are reclaimed afterwards in bounded chunks by a
+background task that lets the event loop serve other calls between chunks. The retention sweep
+works in chunks too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +42,8 @@ from .base import (
     stamp,
 )
 from .pages import decode_page_token, page_of
+
+log = logging.getLogger("pubsub_emulator.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -71,10 +83,49 @@ CREATE TABLE IF NOT EXISTS snapshot_items (
     seq INTEGER NOT NULL,
     PRIMARY KEY (name, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 # `next_at` of an acknowledged message kept for seek (retain_acked_messages): never due.
 ACKED = 1 << 62
+
+# Rows a background or sweep step deletes before it yields to the event loop: about 1 ms of
+# work for delivery rows, 5 ms for 1 KiB messages on a small machine, so other requests wait
+# at most that long behind a large reclaim (plus a WAL checkpoint now and then).
+CHUNK = 500
+# Ids recorded ahead of those handed out: the mark is written once per this many ids, not on
+# every publish (ids after a restart continue above the mark, so they skip at most this many).
+ID_BLOCK = 1000
+# Free pages worth giving back to the file system: at least this many, and a quarter of the
+# file (fewer are reused by the next inserts anyway), so the file stays within ~4/3 of live data.
+COMPACT_MIN_PAGES = 256
+# Pages one incremental_vacuum step returns before it yields to the event loop (~7 ms).
+VACUUM_PAGES = 512
+# The WAL file is cut back to this size whenever it is reset (bytes); without it a WAL grown
+# by a large transaction keeps its size for good.
+JOURNAL_SIZE_LIMIT = 8 << 20
+
+
+def open_database(target: str) -> sqlite3.Connection:
+    """A connection with the store's settings and schema; an older file is converted once."""
+    db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+    # Incremental auto-vacuum lets freed pages be given back (incremental_vacuum). It can be
+    # set only before the first table is created: a database made without it is rebuilt once
+    # by VACUUM, which takes a while for a large file but happens a single time.
+    has_tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] > 0
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        if has_tables:
+            log.info("converting %s to incremental auto-vacuum (one-time VACUUM)", target)
+            db.execute("VACUUM")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+    db.executescript(_SCHEMA)
+    return db
 
 
 @contextmanager
@@ -87,6 +138,165 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+class IdCounter:
+    """Message ids: increasing, and never handed out twice, across restarts and crashes.
+
+    Before handing out an id above the recorded mark, it records a new mark ID_BLOCK ahead
+    (a commit of its own, durable like a publish's), so a publish that stores no rows has its
+    ids covered too, and the cost is one small write per ID_BLOCK ids rather than per publish.
+    A restart continues above the mark.
+    """
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        # A database written before the counter existed: the best it knows is the highest id
+        # it stored (sqlite_sequence) or that a snapshot recorded.
+        marks = [row[0] for row in (
+            db.execute("SELECT value FROM counters WHERE name='message_ids'").fetchone(),
+            db.execute("SELECT seq FROM sqlite_sequence WHERE name='messages'").fetchone(),
+            db.execute("SELECT MAX(high_water) FROM snapshot_state").fetchone(),
+        ) if row and row[0] is not None]
+        self.last: int = max(marks, default=0)
+        self._recorded = self.last
+
+    def take(self, count: int) -> range:
+        """The next `count` ids, recorded as used before they are returned."""
+        first, last = self.last + 1, self.last + count
+        if last > self._recorded:
+            mark = last + ID_BLOCK
+            self._db.execute("INSERT INTO counters (name, value) VALUES ('message_ids', ?) "
+                             "ON CONFLICT (name) DO UPDATE SET value=excluded.value", (mark,))
+            self._recorded = mark
+        self.last = last
+        return range(first, last + 1)
+
+
+class Reclaimer:
+    """Reclaims rows nothing can see any more, and their space, in the background.
+
+    A deleted subscription's delivery rows and a deleted snapshot's items are deleted CHUNK
+    rows at a time, yielding to the event loop in between; then, if many pages are free, they
+    are given back to the file system (incremental_vacuum, a step at a time) and the WAL is
+    checkpointed and truncated. Subscription ids are never reused (AUTOINCREMENT), so rows of
+    a deleted subscription cannot be mistaken for a later one's.
+    """
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._subscriptions: set[int] = set()
+        self._snapshots: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.reclaimed = 0  # rows deleted so far (tests and the log)
+        self._find_leftovers()
+
+    def _find_leftovers(self) -> None:
+        """Rows a stop or crash left before they were reclaimed: an index seek per owner."""
+        db = self._db
+        live = {row[0] for row in db.execute("SELECT id FROM resources WHERE kind=?",
+                                             (Kind.SUBSCRIPTION.value,))}
+        row = db.execute("SELECT MIN(sub_id) FROM deliveries").fetchone()
+        while row and row[0] is not None:
+            if row[0] not in live:
+                self._subscriptions.add(row[0])
+            row = db.execute("SELECT MIN(sub_id) FROM deliveries WHERE sub_id>?",
+                             (row[0],)).fetchone()
+        row = db.execute("SELECT MIN(name) FROM snapshot_items").fetchone()
+        while row and row[0] is not None:
+            if not db.execute("SELECT 1 FROM snapshot_state WHERE name=?", row).fetchone():
+                self._snapshots.add(row[0])
+            row = db.execute("SELECT MIN(name) FROM snapshot_items WHERE name>?",
+                             row).fetchone()
+
+    def subscription_deleted(self, sub_id: int) -> None:
+        self._subscriptions.add(sub_id)
+        self.start()
+
+    def snapshot_deleted(self, name: str) -> None:
+        self._snapshots.add(name)
+        self.start()
+
+    def start(self) -> None:
+        """Run the background task if there is work (called from a coroutine)."""
+        if (self._task is None or self._task.done()) and (
+                self._subscriptions or self._snapshots or self._compaction_due()):
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def idle(self) -> None:
+        """Wait until everything queued so far is reclaimed and compacted."""
+        while self._task is not None and not self._task.done():
+            await asyncio.wait({self._task})
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()  # it stops at a yield: between chunks, never inside one
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if task.get_loop() is running:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        try:
+            while self._subscriptions or self._snapshots:
+                if self._subscriptions:
+                    self._reclaim_subscription(next(iter(self._subscriptions)))
+                else:
+                    self._reclaim_snapshot(next(iter(self._snapshots)))
+                await asyncio.sleep(0)
+            if self._compaction_due():
+                await self._compact()
+        except sqlite3.Error:  # the next delete or sweep starts it again
+            log.exception("reclaiming storage failed")
+
+    def _reclaim_subscription(self, sub_id: int) -> None:
+        gone = self._db.execute(
+            "DELETE FROM deliveries WHERE sub_id=? AND seq IN "
+            "(SELECT seq FROM deliveries WHERE sub_id=? ORDER BY seq LIMIT ?)",
+            (sub_id, sub_id, CHUNK)).rowcount
+        self.reclaimed += gone
+        if gone < CHUNK:
+            self._subscriptions.discard(sub_id)
+
+    def _reclaim_snapshot(self, name: str) -> None:
+        # A snapshot saved again under the name meanwhile owns the items now: leave them.
+        gone = self._db.execute(
+            "DELETE FROM snapshot_items WHERE name=? AND seq IN "
+            "(SELECT seq FROM snapshot_items WHERE name=? ORDER BY seq LIMIT ?) "
+            "AND NOT EXISTS (SELECT 1 FROM snapshot_state WHERE name=?)",
+            (name, name, CHUNK, name)).rowcount
+        self.reclaimed += gone
+        if gone < CHUNK:
+            self._snapshots.discard(name)
+
+    def _compaction_due(self) -> bool:
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        return free >= max(COMPACT_MIN_PAGES, pages // 4)
+
+    async def _compact(self) -> None:
+        """Give free pages back to the file system, then empty and truncate the WAL."""
+        db = self._db
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        while free > 0:
+            # The pragma frees one page per step of its statement, and execute() steps a
+            # statement without result columns once: executescript() runs it to completion.
+            db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+            left = db.execute("PRAGMA freelist_count").fetchone()[0]
+            if left >= free:  # not in incremental mode (an in-memory database): nothing to do
+                break
+            free = left
+            await asyncio.sleep(0)
+        # The file shrinks when the checkpoint copies the vacuumed pages into it; TRUNCATE
+        # also cuts the WAL to zero bytes.
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 class Fanout:
@@ -120,9 +330,10 @@ class Fanout:
 
 
 class SqliteResources(ResourceTable):
-    def __init__(self, db: sqlite3.Connection, fanout: Fanout) -> None:
+    def __init__(self, db: sqlite3.Connection, fanout: Fanout, reclaimer: Reclaimer) -> None:
         self._db = db
         self._fanout = fanout
+        self._reclaimer = reclaimer
 
     async def create(self, kind: Kind, name: str, data: bytes, topic: str = "") -> bool:
         try:
@@ -156,19 +367,22 @@ class SqliteResources(ResourceTable):
         return row[0] if row else None
 
     async def delete(self, kind: Kind, name: str) -> bool:
+        # One atomic step: the resource is gone at once, with its delivery state as far as any
+        # call can see (a deleted subscription is out of the fan-out map, a deleted snapshot
+        # has no state). The rows left behind go in the background, a chunk at a time.
         with transaction(self._db) as db:
             row = db.execute("SELECT id FROM resources WHERE kind=? AND name=?",
                              (kind.value, name)).fetchone()
             if row is None:
                 return False
             db.execute("DELETE FROM resources WHERE id=?", (row[0],))
-            if kind is Kind.SUBSCRIPTION:
-                db.execute("DELETE FROM deliveries WHERE sub_id=?", (row[0],))
-            elif kind is Kind.SNAPSHOT:
-                db.execute("DELETE FROM snapshot_items WHERE name=?", (name,))
+            if kind is Kind.SNAPSHOT:
                 db.execute("DELETE FROM snapshot_state WHERE name=?", (name,))
         if kind is Kind.SUBSCRIPTION:
             self._fanout.reload()
+            self._reclaimer.subscription_deleted(row[0])
+        elif kind is Kind.SNAPSHOT:
+            self._reclaimer.snapshot_deleted(name)
         return True
 
     async def list_prefixed(self, kind: Kind, prefix: str, page_size: int,
@@ -191,19 +405,18 @@ class SqliteResources(ResourceTable):
 
 
 class SqliteMessages(MessageLog):
-    def __init__(self, db: sqlite3.Connection, fanout: Fanout) -> None:
+    def __init__(self, db: sqlite3.Connection, fanout: Fanout, reclaimer: Reclaimer) -> None:
         self._db = db
         self._fanout = fanout
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='messages'").fetchone()
-        self._last_seq: int = row[0] if row else 0
+        self._ids = IdCounter(db)
+        self._sweep = RetentionSweep(db, fanout, self._ids, reclaimer)
 
     async def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
                       skip: Mapping[str, set[int]] | None = None,
                       ordering_keys: Sequence[str] | None = None,
                       retain: bool = False) -> list[str]:
-        first = self._last_seq + 1
-        self._last_seq += len(messages)
-        seqs = range(first, self._last_seq + 1)
+        seqs = self._ids.take(len(messages))
+        first = seqs.start
         ids = [str(seq) for seq in seqs]
         subscribers = self._fanout.by_topic.get(topic, [])
         if not subscribers and not retain:
@@ -384,8 +597,10 @@ class SqliteMessages(MessageLog):
         sub_id = self._fanout.sub_id(subscription)
         topic = self._topic_of(sub_id)
         with transaction(self._db) as db:
+            # Items a deleted snapshot of the same name left for the reclaimer are not ours.
+            db.execute("DELETE FROM snapshot_items WHERE name=?", (snapshot,))
             db.execute("INSERT OR REPLACE INTO snapshot_state VALUES (?,?,?)",
-                       (snapshot, topic, self._last_seq))
+                       (snapshot, topic, self._ids.last))
             db.execute("INSERT INTO snapshot_items SELECT ?, seq FROM deliveries "
                        "WHERE sub_id=? AND next_at<?", (snapshot, sub_id, ACKED))
 
@@ -406,30 +621,89 @@ class SqliteMessages(MessageLog):
                        (sub_id, now_ms, topic, high_water))
 
     async def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
-        db = self._db
-        rules = rules or RetentionRules()
+        return await self._sweep.run(now_ms, rules or RetentionRules())
+
+
+class RetentionSweep:
+    """The retention sweep, CHUNK rows per step, yielding to the event loop between steps.
+
+    Each step is atomic and decides afresh what is still needed, so a call served between two
+    steps (a seek, a snapshot, a new subscription) never loses a message it needs. Retention
+    was never exact to the millisecond (a sweep runs every few seconds), so an expired message
+    being deliverable for a few more steps changes nothing a client can rely on.
+    """
+
+    def __init__(self, db: sqlite3.Connection, fanout: Fanout, ids: IdCounter,
+                 reclaimer: Reclaimer) -> None:
+        self._db = db
+        self._fanout = fanout
+        self._ids = ids
+        self._reclaimer = reclaimer
+
+    async def run(self, now_ms: int, rules: RetentionRules) -> int:
         # Subscriptions drop what is older than their retention, acked-and-kept or not.
         for name, retention_ms in rules.subscription_ms.items():
-            sub_id = self._fanout.ids.get(name)
-            if sub_id is None:
-                continue
-            db.execute("DELETE FROM deliveries WHERE sub_id=? AND seq IN "
-                       "(SELECT seq FROM messages WHERE published_at<?)",
-                       (sub_id, now_ms - retention_ms))
-        low = self._lowest_needed()
-        kept = list(rules.topic_ms)
-        marks = ",".join("?" * len(kept))
-        gone = db.execute(f"DELETE FROM messages WHERE seq<? AND topic NOT IN ({marks})",
-                          (low, *kept)).rowcount
+            await self._expire_deliveries(name, now_ms - retention_ms)
+        gone = await self._drop_unneeded(list(rules.topic_ms))
         for topic, retention_ms in rules.topic_ms.items():
-            gone += db.execute("DELETE FROM messages WHERE topic=? AND seq<? AND published_at<?",
-                               (topic, low, now_ms - retention_ms)).rowcount
+            gone += await self._drop_expired(topic, now_ms - retention_ms)
+        self._reclaimer.start()  # gives the space back if much was freed
         return gone
+
+    async def _expire_deliveries(self, subscription: str, cutoff_ms: int) -> None:
+        """Drop the subscription's deliveries of messages published before the cutoff."""
+        after = 0
+        while (sub_id := self._fanout.ids.get(subscription)) is not None:
+            rows = self._db.execute(
+                "SELECT d.seq, m.published_at FROM deliveries d LEFT JOIN messages m "
+                "ON m.seq=d.seq WHERE d.sub_id=? AND d.seq>? ORDER BY d.seq LIMIT ?",
+                (sub_id, after, CHUNK)).fetchall()
+            old = [(sub_id, seq) for seq, published in rows
+                   if published is not None and published < cutoff_ms]
+            if old:
+                with transaction(self._db) as db:
+                    db.executemany("DELETE FROM deliveries WHERE sub_id=? AND seq=?", old)
+            if len(rows) < CHUNK:
+                return
+            after = rows[-1][0]
+            await asyncio.sleep(0)
+
+    async def _drop_unneeded(self, kept: list[str]) -> int:
+        """Delete messages below the lowest needed one, except those of topics that keep them."""
+        marks = ",".join("?" * len(kept))
+        gone, after = 0, 0
+        while True:
+            low = self._lowest_needed()
+            rows = self._db.execute(
+                f"SELECT seq FROM messages WHERE seq>? AND seq<? AND topic NOT IN ({marks}) "
+                "ORDER BY seq LIMIT ?", (after, low, *kept, CHUNK)).fetchall()
+            if not rows:
+                return gone
+            gone += self._db.execute(
+                f"DELETE FROM messages WHERE seq>? AND seq<=? AND topic NOT IN ({marks})",
+                (after, rows[-1][0], *kept)).rowcount
+            after = rows[-1][0]
+            if len(rows) < CHUNK:
+                return gone
+            await asyncio.sleep(0)
+
+    async def _drop_expired(self, topic: str, cutoff_ms: int) -> int:
+        """Delete a retaining topic's messages past its retention that nothing else needs."""
+        gone = 0
+        while True:
+            dropped = self._db.execute(
+                "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE topic=? "
+                "AND published_at<? AND seq<? LIMIT ?)",
+                (topic, cutoff_ms, self._lowest_needed(), CHUNK)).rowcount
+            gone += dropped
+            if dropped < CHUNK:
+                return gone
+            await asyncio.sleep(0)
 
     def _lowest_needed(self) -> int:
         """Messages below this sequence are unneeded, unless their topic keeps them."""
         db = self._db
-        low = self._last_seq + 1
+        low = self._ids.last + 1
         for sub_id in self._fanout.ids.values():
             row = db.execute("SELECT MIN(seq) FROM deliveries WHERE sub_id=?",
                              (sub_id,)).fetchone()
@@ -448,14 +722,13 @@ class SqliteMessages(MessageLog):
 class SqliteStore(Store):
     def __init__(self, path: str | Path | None) -> None:
         """`path` is the database file; None keeps everything in memory."""
-        target = ":memory:" if path is None else str(path)
-        self._db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(":memory:" if path is None else str(path))
         fanout = Fanout(self._db)
-        self.resources = SqliteResources(self._db, fanout)
-        self.messages = SqliteMessages(self._db, fanout)
+        # Reclaims what a delete left behind, in the background; its `idle()` waits for it.
+        self.reclaimer = Reclaimer(self._db)
+        self.resources = SqliteResources(self._db, fanout, self.reclaimer)
+        self.messages = SqliteMessages(self._db, fanout, self.reclaimer)
 
     async def close(self) -> None:
+        await self.reclaimer.stop()
         self._db.close()
