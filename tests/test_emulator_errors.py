@@ -155,3 +155,37 @@ def test_rest_unknown_route_and_bad_json(emulator):
                            json={"noSuchField": 1}, timeout=10)
     assert unknown.status_code == 400
     assert "noSuchField" in unknown.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body", [b"null", b"123", b"true", b"[]"])
+def test_rest_body_must_be_a_json_object(emulator, body):
+    import requests
+
+    answer = requests.put(f"http://{emulator.host}/v1/projects/{P}/topics/{unique('t')}",
+                          data=body, timeout=10)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["status"] == "INVALID_ARGUMENT" and error["code"] == 400
+    assert "Root element must be a message" in error["message"]
+
+
+def test_rest_iam_is_unimplemented(emulator):
+    import requests
+
+    answer = requests.post(
+        f"http://{emulator.host}/v1/projects/{P}/topics/{unique('t')}:setIamPolicy",
+        json={"policy": {}}, timeout=10)
+    assert answer.status_code == 501
+    error = answer.json()["error"]
+    assert error["code"] == 501 and error["status"] == "UNIMPLEMENTED" and error["message"]
+
+
+def test_grpc_undecodable_request_is_invalid_argument(emulator):
+    import grpc
+
+    with grpc.insecure_channel(emulator.host) as channel:
+        publish = channel.unary_unary("/google.pubsub.v1.Publisher/Publish")
+        with pytest.raises(grpc.RpcError) as info:
+            publish(b"\xff\xff\xff\xff", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "PublishRequest" in info.value.details()

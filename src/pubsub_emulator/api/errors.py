@@ -31,9 +31,31 @@ GRPC_CODE: dict[Status, grpc.StatusCode] = {status: grpc.StatusCode[status.name]
 _FROM_GRPC = {code: status for status, code in GRPC_CODE.items()}
 
 
+# HTTP statuses the HTTP layer itself answers (unknown route, method, size, framing) that
+# have no entry above: Google's front end answers an over-size request with INVALID_ARGUMENT
+# ("Request payload size exceeds the limit"), and other client faults with INVALID_ARGUMENT.
+_FROM_HTTP = {code: status for status, code in HTTP_STATUS.items()
+              if status not in (Status.FAILED_PRECONDITION, Status.OUT_OF_RANGE, Status.ABORTED)}
+_FROM_HTTP[413] = Status.INVALID_ARGUMENT
+
+# Google's message for an error that is the server's fault; the details go to the log only.
+INTERNAL_MESSAGE = "Internal error encountered."
+
+
 def status_from_grpc(code: grpc.StatusCode) -> Status:
     """The status of a gRPC code (INTERNAL for codes the catalogue does not use)."""
     return _FROM_GRPC.get(code, Status.INTERNAL)
+
+
+def status_from_http(code: int) -> Status:
+    """The status of an HTTP error status (other 4xx: INVALID_ARGUMENT; other 5xx: INTERNAL)."""
+    if code in _FROM_HTTP:
+        return _FROM_HTTP[code]
+    return Status.INVALID_ARGUMENT if code < 500 else Status.INTERNAL
+
+
+def internal_error() -> ApiError:
+    return ApiError(Status.INTERNAL, INTERNAL_MESSAGE)
 
 
 def rpc_status(exc: ApiError) -> status_pb2.Status:
