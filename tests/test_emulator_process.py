@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import urllib.request
 
@@ -105,7 +106,9 @@ def test_bad_topology_is_a_clear_error(tmp_path):
 def test_help_explains_every_flag():
     out = subprocess.run([str(VENV_BIN / "pubsub-emulator"), "start", "--help"],
                          capture_output=True, text=True, timeout=60).stdout
-    for flag in ("--host", "--port", "--data-dir", "--in-memory", "--config", "--log-level"):
+    for flag in ("--host", "--port", "--data-dir", "--in-memory", "--config", "--log-level",
+                 "--max-connections", "--idle-timeout", "--header-timeout", "--body-timeout",
+                 "--first-request-timeout"):
         assert flag in out
     gateway = subprocess.run([str(VENV_BIN / "pubsub-emulator"), "gateway", "--help"],
                              capture_output=True, text=True, timeout=60).stdout
@@ -151,3 +154,18 @@ def test_gateway_serves_rest_in_front_of_grpc(emulator):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def test_limit_flags_reach_the_server():
+    """A limit given on the command line is the one the running emulator enforces."""
+    with EmulatorProcess(extra_args=["--in-memory", "--idle-timeout", "1"]) as emu:
+        with socket.create_connection(("127.0.0.1", emu.port), timeout=5) as silent:
+            silent.settimeout(10)
+            assert silent.recv(1) == b""  # closed by the 1 s idle timeout, not after minutes
+
+
+def test_bad_limit_values_are_rejected():
+    result = subprocess.run([str(VENV_BIN / "pubsub-emulator"), "start", "--in-memory",
+                             "--idle-timeout", "soon"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "--idle-timeout" in result.stderr

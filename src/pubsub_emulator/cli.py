@@ -5,18 +5,90 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
 from . import topology
-from .server import RunningServer, create_gateway, create_server
+from .server import Limits, RunningServer, create_gateway, create_server
 from .store import open_store
 
 log = logging.getLogger("pubsub_emulator")
 
 DEFAULT_PORT = 8085
 DEFAULT_DATA_DIR = "./data/pubsub"
+# Descriptors a connection may cost: a gRPC connection holds three (the client's, the splice to
+# the private gRPC port and the gRPC server's end), plus the store, logs and outgoing push.
+FDS_PER_CONNECTION = 3
+FDS_SPARE = 256
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text!r}")
+    return value
+
+
+def _add_limits(start: argparse.ArgumentParser) -> None:
+    default = Limits()
+    limits = start.add_argument_group(
+        "limits", "keep slow, idle or too many clients from holding the emulator "
+                  "(seconds; 0 turns a timeout off)")
+    limits.add_argument("--max-connections", type=_count, default=default.max_connections,
+                        metavar="N",
+                        help="open connections at most; more are closed at once (default: "
+                             "%(default)s; 0: no limit)")
+    limits.add_argument("--idle-timeout", type=_seconds, default=default.idle_timeout,
+                        metavar="S",
+                        help="close a connection with no request and no open call after this "
+                             "long: a new one that sends nothing, HTTP/1.1 keep-alive, gRPC "
+                             "without calls (an open StreamingPull is not idle; default: "
+                             "%(default)s)")
+    limits.add_argument("--header-timeout", type=_seconds, default=default.header_timeout,
+                        metavar="S",
+                        help="the HTTP/2 preface or an HTTP/1.1 request's headers must arrive "
+                             "within this long of their first byte (default: %(default)s)")
+    limits.add_argument("--body-timeout", type=_seconds, default=default.body_timeout,
+                        metavar="S",
+                        help="an HTTP/1.1 request's body must arrive within this long of its "
+                             "headers (default: %(default)s)")
+    limits.add_argument("--first-request-timeout", type=_seconds,
+                        default=default.first_request_timeout, metavar="S",
+                        help="a StreamingPull must send its first request within this long, "
+                             "else it ends with DEADLINE_EXCEEDED (default: %(default)s)")
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+                  header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                  first_request_timeout=args.first_request_timeout)
+
+
+def _raise_descriptor_limit(max_connections: int) -> None:
+    """Raise the soft descriptor limit toward the hard one (as Go's runtime does), so that the
+    connection limit, not the descriptor limit, is what a crowd of clients meets first."""
+    if not max_connections:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections * FDS_PER_CONNECTION + FDS_SPARE
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < want:  # the limit is what it is: the front copes (see api/front.py)
+        log.warning("descriptor limit %d is below the %d that --max-connections %d may need: "
+                    "past it new connections wait until descriptors are freed",
+                    max(soft, target), want, max_connections)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"],
                        help="debug logs one line per RPC (default: %(default)s)")
+    _add_limits(start)
 
     gateway = sub.add_parser(
         "gateway", help="serve REST in front of any Pub/Sub gRPC endpoint",
@@ -111,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         where = args.store or ("memory" if args.in_memory else args.data_dir)
+        limits = _limits(args)
+        _raise_descriptor_limit(limits.max_connections)
 
         async def start() -> RunningServer:
             try:
@@ -121,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("store: %s", where)
             try:
                 return await create_server(store, args.host, args.port, resources,
-                                           args.grpc_port)
+                                           args.grpc_port, limits)
             except BaseException:
                 await store.close()
                 raise

@@ -13,13 +13,26 @@ from grpc import aio
 
 from . import topology as topologies
 from .api import grpc_server, rest
-from .api.front import Front
+from .api.front import ConnectionLimits, Front
 from .api.upstream import GrpcUpstream
 from .core.service import PubSubService
+from .core.streaming import FIRST_REQUEST_TIMEOUT_S
 from .push import PushDispatcher, TokenIssuer
 from .store import Store
 
 log = logging.getLogger("pubsub_emulator")
+
+
+@dataclass(frozen=True)
+class Limits(ConnectionLimits):
+    """The front's connection limits and the StreamingPull first-request timeout (seconds).
+
+    `idle_timeout` reaches all three owners of an idle connection: the front (nothing sent
+    yet), aiohttp (keep-alive between HTTP/1.1 requests) and the gRPC server (an HTTP/2
+    connection without calls).
+    """
+
+    first_request_timeout: float = FIRST_REQUEST_TIMEOUT_S
 
 
 @dataclass
@@ -42,33 +55,46 @@ class RunningServer:
 
 
 async def _serve_rest(call: rest.Caller, grpc_host: str, grpc_port: int, host: str, port: int,
+                      limits: ConnectionLimits,
                       extra_routes: list[web.RouteDef] | None = None,
                       ) -> tuple[Front, web.AppRunner, int]:
+    # keepalive_timeout: aiohttp closes an HTTP/1.1 connection idle between requests.
     runner = web.AppRunner(rest.create_app(call, extra_routes), access_log=None,
-                           handle_signals=False)
+                           handle_signals=False, keepalive_timeout=limits.idle_timeout)
     await runner.setup()
     http_server = runner.server
     assert http_server is not None
-    front = Front(http_server, grpc_host, grpc_port)
+    front = Front(http_server, grpc_host, grpc_port, limits)
     bound = await front.listen(host, port)
     return front, runner, bound
 
 
+def _grpc_options(limits: Limits) -> list[tuple[str, int]]:
+    """The idle timeout as gRPC's max_connection_idle (its "never" is INT_MAX)."""
+    idle = int(limits.idle_timeout * 1000) if limits.idle_timeout > 0 else 2**31 - 1
+    return [("grpc.max_connection_idle_ms", idle)]
+
+
 async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
                         topology: dict[str, Any] | None = None,
-                        grpc_only_port: int | None = None) -> RunningServer:
+                        grpc_only_port: int | None = None,
+                        limits: Limits | None = None) -> RunningServer:
     """The emulator on one port (0: any free port); `.port` says which.
 
     `grpc_only_port` also serves gRPC directly on that port, skipping the one-port front.
+    `limits`: connections and timeouts (Limits() by default; README "Limits").
     Push subscriptions are delivered by a PushDispatcher (see push/); the same port serves
     GET /debug/push and the OIDC discovery document and certificates (see push/oidc.py).
     """
+    limits = limits or Limits()
     service = PubSubService(store)
+    service.streaming_pull.first_request_timeout = limits.first_request_timeout
     if topology is not None:
         created = await topologies.apply(service, topology)
         log.info("topology applied: %d resources created", created)
     extra = [f"{host}:{grpc_only_port}"] if grpc_only_port is not None else []
-    grpc, grpc_port = await grpc_server.create_server(service, "127.0.0.1", 0, extra)
+    grpc, grpc_port = await grpc_server.create_server(service, "127.0.0.1", 0, extra,
+                                                      _grpc_options(limits))
 
     async def call(name: str, request: Any) -> Any:
         return await service.unary[name](request)
@@ -77,7 +103,7 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
     pusher = PushDispatcher(service, issuer)
     try:
         front, runner, bound = await _serve_rest(call, "127.0.0.1", grpc_port, host, port,
-                                                 pusher.routes() + issuer.routes())
+                                                 limits, pusher.routes() + issuer.routes())
     except BaseException:
         await grpc.stop(None)
         raise
@@ -91,11 +117,12 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
                          [stop_sweeper, pusher.stop, store.close])
 
 
-async def create_gateway(upstream: str, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
+async def create_gateway(upstream: str, host: str = "127.0.0.1", port: int = 0,
+                         limits: ConnectionLimits | None = None) -> RunningServer:
     """The REST front alone, forwarding every call to a Pub/Sub gRPC endpoint."""
     client = GrpcUpstream(upstream)
     upstream_host, _, upstream_port = upstream.rpartition(":")
     # gRPC clients that reach the gateway are spliced straight to the upstream.
     front, runner, bound = await _serve_rest(client.call, upstream_host, int(upstream_port),
-                                             host, port)
+                                             host, port, limits or ConnectionLimits())
     return RunningServer(bound, int(upstream_port), front, runner, None, [client.close])

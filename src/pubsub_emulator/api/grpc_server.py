@@ -10,12 +10,14 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from ..core.errors import ApiError
+from ..core.errors import ApiError, invalid_argument
 from ..core.service import PubSubService
 from . import protos
-from .errors import GRPC_CODE, rpc_status
+from .client_errors import ClientErrorLog
+from .errors import GRPC_CODE, internal_error, rpc_status
 
 log = logging.getLogger("pubsub_emulator.grpc")
+clients = ClientErrorLog(log)
 
 # Requests up to 10 MB must reach the service so it can answer with Google's INVALID_ARGUMENT
 # rather than gRPC's own RESOURCE_EXHAUSTED; allow generous headroom over the limit.
@@ -30,6 +32,14 @@ CHANNEL_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # A connection without calls is closed (GOAWAY: clients reconnect on their next call) after
+    # 5 minutes; one with an open call, such as an idle StreamingPull, is never idle. The
+    # server's `--idle-timeout` replaces this default (server.py).
+    ("grpc.max_connection_idle_ms", 300_000),
+    # Ping every connection every 2 minutes and close it when no answer comes within 20 s: a
+    # client that vanished without closing does not hold a StreamingPull open forever.
+    ("grpc.keepalive_time_ms", 120_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
 ]
 
 
@@ -40,31 +50,85 @@ async def _abort(context: aio.ServicerContext, exc: ApiError) -> None:
     await context.abort(GRPC_CODE[exc.status], exc.message, trailing_metadata=metadata)
 
 
+class Undecodable:
+    """What the request deserializer gives for bytes that are not the request message.
+
+    A deserializer that raises makes gRPC answer UNKNOWN (naming a Python exception) and log a
+    traceback for every such call; this stands in for the request instead, and the handler
+    answers INVALID_ARGUMENT.
+    """
+
+    __slots__ = ("method", "error")
+
+    def __init__(self, method: str, error: ApiError) -> None:
+        self.method = method
+        self.error = error
+
+    def refuse(self) -> ApiError:
+        clients.record(f"gRPC {self.method} {self.error.status.name}", self.error.message)
+        return self.error
+
+
+def request_decoder(method: protos.Method) -> Callable[[bytes], Any]:
+    """The request deserializer of `method`: never raises into gRPC."""
+    parse = method.request_type.FromString
+    message = (f"Invalid request: the bytes received are not a valid "
+               f"{method.request_type.DESCRIPTOR.full_name}.")
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # DecodeError, or anything else the client's bytes provoke
+            return Undecodable(method.name, invalid_argument(message))
+
+    return decode
+
+
 def _unary(service: PubSubService, method: protos.Method) -> Callable[..., Any]:
     call = service.unary[method.name]
 
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
         started = time.perf_counter()
         try:
+            if isinstance(request, Undecodable):
+                raise request.refuse()
             response = await call(request)
         except ApiError as exc:
             log.debug("%s -> %s: %s", method.name, exc.status.name, exc.message)
-            await _abort(context, exc)
-        log.debug("%s OK in %.1f ms", method.name, (time.perf_counter() - started) * 1000)
-        return response
+            error = exc
+        except Exception:  # a bug: its traceback goes to the log, the client gets INTERNAL
+            log.exception("%s failed", method.name)
+            error = internal_error()
+        else:
+            log.debug("%s OK in %.1f ms", method.name, (time.perf_counter() - started) * 1000)
+            return response
+        await _abort(context, error)  # outside the try: abort raises
 
     return handler
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The stream's requests; an undecodable one ends the call with INVALID_ARGUMENT."""
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            raise request.refuse()
+        yield request
 
 
 def _streaming_pull(service: PubSubService) -> Callable[..., Any]:
     async def handler(requests: AsyncIterator[Any], context: aio.ServicerContext
                       ) -> AsyncIterator[Any]:
         try:
-            async for response in service.streaming_pull(requests.__aiter__()):
+            async for response in service.streaming_pull(_decoded(requests.__aiter__())):
                 yield response
+            return
         except ApiError as exc:
             log.debug("StreamingPull -> %s: %s", exc.status.name, exc.message)
-            await _abort(context, exc)
+            error = exc
+        except Exception:  # a bug: its traceback goes to the log, the client gets INTERNAL
+            log.exception("StreamingPull failed")
+            error = internal_error()
+        await _abort(context, error)
 
     return handler
 
@@ -72,7 +136,7 @@ def _streaming_pull(service: PubSubService) -> Callable[..., Any]:
 def generic_handlers(service: PubSubService) -> list[grpc.GenericRpcHandler]:
     by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
     for method in protos.methods().values():
-        decode = method.request_type.FromString
+        decode = request_decoder(method)
         encode = method.response_type.SerializeToString
         if method.client_streaming and method.server_streaming:
             handler = grpc.stream_stream_rpc_method_handler(
@@ -87,12 +151,16 @@ def generic_handlers(service: PubSubService) -> list[grpc.GenericRpcHandler]:
 
 
 async def create_server(service: PubSubService, host: str = "127.0.0.1", port: int = 0,
-                        extra: list[str] | None = None) -> tuple[aio.Server, int]:
+                        extra: list[str] | None = None,
+                        options: list[tuple[str, Any]] | None = None) -> tuple[aio.Server, int]:
     """A started gRPC server for the service; returns it and the port it bound.
 
-    `extra` addresses ("host:port") are served too, e.g. a public gRPC-only port.
+    `extra` addresses ("host:port") are served too, e.g. a public gRPC-only port. `options`
+    replace the CHANNEL_OPTIONS of the same names.
     """
-    server = aio.server(options=CHANNEL_OPTIONS)
+    given = dict(options or [])
+    merged = [o for o in CHANNEL_OPTIONS if o[0] not in given] + list(given.items())
+    server = aio.server(options=merged)
     server.add_generic_rpc_handlers(generic_handlers(service))
     bound = server.add_insecure_port(f"{host}:{port}")
     for address in extra or []:

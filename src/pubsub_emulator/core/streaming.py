@@ -17,7 +17,7 @@ from google.pubsub_v1 import types as t
 from ..store import DeliveryPolicy
 from . import limits
 from .delivery import DeliveryEngine
-from .errors import ApiError, invalid_argument
+from .errors import ApiError, Status, invalid_argument
 from .events import Events
 from .policy import delivery_policy
 
@@ -27,6 +27,9 @@ StreamingPullResponse = t.StreamingPullResponse.pb()
 AckConfirmation = t.StreamingPullResponse.AcknowledgeConfirmation.pb()
 ModAckConfirmation = t.StreamingPullResponse.ModifyAckDeadlineConfirmation.pb()
 IDLE_LOOK_S = 30.0  # an idle call looks at its subscription again at least this often
+# Google's clients send the first request as the call opens; a call still silent after this
+# long holds a stream for nothing. server.py sets it from `--first-request-timeout`.
+FIRST_REQUEST_TIMEOUT_S = 60.0
 
 
 class OpenPull:
@@ -98,9 +101,10 @@ class StreamingPull:
         self._engine = engine
         self._events = events
         self._clock = clock
+        self.first_request_timeout = FIRST_REQUEST_TIMEOUT_S  # seconds; 0: wait forever
 
     async def __call__(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        first = await anext(requests, None)
+        first = await self._first(requests)
         if first is None:
             return
         call = await self._open(first)
@@ -118,6 +122,20 @@ class StreamingPull:
             self._engine.let_go(call.subscription, call)
             self._events.unwatch(call.subscription, call.wakeup)
             log.debug("StreamingPull closed on %s", call.subscription)
+
+    async def _first(self, requests: AsyncIterator[Any]) -> Any:
+        """The opening request. DEADLINE_EXCEEDED when it does not come in time: the wait for
+        the client ran out (nothing it sent was wrong, so not INVALID_ARGUMENT), and Google's
+        clients treat it as retryable and reopen the stream, where INVALID_ARGUMENT would stop
+        the subscriber for good."""
+        try:
+            return await asyncio.wait_for(anext(requests, None),
+                                          self.first_request_timeout or None)
+        except TimeoutError:
+            raise ApiError(Status.DEADLINE_EXCEEDED,
+                           f"No StreamingPullRequest received within "
+                           f"{self.first_request_timeout:g} seconds of opening the stream."
+                           ) from None
 
     async def _open(self, first: Any) -> OpenPull:
         if not first.subscription:
