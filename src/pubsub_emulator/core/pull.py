@@ -47,20 +47,22 @@ class PullRpcs:
         deadline = time.monotonic() + limits.PULL_WAIT_S
         received: list[Any] = []
         try:
-            while not received:
+            while True:
+                # Cleared before looking, so a wake-up that comes while the store is read
+                # (a NATS store suspends there) is kept for the wait below, not lost.
+                event.clear()
+                sub = await self._engine.deliverable(request.subscription)
+                received, _ = await self._engine.receive(sub, request.max_messages, lease_ms)
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if received or remaining <= 0:
                     break
                 due = await self._engine.next_due_ms(sub.name)
                 if due is not None:
                     remaining = min(remaining, max(0.0, (due - self._clock()) / 1000))
-                event.clear()
                 try:
                     await asyncio.wait_for(event.wait(), remaining)
                 except TimeoutError:
                     pass
-                sub = await self._engine.deliverable(request.subscription)
-                received, _ = await self._engine.receive(sub, request.max_messages, lease_ms)
         finally:
             self._events.unwatch(sub.name, event)
         return received

@@ -170,6 +170,9 @@ class StreamingPull:
         while not closed.is_set():
             while call.confirmations:
                 yield call.confirmations.pop(0)
+            # Cleared before looking, so a wake-up that comes while the store is read (a NATS
+            # store suspends there; a publish lands meanwhile) is kept for the sleep below.
+            call.wakeup.clear()
             now = self._clock()
             call.expire(now)
             sub = await self._engine.deliverable(call.subscription)
@@ -182,7 +185,6 @@ class StreamingPull:
                     yield StreamingPullResponse(received_messages=received,
                                                 subscription_properties=call.properties)
                     continue
-            call.wakeup.clear()
             await self._sleep(call, count > 0)
 
     async def _sleep(self, call: OpenPull, has_room: bool) -> None:
