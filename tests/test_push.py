@@ -94,7 +94,8 @@ def test_wrapped_envelope_byte_for_byte(api, receivers, emulator):
     # Both acked: nothing comes again and the counters say so.
     stats = wait_for(lambda: _debug(emulator)[sub]["delivered"] == 2 and _debug(emulator)[sub],
                      timeout=10, message="counters")
-    assert stats["nacked"] == 0 and stats["endpoint"] == receiver.url("/push?token=abc")
+    # /debug/push hides query values: a verification token is a secret (the receiver got it).
+    assert stats["nacked"] == 0 and stats["endpoint"] == receiver.url("/push?token=…")
 
 
 def test_delivery_attempt_only_with_dead_letter_policy(api, receivers):
@@ -390,3 +391,22 @@ def test_retry_policy_delay_wins_over_a_shorter_push_backoff(api, receivers):
                             timeout=15, message="the redelivery")
     # Push backoff alone would resend after 100 ms; the retry policy holds it for 1 s.
     assert again.arrived - first.arrived >= 0.95
+
+
+def test_endpoint_tokens_stay_out_of_the_log_and_debug_push(api, receivers, emulator):
+    publisher, subscriber = api
+    receiver = receivers()
+    secret = unique("secret")
+    topic = _topic(publisher)
+    sub = _sub(subscriber, topic, push_config={
+        "push_endpoint": receiver.url(f"/push?token={secret}&x=1")})
+    _publish(publisher, topic, {"data": b"tell no one"})
+    stats = wait_for(lambda: _debug(emulator).get(sub, {}).get("delivered") and _debug(
+        emulator)[sub], timeout=15, message="the push")
+    assert receiver.snapshot()[0].query["token"] == [secret]  # the endpoint gets it...
+    assert stats["endpoint"] == receiver.url("/push?token=…&x=…")  # ...nobody else
+    # GetSubscription returns the endpoint as stored: that is Google's API.
+    got = subscriber.get_subscription(subscription=sub)
+    assert got.push_config.push_endpoint.endswith(f"token={secret}&x=1")
+    logged = emulator.log_path.read_text(errors="replace")
+    assert f"{sub}: pushing to " in logged and secret not in logged

@@ -37,6 +37,7 @@ from .events import Events
 from .model import now_ms
 from .publishing import Publishing
 from .pull import PullRpcs
+from .push_config import ActAs, PushAccounts, account_holder_or_admin
 from .snapshots import Snapshots
 from .streaming import StreamingPull
 from .subscriptions import Subscriptions
@@ -68,8 +69,11 @@ def snake_case(method: str) -> str:
 class PubSubService:
     """Google's Publisher, Subscriber and SchemaService over a Store."""
 
-    def __init__(self, store: Store, clock: Callable[[], int] = now_ms) -> None:
-        """`clock` gives the time in milliseconds (tests move it to exercise retention)."""
+    def __init__(self, store: Store, clock: Callable[[], int] = now_ms,
+                 act_as: ActAs = account_holder_or_admin) -> None:
+        """`clock` gives the time in milliseconds (tests move it to exercise retention);
+        `act_as` decides under --auth whether a caller may name a service account in a push
+        config's OIDC token (push_config.py; IAM's actAs check replaces the default)."""
         self.store = store
         self.clock = clock
         self.events = Events()
@@ -79,7 +83,8 @@ class PubSubService:
         self.schemas = SchemaRegistry(store.resources, clock)
         self.events.on_change(self._schema_changed)
         self.topics = Topics(store, self.catalog, self.events, self.schemas)
-        self.subscriptions = Subscriptions(store, self.catalog, self.events, activity)
+        self.subscriptions = Subscriptions(store, self.catalog, self.events, activity,
+                                           PushAccounts(store.resources, act_as))
         self.publishing = Publishing(store, self.catalog, self.events, self.schemas, clock)
         self.engine = DeliveryEngine(store, self.catalog, self.events, activity, clock)
         self.pulls = PullRpcs(self.engine, self.catalog, self.events, clock)

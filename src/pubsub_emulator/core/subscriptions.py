@@ -1,4 +1,10 @@
-"""Subscription administration: create, get, update, list, delete, ModifyPushConfig, detach."""
+"""Subscription administration: create, get, update, list, delete, ModifyPushConfig, detach.
+
+A push config that names an OIDC service account is checked by `PushAccounts` (push_config.py)
+whenever a request writes a push config: on create, on ModifyPushConfig, and on an update whose
+mask touches `push_config` (even only its endpoint: redirecting tokens signed as an account is
+acting as it). Log lines never show an endpoint's query values (push_config.redact_url).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from .catalog import Catalog
 from .errors import already_exists, invalid_argument, not_found
 from .events import Events
 from .model import Subscription
+from .push_config import PushAccounts
 from .validation import (
     SUBSCRIPTION_MUTABLE,
     apply_mask,
@@ -29,8 +36,9 @@ log = logging.getLogger("pubsub_emulator.service")
 
 class Subscriptions:
     def __init__(self, store: Store, catalog: Catalog, events: Events,
-                 activity: Activity) -> None:
+                 activity: Activity, push_accounts: PushAccounts | None = None) -> None:
         self._table = store.resources
+        self._push_accounts = push_accounts or PushAccounts(store.resources)
         self._log = store.messages
         self._catalog = catalog
         self._events = events
@@ -50,6 +58,7 @@ class Subscriptions:
             if await self._table.get(Kind.TOPIC, sub.topic) is None:
                 raise not_found(topic_rn.id)
         check_subscription(sub, creating=True)
+        await self._push_accounts.check(sub.push_config)
         sub.state = t.Subscription.State.ACTIVE
         if not await self._table.create(Kind.SUBSCRIPTION, sub.name, sub.SerializeToString(),
                                         topic=sub.topic):
@@ -65,11 +74,15 @@ class Subscriptions:
     async def update_subscription(self, request: Any) -> Any:
         rn = names.subscription(request.subscription.name)
 
-        def change(sub: Any) -> None:  # (after the read: NOT_FOUND before a bad mask)
+        async def change(sub: Any) -> None:  # (after the read: NOT_FOUND before a bad mask)
             paths = check_mask(request.update_mask, sub, SUBSCRIPTION_MUTABLE,
                                "Subscription")
             apply_mask(sub, request.subscription, paths)
             check_subscription(sub, creating=False)
+            # The resulting config is checked, not the request's: a mask of only
+            # `push_config.push_endpoint` keeps the stored account and sends its tokens elsewhere.
+            if any(path[0] == "push_config" for path in paths):
+                await self._push_accounts.check(sub.push_config)
 
         updated = await self._catalog.rewrite(Kind.SUBSCRIPTION, request.subscription.name,
                                               Subscription, rn.id, change)
@@ -98,9 +111,10 @@ class Subscriptions:
     async def modify_push_config(self, request: Any) -> Any:
         rn = names.subscription(request.subscription)
 
-        def change(sub: Any) -> None:
+        async def change(sub: Any) -> None:
             sub.push_config.CopyFrom(request.push_config)
             check_subscription(sub, creating=False)
+            await self._push_accounts.check(sub.push_config)
 
         await self._catalog.rewrite(Kind.SUBSCRIPTION, request.subscription, Subscription,
                                     rn.id, change)

@@ -16,6 +16,7 @@ from ..filter import FilterError, compile_filter
 from . import limits, names
 from .errors import invalid_argument
 from .model import Subscription, duration_s
+from .push_config import redact_url
 
 log = logging.getLogger("pubsub_emulator.service")
 
@@ -124,7 +125,8 @@ def check_subscription(sub: Any, creating: bool) -> None:
             raise invalid_argument(str(exc)) from None
     endpoint = sub.push_config.push_endpoint
     if endpoint and not endpoint.startswith(("http://", "https://")):
-        raise invalid_argument(f"Invalid push_endpoint given: {endpoint}")
+        # The adapters log errors they return: the endpoint's query may hold a token.
+        raise invalid_argument(f"Invalid push_endpoint given: {redact_url(endpoint)}")
     with_present_fields(sub)
 
 

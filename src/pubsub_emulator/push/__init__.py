@@ -3,9 +3,12 @@
 dispatcher  follows push configs, one SubscriptionPusher per push subscription, /debug/push
 pusher      one subscription's delivery loop, POSTs, slow start and backoff
 oidc        the emulator's OIDC signing key, tokens and certificate endpoints
+destinations where push may go (--push-allow), checked at each connection
 """
 
+from .destinations import Destinations, PushRefused, parse_push_allow
 from .dispatcher import PushDispatcher
-from .oidc import TokenIssuer
+from .oidc import SigningRefused, TokenIssuer
 
-__all__ = ["PushDispatcher", "TokenIssuer"]
+__all__ = ["Destinations", "PushDispatcher", "PushRefused", "SigningRefused", "TokenIssuer",
+           "parse_push_allow"]

@@ -1,7 +1,12 @@
 """Follows every subscription's push config and runs a SubscriptionPusher for each push one.
 
 `GET /debug/push` on the emulator port returns per-subscription counters as JSON (delivered,
-nacked, attempts, in_backoff, backoff_ms, window, in_flight, last_status, ...).
+nacked, attempts, in_backoff, backoff_ms, window, in_flight, last_status, ...) and the allowed
+destinations; endpoints appear with their query values hidden (`?token=…`).
+
+`allow` is `--push-allow`'s entries (None: not given) and `auth_required` whether `--auth` is
+on; together they decide where push may go (destinations.py). Under --auth tokens are signed
+only as accounts with a registered key (oidc.py).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from typing import Any
 from aiohttp import web
 
 from ..core.model import Subscription
+from ..core.push_config import redact_url
 from ..core.service import PubSubService
 from ..store import Kind
+from .destinations import Destinations
 from .oidc import TokenIssuer
 from .pusher import SubscriptionPusher
 
@@ -27,7 +34,11 @@ DEBUG_PATH = "/debug/push"
 class PushDispatcher:
     """Follows every subscription's push config and runs a _Pusher for each push one."""
 
-    def __init__(self, service: PubSubService, issuer: TokenIssuer) -> None:
+    def __init__(self, service: PubSubService, issuer: TokenIssuer,
+                 allow: list[str] | None = None, auth_required: bool = False) -> None:
+        """ValueError if an `allow` entry is neither a CIDR, an address nor a host name."""
+        self.destinations = Destinations.from_flags(allow, auth_required)
+        self.auth_required = auth_required
         self._engine = service.engine
         self._events = service.events
         self._catalog = service.catalog
@@ -43,6 +54,7 @@ class PushDispatcher:
         if self._started:
             return
         self._started = True
+        log.info("push destinations: %s", self.destinations.description)
         self._events.on_change(self._resource_changed)
         for item in (await self._catalog.all(Kind.SUBSCRIPTION)).items:
             sub = Subscription.FromString(item.data)
@@ -89,9 +101,9 @@ class PushDispatcher:
             if pusher is None:
                 pusher = self._pushers[name] = SubscriptionPusher(
                     name, self._engine, self._events, self.issuer, self.forget_if_gone,
-                    self.subscription_changed)
+                    self.subscription_changed, self.destinations, self.auth_required)
             if not pusher.running:
-                log.info("%s: pushing to %s", name, sub.push_config.push_endpoint)
+                log.info("%s: pushing to %s", name, redact_url(sub.push_config.push_endpoint))
             pusher.start()
         if pusher is not None:
             pusher.poke()  # a running loop rereads the config (and stops if no longer push)
@@ -115,7 +127,8 @@ class PushDispatcher:
         self._pushers.clear()
 
     def stats(self) -> dict[str, Any]:
-        return {"subscriptions": {name: p.stats() for name, p in sorted(self._pushers.items())}}
+        return {"destinations": self.destinations.description,
+                "subscriptions": {name: p.stats() for name, p in sorted(self._pushers.items())}}
 
     def routes(self) -> list[web.RouteDef]:
         async def debug(_: web.Request) -> web.Response:

@@ -14,6 +14,11 @@ So `google.oauth2.id_token.verify_token(token, Request(), audience=...,
 certs_url="http://HOST:PORT/oauth2/v1/certs")` accepts the emulator's tokens as it accepts
 Google's. The key pair is made once and kept in the store (the data dir; in memory with
 --in-memory), so tokens and certificates stay valid across restarts.
+
+Under `--auth` the pusher asks for tokens with `require_key=True`: the emulator signs only as
+a service account that has a key registered with it (SigningRefused otherwise), checked on
+every request, so a subscription made before `--auth` was on, or whose account's keys were
+deleted since, gets no token (the core refuses to create such a config under --auth).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from cryptography.x509.oid import NameOID
 from google.auth import crypt
 from google.auth import jwt as google_jwt
 
+from ..core.push_config import has_registered_key
 from ..store import Kind, ResourceTable
 
 ISSUER = "https://accounts.google.com"
@@ -54,6 +60,10 @@ def subject_for(email: str) -> str:
     """A stable numeric id for a service account email, shaped like Google's (21 digits)."""
     digest = int.from_bytes(hashlib.sha256(email.encode("utf-8")).digest()[:9], "big")
     return "1" + str(digest).zfill(20)[:20]
+
+
+class SigningRefused(Exception):
+    """The emulator will not sign a push token as this account (the push is nacked)."""
 
 
 class TokenIssuer:
@@ -98,8 +108,14 @@ class TokenIssuer:
         self._cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
         self._signer = crypt.RSASigner.from_string(pem, key_id=self._kid)
 
-    async def token(self, email: str, audience: str) -> str:
-        """A JWT as Google signs for push: iss, aud, email, email_verified, sub, azp, iat, exp."""
+    async def token(self, email: str, audience: str, require_key: bool = False) -> str:
+        """A JWT as Google signs for push: iss, aud, email, email_verified, sub, azp, iat, exp.
+
+        `require_key` (under --auth): SigningRefused unless the account has a registered key;
+        checked before the cache, so a deleted key stops the signing at once."""
+        if require_key and not await has_registered_key(self._table, email):
+            raise SigningRefused(f"push refused: no token is signed as {email or '(no account)'}"
+                                 ": it has no key registered with the emulator (--auth)")
         await self.load()
         now = time.time()
         cached = self._cache.get((email, audience))

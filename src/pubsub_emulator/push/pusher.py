@@ -22,9 +22,14 @@ up another subscription.
 - Switching: when a subscription stops being push (ModifyPushConfig, UpdateSubscription,
   detach, delete), its task stops leasing; POSTs already under way finish and ack or nack.
   When it becomes push, a task starts.
+- Destinations (destinations.py): a POST to a host outside the allowed set is not made; the
+  message is nacked (with the backoff of a failed POST), `last_error` says why, and a warning
+  is logged once per subscription per change of that reason, not per message. Likewise a
+  token the issuer refuses to sign under --auth (oidc.py).
 - Visibility: `GET /debug/push` on the emulator port returns per-subscription counters as JSON
   (delivered, nacked, attempts, in_backoff, backoff_ms, window, in_flight, last_status, ...),
-  and the `pubsub_emulator.push` logger writes one debug line per attempt.
+  and the `pubsub_emulator.push` logger writes one debug line per attempt. Endpoints and
+  errors are shown with their query values hidden (`?token=…`): they often hold a secret.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ from push_contract import (
 from ..core.delivery import DeliveryEngine
 from ..core.errors import ApiError
 from ..core.events import Events
-from .oidc import TokenIssuer
+from ..core.push_config import redact_text, redact_url
+from .destinations import Destinations, PushRefused
+from .oidc import SigningRefused, TokenIssuer
 
 log = logging.getLogger("pubsub_emulator.push")
 
@@ -88,10 +95,13 @@ class SubscriptionPusher:
 
     def __init__(self, name: str, engine: DeliveryEngine, events: Events, issuer: TokenIssuer,
                  on_idle: Callable[[SubscriptionPusher], None],
-                 on_failure: Callable[[str], None]) -> None:
+                 on_failure: Callable[[str], None],
+                 destinations: Destinations | None = None, auth_required: bool = False) -> None:
         self.engine = engine
         self.events = events
         self.issuer = issuer
+        self.destinations = destinations or Destinations.from_flags(None, auth_required)
+        self.auth_required = auth_required  # tokens only for accounts with a registered key
         self._on_idle = on_idle  # the loop ended and nothing is in flight
         self._on_failure = on_failure  # the loop failed: the dispatcher restarts it
         self.name = name
@@ -109,6 +119,7 @@ class SubscriptionPusher:
         self.last_status: int | None = None
         self.last_error = ""
         self.last_attempt = 0.0
+        self.noted_refusal = ""  # the refusal last logged: logged again only when it changes
 
     @property
     def running(self) -> bool:
@@ -125,7 +136,7 @@ class SubscriptionPusher:
     def stats(self) -> dict[str, Any]:
         now = asyncio.get_running_loop().time()
         return {
-            "endpoint": self.endpoint,
+            "endpoint": redact_url(self.endpoint),
             "active": self.running,
             "delivered": self.delivered,
             "nacked": self.nacked,
@@ -151,7 +162,9 @@ class SubscriptionPusher:
                     break  # deleted or detached
                 if not sub.push_config.push_endpoint:
                     break  # a pull subscription now
-                self.endpoint = sub.push_config.push_endpoint
+                if self.endpoint != sub.push_config.push_endpoint:
+                    self.endpoint = sub.push_config.push_endpoint
+                    self.noted_refusal = ""  # a new endpoint: its refusal is news
                 wake.clear()
                 now = loop.time()
                 if now < self.backoff.not_before:
@@ -198,35 +211,36 @@ class SubscriptionPusher:
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None or self.session.closed:
-            connector = aiohttp.TCPConnector(limit=MAX_WINDOW, force_close=False)
+            # The resolver checks every address connected to (destinations.py); the session
+            # ignores proxy variables (trust_env=False), which would route around that check.
+            connector = aiohttp.TCPConnector(limit=MAX_WINDOW, force_close=False,
+                                             resolver=self.destinations.resolver())
             self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                                 skip_auto_headers=("Content-Type",))
+                                                 skip_auto_headers=("Content-Type",),
+                                                 trust_env=False)
         return self.session
 
     async def _deliver(self, sub: Any, received: Any, epoch: int) -> None:
         ack_id = received.ack_id
-        config = sub.push_config
-        url = config.push_endpoint
         status: int | None = None
         error = ""
         started = time.monotonic()
         acked = False
         try:
             try:
-                body, headers = push_request(sub, received)
-                if config.HasField("oidc_token"):
-                    oidc = config.oidc_token
-                    token = await self.issuer.token(oidc.service_account_email,
-                                                               oidc.audience or url)
-                    headers["Authorization"] = f"Bearer {token}"
-                timeout = aiohttp.ClientTimeout(total=sub.ack_deadline_seconds)
-                async with self._session().post(url, data=body, headers=headers,
-                                                timeout=timeout, allow_redirects=False) as resp:
-                    status = resp.status
+                status = await self._post(sub, received)
+            except (PushRefused, SigningRefused) as exc:
+                error = self._refused(str(exc))
             except asyncio.TimeoutError:
                 error = f"no answer within the ack deadline ({sub.ack_deadline_seconds} s)"
+            except aiohttp.ClientConnectorError as exc:
+                # The resolver's refusal reaches us wrapped, as any failed name lookup does.
+                refused = exc.os_error if isinstance(exc.os_error, PushRefused) else None
+                error = (self._refused(str(refused)) if refused is not None
+                         else redact_text(f"{type(exc).__name__}: {exc}"))
             except Exception as exc:  # refused, reset, TLS, bad URL...: all nacks
-                error = f"{type(exc).__name__}: {exc}"
+                # (an exception's text may quote the URL, query string and all)
+                error = redact_text(f"{type(exc).__name__}: {exc}")
             acked = status in ACK_STATUSES
             await self._settle(ack_id, acked)
         except asyncio.CancelledError:
@@ -243,6 +257,32 @@ class SubscriptionPusher:
             self.poke()
             self._retire()
 
+    async def _post(self, sub: Any, received: Any) -> int:
+        """POST one message; its HTTP status. PushRefused or SigningRefused before any byte
+        is sent if the destination or the token is refused."""
+        config = sub.push_config
+        url = config.push_endpoint
+        refusal = self.destinations.refusal(url)
+        if refusal:
+            raise PushRefused(refusal)
+        body, headers = push_request(sub, received)
+        if config.HasField("oidc_token"):
+            oidc = config.oidc_token
+            token = await self.issuer.token(oidc.service_account_email, oidc.audience or url,
+                                            require_key=self.auth_required)
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = aiohttp.ClientTimeout(total=sub.ack_deadline_seconds)
+        async with self._session().post(url, data=body, headers=headers, timeout=timeout,
+                                        allow_redirects=False) as resp:
+            return resp.status
+
+    def _refused(self, reason: str) -> str:
+        """A refusal is logged when it is news, not for each of the messages it nacks."""
+        if reason != self.noted_refusal:
+            self.noted_refusal = reason
+            log.warning("%s: %s; its messages are nacked until that changes", self.name, reason)
+        return reason
+
     async def _settle(self, ack_id: str, acked: bool) -> None:
         try:
             if acked:
@@ -258,6 +298,7 @@ class SubscriptionPusher:
         self.last_error = error
         self.last_attempt = time.time()
         if acked:
+            self.noted_refusal = ""  # delivering again: a later refusal is news
             self.delivered += 1
             self.backoff = record_ack(self.backoff)
             self.window = min(MAX_WINDOW, self.window + 1)
