@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
+import stat
 import subprocess
 import urllib.request
 
@@ -169,3 +171,82 @@ def test_bad_limit_values_are_rejected():
                              "--idle-timeout", "soon"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and "--idle-timeout" in result.stderr
+
+
+def _start(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "pubsub-emulator"), "start", "--port", str(free_port()),
+                           "--in-memory", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args, why", [
+    ([], "without --auth"),
+    (["--auth"], "without TLS"),
+    (["--tls-self-signed"], "without --auth"),
+])
+def test_a_public_address_needs_auth_and_tls(tmp_path, args, why):
+    result = _start("--host", "0.0.0.0", "--data-dir", str(tmp_path), *args)
+    assert result.returncode == 2, result.stderr
+    assert "refusing to start" in result.stderr and why in result.stderr
+    for how in ("--auth", "--tls-self-signed", "keys create", "127.0.0.1", "--insecure"):
+        assert how in result.stderr  # and how to start
+
+
+def test_insecure_starts_on_a_public_address_with_a_warning():
+    with EmulatorProcess(extra_args=["--in-memory", "--host", "0.0.0.0", "--insecure"]) as emu:
+        with urllib.request.urlopen(f"http://{emu.host}/healthz", timeout=5) as r:
+            assert r.status == 200
+        log = emu.log_path.read_text()
+    assert "WARNING" in log and "--insecure" in log and "without --auth" in log
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-cert", "missing.pem", "--tls-key", "missing.pem"], "cannot use --tls-cert"),
+    (["--push-allow", "10.0.0.0/8,127.1"], "--push-allow"),
+    (["--push-allow", "bad host"], "--push-allow"),
+    (["--tls-hostname", "not a name"], "--tls-hostname"),
+])
+def test_bad_security_flags_are_usage_errors(tmp_path, args, message):
+    result = _start("--data-dir", str(tmp_path), *args)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_help_explains_the_security_flags():
+    out = subprocess.run([str(VENV_BIN / "pubsub-emulator"), "start", "--help"],
+                         capture_output=True, text=True, timeout=60).stdout
+    for flag in ("--tls-cert", "--tls-key", "--tls-self-signed", "--tls-hostname", "--auth",
+                 "--insecure", "--push-allow"):
+        assert flag in out
+
+
+def _keys(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "pubsub-emulator"), "keys", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_keys_create_list_delete(tmp_path):
+    data = str(tmp_path / "data")
+    email = "ci@proj-keys.iam.gserviceaccount.com"
+    files = [tmp_path / "one.json", tmp_path / "two.json"]
+    for out, extra in zip(files, (["--admin"], []), strict=True):
+        made = _keys("create", email, "--out", str(out), "--data-dir", data,
+                     "--url", "https://pubsub.internal:8443", *extra)
+        assert made.returncode == 0, made.stderr
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    one, two = (json.loads(f.read_text()) for f in files)
+    assert one["type"] == "service_account" and one["client_email"] == email
+    assert one["project_id"] == "proj-keys" and "PRIVATE KEY" in one["private_key"]
+    assert one["token_uri"] == "https://pubsub.internal:8443/token"
+    assert one["private_key_id"] != two["private_key_id"]
+    listed = _keys("list", "--data-dir", data).stdout
+    assert one["private_key_id"] in listed and two["private_key_id"] in listed
+    assert "admin" in listed and "PRIVATE" not in listed
+    assert _keys("delete", one["private_key_id"], "--data-dir", data).returncode == 0
+    listed = _keys("list", "--data-dir", data).stdout
+    assert one["private_key_id"] not in listed and two["private_key_id"] in listed
+    assert _keys("delete", email, "--data-dir", data).returncode == 0
+    assert _keys("list", "--data-dir", data).stdout == ""
+    missing = _keys("delete", email, "--data-dir", data)
+    assert missing.returncode == 1 and "no key matches" in missing.stderr
+    bad = _keys("create", "not-an-email", "--out", str(tmp_path / "x.json"), "--data-dir", data)
+    assert bad.returncode == 2 and not (tmp_path / "x.json").exists()

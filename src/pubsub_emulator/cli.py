@@ -11,7 +11,14 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from . import topology
-from .server import Limits, RunningServer, create_gateway, create_server
+from .cli_security import (
+    UsageError,
+    add_keys_command,
+    add_security_flags,
+    run_keys,
+    security_from,
+)
+from .server import Limits, RunningServer, Security, create_gateway, create_server
 from .store import open_store
 
 log = logging.getLogger("pubsub_emulator")
@@ -96,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="pubsub-emulator",
         description="A Google Cloud Pub/Sub v1 emulator: gRPC and REST on one port, durable by "
                     "default. Point Google's client libraries at it with "
-                    "PUBSUB_EMULATOR_HOST=HOST:PORT.")
+                    "PUBSUB_EMULATOR_HOST=HOST:PORT (or, with TLS and --auth, with an "
+                    "api_endpoint, a key file and the CA).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     start = sub.add_parser(
@@ -105,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                     "mapping) on one port, with GET /healthz for readiness checks.")
     start.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: %(default)s, loopback only; use 0.0.0.0 "
-                            "to accept other machines)")
+                            "to accept other machines, with --auth and TLS)")
     start.add_argument("--port", type=int, default=DEFAULT_PORT,
                        help="port for gRPC and REST alike (default: %(default)s; 0 picks a free "
                             "one and logs it)")
@@ -133,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
                        choices=["debug", "info", "warning", "error"],
                        help="debug logs one line per RPC (default: %(default)s)")
     _add_limits(start)
+    add_security_flags(start)
 
     gateway = sub.add_parser(
         "gateway", help="serve REST in front of any Pub/Sub gRPC endpoint",
@@ -146,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="port to serve (default: %(default)s)")
     gateway.add_argument("--log-level", default="info",
                          choices=["debug", "info", "warning", "error"])
+    add_keys_command(sub, DEFAULT_DATA_DIR)
     return parser
 
 
@@ -153,13 +163,19 @@ class _StoreUnavailable(RuntimeError):
     """The store could not be opened (NATS unreachable, JetStream disabled, bad data dir)."""
 
 
-async def _run(start: Callable[[], Awaitable[RunningServer]], what: str) -> int:
+async def _run(start: Callable[[], Awaitable[RunningServer]], what: str,
+               security: Security | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await start()
-    log.info("%s listening on %s (gRPC and REST)", what, server.port)
+    mode = "gRPC and REST"
+    if security is not None and security.tls:
+        mode += " over TLS"
+    if security is not None and security.auth:
+        mode += ", credentials required"
+    log.info("%s listening on %s (%s)", what, server.port, mode)
     await stop.wait()
     log.info("shutting down")
     await server.stop(grace=5.0)
@@ -167,52 +183,57 @@ async def _run(start: Callable[[], Awaitable[RunningServer]], what: str) -> int:
     return 0
 
 
+def _start(args: argparse.Namespace) -> int:
+    resources = None
+    try:
+        if args.config:
+            resources = topology.load(args.config)
+        if args.store and not args.store.startswith("nats://"):
+            raise UsageError(f"unsupported --store {args.store!r} (expected nats://...)")
+        security = security_from(args)
+    except (topology.TopologyError, UsageError) as exc:
+        print(f"pubsub-emulator: {exc}", file=sys.stderr)
+        return 2
+    where = args.store or ("memory" if args.in_memory else args.data_dir)
+    limits = _limits(args)
+    _raise_descriptor_limit(limits.max_connections)
+
+    async def start() -> RunningServer:
+        try:
+            store = await open_store(args.data_dir, args.in_memory, args.store,
+                                     args.nats_replicas)
+        except Exception as exc:  # no server, JetStream disabled, ...
+            raise _StoreUnavailable(f"{where}: {str(exc) or repr(exc)}") from exc
+        log.info("store: %s", where)
+        try:
+            return await create_server(store, args.host, args.port, resources,
+                                       args.grpc_port, limits, security)
+        except BaseException:
+            await store.close()
+            raise
+
+    try:
+        return asyncio.run(_run(start, f"pubsub emulator on {args.host}", security))
+    except _StoreUnavailable as exc:
+        print(f"pubsub-emulator: cannot open the store {exc}", file=sys.stderr)
+        return 1
+    except topology.TopologyError as exc:
+        print(f"pubsub-emulator: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pubsub-emulator: cannot listen on {args.host}:{args.port}: {exc}",
+              file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "start":
-        resources = None
-        if args.config:
-            try:
-                resources = topology.load(args.config)
-            except topology.TopologyError as exc:
-                print(f"pubsub-emulator: {exc}", file=sys.stderr)
-                return 2
-        if args.store and not args.store.startswith("nats://"):
-            print(f"pubsub-emulator: unsupported --store {args.store!r} (expected nats://...)",
-                  file=sys.stderr)
-            return 2
-        where = args.store or ("memory" if args.in_memory else args.data_dir)
-        limits = _limits(args)
-        _raise_descriptor_limit(limits.max_connections)
-
-        async def start() -> RunningServer:
-            try:
-                store = await open_store(args.data_dir, args.in_memory, args.store,
-                                         args.nats_replicas)
-            except Exception as exc:  # no server, JetStream disabled, ...
-                raise _StoreUnavailable(f"{where}: {str(exc) or repr(exc)}") from exc
-            log.info("store: %s", where)
-            try:
-                return await create_server(store, args.host, args.port, resources,
-                                           args.grpc_port, limits)
-            except BaseException:
-                await store.close()
-                raise
-
-        try:
-            return asyncio.run(_run(start, f"pubsub emulator on {args.host}"))
-        except _StoreUnavailable as exc:
-            print(f"pubsub-emulator: cannot open the store {exc}", file=sys.stderr)
-            return 1
-        except topology.TopologyError as exc:
-            print(f"pubsub-emulator: {exc}", file=sys.stderr)
-            return 2
-        except OSError as exc:
-            print(f"pubsub-emulator: cannot listen on {args.host}:{args.port}: {exc}",
-                  file=sys.stderr)
-            return 1
+        return _start(args)
+    if args.command == "keys":
+        return run_keys(args)
 
     async def start_gateway() -> RunningServer:
         return await create_gateway(args.upstream, args.host, args.port)

@@ -1,20 +1,32 @@
-"""Putting the parts together: store, service core, gRPC and REST adapters, one public port."""
+"""Putting the parts together: store, service core, gRPC and REST adapters, one public port.
+
+`Security` is how the port may be reached from other machines: TLS on the front (and the
+`--grpc-port`), credentials on every call (`auth.Auth`: gRPC handlers and a REST middleware
+check them; keys deleted by any process sharing the store stop working at once, through the
+store's change notices), and where push may POST (`push_allow`, enforced by push/).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import grpc as grpc_lib
 from aiohttp import web
 from grpc import aio
 
+from . import tls as tls_files
 from . import topology as topologies
 from .api import grpc_server, rest
 from .api.front import ConnectionLimits, Front
 from .api.upstream import GrpcUpstream
+from .auth import Auth
 from .core.service import PubSubService
 from .core.streaming import FIRST_REQUEST_TIMEOUT_S
 from .push import PushDispatcher, TokenIssuer
@@ -33,6 +45,38 @@ class Limits(ConnectionLimits):
     """
 
     first_request_timeout: float = FIRST_REQUEST_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class Security:
+    """TLS, credentials and push destinations (README "TLS and credentials").
+
+    `tls_cert`/`tls_key`: PEM files; TLS on the one port (and `--grpc-port`) when given.
+    `auth`: every call needs credentials (`auth/`). `hostnames`: the names clients reach this
+    server by; with the bound port they make the URLs self-signed JWTs may name as audience.
+    `push_allow`: where push may POST (None: push/'s default).
+    """
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth: bool = False
+    hostnames: tuple[str, ...] = ()
+    push_allow: list[str] | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    def own_urls(self, port: int) -> list[str]:
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://{_url_host(name)}:{port}" for name in self.hostnames]
+
+
+def _url_host(name: str) -> str:
+    try:
+        return f"[{name}]" if ipaddress.ip_address(name).version == 6 else name
+    except ValueError:
+        return name
 
 
 @dataclass
@@ -57,14 +101,15 @@ class RunningServer:
 async def _serve_rest(call: rest.Caller, grpc_host: str, grpc_port: int, host: str, port: int,
                       limits: ConnectionLimits,
                       extra_routes: list[web.RouteDef] | None = None,
+                      access: rest.Access | None = None, tls: ssl.SSLContext | None = None,
                       ) -> tuple[Front, web.AppRunner, int]:
     # keepalive_timeout: aiohttp closes an HTTP/1.1 connection idle between requests.
-    runner = web.AppRunner(rest.create_app(call, extra_routes), access_log=None,
+    runner = web.AppRunner(rest.create_app(call, extra_routes, access=access), access_log=None,
                            handle_signals=False, keepalive_timeout=limits.idle_timeout)
     await runner.setup()
     http_server = runner.server
     assert http_server is not None
-    front = Front(http_server, grpc_host, grpc_port, limits)
+    front = Front(http_server, grpc_host, grpc_port, limits, tls)
     bound = await front.listen(host, port)
     return front, runner, bound
 
@@ -75,38 +120,72 @@ def _grpc_options(limits: Limits) -> list[tuple[str, int]]:
     return [("grpc.max_connection_idle_ms", idle)]
 
 
+def _tls_context(security: Security) -> ssl.SSLContext | None:
+    if security.tls_cert is None or security.tls_key is None:
+        return None
+    return tls_files.server_context(security.tls_cert, security.tls_key)
+
+
+def _grpc_credentials(security: Security) -> grpc_lib.ServerCredentials | None:
+    if security.tls_cert is None or security.tls_key is None:
+        return None
+    return grpc_lib.ssl_server_credentials(
+        [(security.tls_key.read_bytes(), security.tls_cert.read_bytes())])
+
+
+def _access(auth: Auth, public_routes: list[web.RouteDef]) -> rest.Access:
+    """Credentials on every route but health, the token endpoint and OIDC discovery and
+    certificates (a push endpoint fetches those to verify tokens, with no credential)."""
+    public = frozenset({rest.HEALTH_PATH, *(route.path for route in public_routes)})
+    return rest.Access(auth.caller, public)
+
+
 async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
                         topology: dict[str, Any] | None = None,
                         grpc_only_port: int | None = None,
-                        limits: Limits | None = None) -> RunningServer:
+                        limits: Limits | None = None,
+                        security: Security | None = None) -> RunningServer:
     """The emulator on one port (0: any free port); `.port` says which.
 
     `grpc_only_port` also serves gRPC directly on that port, skipping the one-port front.
     `limits`: connections and timeouts (Limits() by default; README "Limits").
+    `security`: TLS, credentials, push destinations (none by default: a local emulator).
     Push subscriptions are delivered by a PushDispatcher (see push/); the same port serves
-    GET /debug/push and the OIDC discovery document and certificates (see push/oidc.py).
+    GET /debug/push, the OIDC discovery document and certificates (see push/oidc.py) and the
+    token endpoint of service account keys (auth/tokens.py).
     """
-    limits = limits or Limits()
+    limits, security = limits or Limits(), security or Security()
     service = PubSubService(store)
     service.streaming_pull.first_request_timeout = limits.first_request_timeout
     if topology is not None:
         created = await topologies.apply(service, topology)
         log.info("topology applied: %d resources created", created)
+    # Served with or without --auth: key files then work against either.
+    auth = Auth(store.resources, own_urls=security.own_urls(port) if port else [])
+    service.events.on_change(auth.authenticator.changed)
+    authenticate = auth.caller if security.auth else None
     extra = [f"{host}:{grpc_only_port}"] if grpc_only_port is not None else []
-    grpc, grpc_port = await grpc_server.create_server(service, "127.0.0.1", 0, extra,
-                                                      _grpc_options(limits))
+    grpc, grpc_port = await grpc_server.create_server(
+        service, "127.0.0.1", 0, extra, _grpc_options(limits), authenticate,
+        _grpc_credentials(security))
 
     async def call(name: str, request: Any) -> Any:
         return await service.unary[name](request)
 
     issuer = TokenIssuer(store.resources)
-    pusher = PushDispatcher(service, issuer)
+    pusher = PushDispatcher(service, issuer, allow=security.push_allow,
+                            auth_required=security.auth)
+    public = issuer.routes() + auth.endpoint.routes()
+    access = _access(auth, public) if security.auth else None
     try:
         front, runner, bound = await _serve_rest(call, "127.0.0.1", grpc_port, host, port,
-                                                 limits, pusher.routes() + issuer.routes())
+                                                 limits, pusher.routes() + public, access,
+                                                 _tls_context(security))
     except BaseException:
         await grpc.stop(None)
         raise
+    if not port:  # the URLs clients use name the port just bound
+        auth.authenticator.add_own_urls(security.own_urls(bound))
     await pusher.start()
     sweeper = asyncio.ensure_future(service.sweeper.run_forever())
 

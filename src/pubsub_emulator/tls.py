@@ -46,6 +46,18 @@ def server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
     return context
 
 
+def certificate_names(cert: str | Path) -> list[str]:
+    """The host names and addresses a PEM server certificate (its first) is valid for: its
+    subject alternative names, else its common name."""
+    parsed = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    try:
+        san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [str(a.value) for a in parsed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return ([str(name) for name in san.get_values_for_type(x509.DNSName)]
+            + [str(address) for address in san.get_values_for_type(x509.IPAddress)])
+
+
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pubsub-emulator"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

@@ -16,6 +16,14 @@ The front accepts connections itself (`_Acceptor`): out of descriptors, asyncio'
 loop logs a traceback and schedules a retry for every failed accept(), up to 100 per wake-up,
 a storm that grows; the acceptor stops, backs off (0.1 s doubling to 1 s), logs one counted line
 per interval, and serves again as soon as descriptors are freed.
+
+TLS (`tls`, a context from tls.server_context): the acceptor admits a connection (the limit
+counts it from accept, handshake included: a handshake costs more than a read), then asyncio
+performs the handshake, bounded by `header_timeout` (the ClientHello is the first thing a TLS
+client sends), and the sniffer reads the decrypted bytes exactly as it reads plaintext ones: the
+HTTP/2 preface is spliced in plaintext to the private loopback gRPC port, HTTP/1.1 goes to the
+REST app (which sees an https request). A failed handshake (a client that does not trust the
+certificate, a plaintext client) is a client error: one counted log line per kind.
 """
 
 from __future__ import annotations
@@ -24,12 +32,16 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .client_errors import ClientErrorLog, one_line
+
 log = logging.getLogger("pubsub_emulator.front")
+handshakes = ClientErrorLog(log)
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 REPORT_INTERVAL_S = 10.0  # between two lines of a repeated warning (refusals, accept errors)
@@ -37,6 +49,8 @@ OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 MAX_HEADER_BYTES = 1 << 20  # past this aiohttp has rejected the request; stop buffering it
 BACKLOG = 100  # pending connections the kernel queues, and how many one wake-up accepts
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 1.0  # accept() back-off after running out of resources
+# asyncio cannot turn a handshake's timeout off: with --header-timeout 0 a day stands for never.
+HANDSHAKE_NEVER_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -127,7 +141,9 @@ class _Pipe(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.peer is not None and self.peer.can_write_eof():
             self.peer.write_eof()
-        return True
+        # Half-open where the transport can be (TCP); a TLS transport cannot (and warns when
+        # asked to): it closes, and connection_lost closes the peer.
+        return self.transport is None or self.transport.can_write_eof()
 
     # Backpressure: when our peer's buffer is full, stop reading from our own side.
     def pause_writing(self) -> None:
@@ -244,25 +260,33 @@ class _HttpRequests(asyncio.Protocol):
 
 
 class _Sniffer(asyncio.Protocol):
+    """A connection's first bytes (decrypted, under TLS): HTTP/2 preface or HTTP/1.1.
+
+    Made for an admitted connection: it holds the connection's count until it hands the
+    connection on (and the new protocol releases it) or loses it.
+    """
+
     def __init__(self, front: Front) -> None:
         self.front = front
         self.transport: asyncio.Transport | None = None
         self.deadline: _Deadline | None = None
         self.buffer = b""
         self.decided = False
-        self.counted = False
+        self.counted = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if not self.front.admit():
-            transport.close()  # over the limit: closed at once, before reading anything
-            return
-        self.counted = True
         self.deadline = _Deadline(transport)
         self.deadline.arm(self.front.limits.idle_timeout, "idle connection")
 
+    def abandon(self) -> None:
+        """Its transport was never made (the client left, the TLS handshake failed)."""
+        if self.transport is None and self.counted:
+            self.counted = False
+            self.front.release()
+
     def data_received(self, data: bytes) -> None:
-        if self.deadline is None:  # refused (over the limit) and closing: ignore
+        if self.deadline is None:  # (asyncio calls connection_made first: never here)
             return
         if self.decided:  # bytes that arrive while the gRPC splice is being set up
             self.buffer += data
@@ -327,14 +351,17 @@ class _Sniffer(asyncio.Protocol):
 
 
 class Front:
-    """The public listener: REST in-process, gRPC spliced to `grpc_host:grpc_port`."""
+    """The public listener: REST in-process, gRPC spliced to `grpc_host:grpc_port`; with `tls`
+    every connection is TLS first (tls.server_context: ALPN h2 and http/1.1)."""
 
     def __init__(self, http_protocol: Callable[[], asyncio.Protocol], grpc_host: str,
-                 grpc_port: int, limits: ConnectionLimits | None = None) -> None:
+                 grpc_port: int, limits: ConnectionLimits | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.http_protocol = http_protocol
         self.grpc_host = grpc_host
         self.grpc_port = grpc_port
         self.limits = limits or ConnectionLimits()
+        self.tls = tls
         self.acceptor: _Acceptor | None = None
         self.reporter = Reporter()
         self.connections = 0  # open connections, each counted from accept to close
@@ -414,10 +441,27 @@ class _Acceptor:
             opening.add_done_callback(self.opening.discard)
 
     async def _open(self, conn: socket.socket) -> None:
+        front = self.front
+        if not front.admit():
+            conn.close()  # over the limit: closed at once, before reading (or a handshake)
+            return
+        sniffer = _Sniffer(front)
+        tls: dict[str, Any] = {}
+        if front.tls is not None:
+            tls = {"ssl": front.tls,
+                   "ssl_handshake_timeout": front.limits.header_timeout or HANDSHAKE_NEVER_S}
         try:
-            await self.loop.connect_accepted_socket(lambda: _Sniffer(self.front), conn)
-        except OSError:  # the client left before its transport was set up
+            await self.loop.connect_accepted_socket(lambda: sniffer, conn, **tls)
+        except (OSError, asyncio.TimeoutError) as exc:
+            # The client left before its transport was set up, or (TLS) the handshake failed
+            # or took longer than the header timeout (ConnectionAbortedError).
             conn.close()
+            sniffer.abandon()
+            if front.tls is not None:
+                # One line per reason: an unknown CA, a plaintext client, a timeout, ...
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                handshakes.record(f"TLS handshake failed ({reason})",
+                                  one_line(str(exc) or repr(exc)))
 
     def _back_off(self, sock: socket.socket, exc: OSError) -> None:
         """Stop accepting on `sock` for a while: a full descriptor table stays full for a moment,

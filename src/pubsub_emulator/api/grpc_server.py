@@ -1,7 +1,14 @@
-"""The gRPC adapter: Google's method paths and message types, mapped onto the service core."""
+"""The gRPC adapter: Google's method paths and message types, mapped onto the service core.
+
+Under `--auth` every call is authenticated here, from its `authorization` metadata, before its
+request is looked at (UNAUTHENTICATED otherwise), and the caller is `core.caller.current` while
+the core serves it. Here rather than in the front: the private plaintext port the front splices
+to is reachable by any local process, and a call through `--grpc-port` never meets the front.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -10,6 +17,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from ..auth import Authenticate
+from ..core import caller
 from ..core.errors import ApiError, invalid_argument
 from ..core.service import PubSubService
 from . import protos
@@ -84,12 +93,44 @@ def request_decoder(method: protos.Method) -> Callable[[bytes], Any]:
     return decode
 
 
-def _unary(service: PubSubService, method: protos.Method) -> Callable[..., Any]:
+def _metadata(context: aio.ServicerContext, key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item[0] == key:
+            value = item[1]
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+    return None
+
+
+async def _identify(authenticate: Authenticate | None, context: aio.ServicerContext
+                    ) -> contextvars.Token[caller.Caller | None] | None:
+    """Under --auth: the caller of this call becomes `caller.current` (the token resets it);
+    AuthError (UNAUTHENTICATED) when its credential is missing or does not hold."""
+    if authenticate is None:
+        return None
+    # gRPC Python does not show the :authority a call came to: a JWT's audience must name one
+    # of the emulator's own URLs (--tls-hostname) or Google's.
+    who = await authenticate(_metadata(context, "authorization"), None)
+    return caller.current.set(who)
+
+
+def _forget(token: contextvars.Token[caller.Caller | None] | None) -> None:
+    if token is None:
+        return
+    try:
+        caller.current.reset(token)
+    except ValueError:  # a stream closed from another task (its context ends with it anyway)
+        pass
+
+
+def _unary(service: PubSubService, method: protos.Method,
+           authenticate: Authenticate | None) -> Callable[..., Any]:
     call = service.unary[method.name]
 
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
         started = time.perf_counter()
+        token = None
         try:
+            token = await _identify(authenticate, context)
             if isinstance(request, Undecodable):
                 raise request.refuse()
             response = await call(request)
@@ -102,6 +143,8 @@ def _unary(service: PubSubService, method: protos.Method) -> Callable[..., Any]:
         else:
             log.debug("%s OK in %.1f ms", method.name, (time.perf_counter() - started) * 1000)
             return response
+        finally:
+            _forget(token)
         await _abort(context, error)  # outside the try: abort raises
 
     return handler
@@ -115,10 +158,14 @@ async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-def _streaming_pull(service: PubSubService) -> Callable[..., Any]:
+def _streaming_pull(service: PubSubService,
+                    authenticate: Authenticate | None) -> Callable[..., Any]:
     async def handler(requests: AsyncIterator[Any], context: aio.ServicerContext
                       ) -> AsyncIterator[Any]:
+        token = None
         try:
+            # Before the stream opens, so that the tasks it starts inherit the caller.
+            token = await _identify(authenticate, context)
             async for response in service.streaming_pull(_decoded(requests.__aiter__())):
                 yield response
             return
@@ -128,23 +175,28 @@ def _streaming_pull(service: PubSubService) -> Callable[..., Any]:
         except Exception:  # a bug: its traceback goes to the log, the client gets INTERNAL
             log.exception("StreamingPull failed")
             error = internal_error()
+        finally:
+            _forget(token)
         await _abort(context, error)
 
     return handler
 
 
-def generic_handlers(service: PubSubService) -> list[grpc.GenericRpcHandler]:
+def generic_handlers(service: PubSubService, authenticate: Authenticate | None = None
+                     ) -> list[grpc.GenericRpcHandler]:
+    """Every method's handler; with `authenticate` (--auth) each call must be authenticated."""
     by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
     for method in protos.methods().values():
         decode = request_decoder(method)
         encode = method.response_type.SerializeToString
         if method.client_streaming and method.server_streaming:
             handler = grpc.stream_stream_rpc_method_handler(
-                _streaming_pull(service), request_deserializer=decode,
+                _streaming_pull(service, authenticate), request_deserializer=decode,
                 response_serializer=encode)
         else:
             handler = grpc.unary_unary_rpc_method_handler(
-                _unary(service, method), request_deserializer=decode, response_serializer=encode)
+                _unary(service, method, authenticate), request_deserializer=decode,
+                response_serializer=encode)
         by_service.setdefault(method.service, {})[method.name] = handler
     return [grpc.method_handlers_generic_handler(f"{protos.PROTO_PACKAGE}.{name}", handlers)
             for name, handlers in by_service.items()]
@@ -152,19 +204,25 @@ def generic_handlers(service: PubSubService) -> list[grpc.GenericRpcHandler]:
 
 async def create_server(service: PubSubService, host: str = "127.0.0.1", port: int = 0,
                         extra: list[str] | None = None,
-                        options: list[tuple[str, Any]] | None = None) -> tuple[aio.Server, int]:
+                        options: list[tuple[str, Any]] | None = None,
+                        authenticate: Authenticate | None = None,
+                        extra_credentials: grpc.ServerCredentials | None = None,
+                        ) -> tuple[aio.Server, int]:
     """A started gRPC server for the service; returns it and the port it bound.
 
-    `extra` addresses ("host:port") are served too, e.g. a public gRPC-only port. `options`
-    replace the CHANNEL_OPTIONS of the same names.
+    `extra` addresses ("host:port") are served too, e.g. a public gRPC-only port, with TLS when
+    `extra_credentials` are given. `options` replace the CHANNEL_OPTIONS of the same names.
+    `authenticate`: every call must carry a credential it accepts (--auth).
     """
     given = dict(options or [])
     merged = [o for o in CHANNEL_OPTIONS if o[0] not in given] + list(given.items())
     server = aio.server(options=merged)
-    server.add_generic_rpc_handlers(generic_handlers(service))
+    server.add_generic_rpc_handlers(generic_handlers(service, authenticate))
     bound = server.add_insecure_port(f"{host}:{port}")
     for address in extra or []:
-        if server.add_insecure_port(address) == 0:
+        added = (server.add_secure_port(address, extra_credentials) if extra_credentials
+                 else server.add_insecure_port(address))
+        if added == 0:
             raise OSError(f"cannot bind gRPC port {address}")
     await server.start()
     return server, bound

@@ -7,6 +7,11 @@ parameters fill the remaining fields by their JSON or proto names. Unknown query
 
 Every error, including those the HTTP layer answers before any route runs (unknown route,
 over-size body, bad framing or encoding), is Google's JSON error body with its HTTP status.
+
+Under `--auth` (`Access`) a middleware authenticates the `Authorization` header of every request
+before anything else runs, except on the routes named public (health, the token endpoint, OIDC
+discovery and certificates): 401 with Google's body and `WWW-Authenticate`; `/debug/*` needs an
+administrator (403 otherwise). The caller is `core.caller.current` while the request is served.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from aiohttp import hdrs, web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from ..auth import Authenticate, AuthError
+from ..core import caller
 from ..core.errors import ApiError, Status, invalid_argument, unimplemented
 from . import protos
 from .client_errors import ClientErrorLog, HttpServerLog, one_line
@@ -348,6 +355,52 @@ def _rewrite_as_google_error(response: web.Response) -> None:
     response.headers[hdrs.CONTENT_LENGTH] = str(len(payload))
 
 
+ADMIN_PREFIX = "/debug/"
+HEALTH_PATH = "/healthz"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call what (--auth): `authenticate` checks a credential; the routes whose paths
+    are in `public` need none; paths under ADMIN_PREFIX need an administrator."""
+
+    authenticate: Authenticate
+    public: frozenset[str]
+
+
+def _unauthenticated(exc: AuthError) -> web.Response:
+    response = error_response(exc)
+    response.headers[hdrs.WWW_AUTHENTICATE] = exc.www_authenticate
+    return response
+
+
+def require_credentials(access: Access) -> Any:
+    """The middleware of `Access`; outermost, so nothing is parsed or answered for a caller
+    without credentials (no 404 tells them which resources exist)."""
+
+    @web.middleware
+    async def middleware(http: web.Request, handler: Any) -> web.StreamResponse:
+        route = http.match_info.route.resource
+        path = route.canonical if route is not None else ""
+        if path in access.public:
+            return await handler(http)
+        try:
+            who = await access.authenticate(http.headers.get(hdrs.AUTHORIZATION), http.host)
+        except AuthError as exc:
+            return _unauthenticated(exc)
+        if (http.path.startswith(ADMIN_PREFIX) or path.startswith(ADMIN_PREFIX)) and not who.admin:
+            return error_response(ApiError(
+                Status.PERMISSION_DENIED,
+                f"The caller does not have permission: {who.email} is not an administrator."))
+        token = caller.current.set(who)
+        try:
+            return await handler(http)
+        finally:
+            caller.current.reset(token)
+
+    return middleware
+
+
 def _find(routes: list[Route], unimplemented_routes: list[UnimplementedRoute], verb: str,
           path: str) -> tuple[Route, re.Match[str]] | ApiError:
     """The route serving `verb path`, or the error to answer."""
@@ -369,12 +422,13 @@ def _find(routes: list[Route], unimplemented_routes: list[UnimplementedRoute], v
 
 
 def create_app(call: Caller, extra_routes: list[web.RouteDef] | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
+               max_body_bytes: int = MAX_BODY_BYTES, access: Access | None = None
+               ) -> web.Application:
     """An aiohttp app serving the REST API through `call(method_name, request)`.
 
     `extra_routes` (e.g. the push dispatcher's /debug/push, the OIDC discovery document and
     certificates) are matched before the API's catch-all route. `max_body_bytes` bounds a
-    request body, as sent and once inflated.
+    request body, as sent and once inflated. `access`: credentials required (--auth).
     """
     routes = compile_routes()
     unimplemented_routes = compile_unimplemented_routes()
@@ -402,15 +456,18 @@ def create_app(call: Caller, extra_routes: list[web.RouteDef] | None = None,
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    middlewares = [google_errors(max_body_bytes)]
+    if access is not None:
+        middlewares.insert(0, require_credentials(access))
     app = web.Application(
-        client_max_size=max_body_bytes, middlewares=[google_errors(max_body_bytes)],
+        client_max_size=max_body_bytes, middlewares=middlewares,
         # Bodies are inflated by read_body, within the limit; aiohttp would inflate them whole.
         handler_args={"auto_decompress": False, "logger": HttpServerLog(log, clients)})
     # The request factory is the only hook on what aiohttp answers before routing (see
     # GoogleErrorRequest); `_cls` is the parameter aiohttp gives it for that.
     app._make_request = functools.partial(  # type: ignore[method-assign]
         app._make_request, _cls=GoogleErrorRequest)
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get(HEALTH_PATH, healthz)
     if extra_routes:
         app.router.add_routes(extra_routes)
     # Any path at all, newlines included, so that dispatch answers it

@@ -8,19 +8,24 @@
   (UNAUTHENTICATED with Google's messages) for a missing or invalid credential.
 - `jws`: strict RS256 JWT parsing and checks, shared by the above.
 
-`Auth` puts them together over one store, as the server wires them.
+`Auth` puts them together over one store, as the server wires them; `Auth.caller` is what
+the adapters call under `--auth` (an `Authenticate`): the credential in, the core's `Caller` out.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
+from ..core.caller import Caller
 from ..store import ResourceTable
 from .jws import CredentialError
 from .keys import TOKEN_PATH, CreatedKey, KeyRecord, ServiceAccountKeys, project_of
 from .tokens import AccessTokens, TokenEndpoint, TokenError
 from .verify import INVALID_MESSAGE, MISSING_MESSAGE, Authenticator, AuthError, Identity
+
+# (authorization header or metadata value, Host or :authority) -> the caller, or AuthError.
+Authenticate = Callable[[str | None, str | None], Awaitable[Caller]]
 
 
 class Auth:
@@ -33,9 +38,14 @@ class Auth:
         self.endpoint = TokenEndpoint(self.keys, self.tokens, clock)
         self.authenticator = Authenticator(self.keys, self.tokens, own_urls, clock)
 
+    async def caller(self, authorization: str | None, host: str | None = None) -> Caller:
+        """An `Authenticate`: who makes a call with this credential; AuthError otherwise."""
+        identity = await self.authenticator.authenticate(authorization, host)
+        return Caller(identity.email, identity.admin)
+
 
 __all__ = [
     "INVALID_MESSAGE", "MISSING_MESSAGE", "TOKEN_PATH", "AccessTokens", "Auth", "AuthError",
-    "Authenticator", "CreatedKey", "CredentialError", "Identity", "KeyRecord",
+    "Authenticate", "Authenticator", "CreatedKey", "CredentialError", "Identity", "KeyRecord",
     "ServiceAccountKeys", "TokenEndpoint", "TokenError", "project_of",
 ]

@@ -101,6 +101,10 @@ class Authenticator:
         self._tokens = tokens
         self._clock = clock
         self._audiences = {f"https://{GOOGLE_HOST}/", *_service_urls(GOOGLE_HOST, ["https"])}
+        self.add_own_urls(own_urls)
+
+    def add_own_urls(self, own_urls: Iterable[str]) -> None:
+        """More URLs of the emulator (a port known only once bound)."""
         for url in own_urls:
             host = urlsplit(url).netloc or url
             self._audiences |= _roots(host, ["http", "https"])
