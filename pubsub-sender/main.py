@@ -1,8 +1,9 @@
 """pubsub-sender: `POST /` publishes the request body, byte for byte, to a Pub/Sub topic.
 
-Env: PUBSUB_PROJECT, PUBSUB_TOPIC; PUBSUB_EMULATOR_HOST (emulator) or
-GOOGLE_APPLICATION_CREDENTIALS (real Cloud Pub/Sub). Optional message attributes come from
-query parameters `attr.<key>=<value>`.
+Env: PUBSUB_PROJECT, PUBSUB_TOPIC; PUBSUB_EMULATOR_HOST (emulator, plain HTTP) or
+GOOGLE_APPLICATION_CREDENTIALS (real Cloud Pub/Sub, or with PUBSUB_API_ROOT an emulator with TLS
+and --auth; PUBSUB_CA_CERTS its CA). Optional message attributes come from query parameters
+`attr.<key>=<value>`.
 """
 import json
 import logging

@@ -4,6 +4,7 @@ import BaseHTTPServer
 import os
 import socket
 import SocketServer
+import ssl
 import sys
 import threading
 import time
@@ -35,15 +36,20 @@ class RecordingServer(object):
     """A real HTTP server on 127.0.0.1:<free port> in a thread. Records each request
     (method, path, headers, body) and answers with `status`/`body`/`content_type` (plus
     `headers`; all read per request, so a test may change them between requests); with
-    `hang=True` it accepts the request and never answers (until stopped)."""
+    `hang=True` it accepts the request and never answers (until stopped).
+
+    `respond(request) -> (status, body)` (optional) answers instead, given the recorded request.
+    With `tls=(certfile, keyfile)` it speaks https (`url` says which)."""
 
     def __init__(self, status=200, body=b'{"messageIds": ["4242"]}',
-                 content_type='application/json', hang=False, headers=None):
+                 content_type='application/json', hang=False, headers=None, respond=None,
+                 tls=None):
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = dict(headers or {})
         self.hang = hang
+        self.respond = respond
         self.requests = []
         self._stop = threading.Event()
         outer = self
@@ -54,18 +60,22 @@ class RecordingServer(object):
             def _handle(self):
                 length = int(self.headers.get('Content-Length') or 0)
                 data = self.rfile.read(length) if length else b''
-                outer.requests.append({'method': self.command, 'path': self.path,
-                                       'headers': dict(self.headers.items()), 'body': data})
+                request = {'method': self.command, 'path': self.path,
+                           'headers': dict(self.headers.items()), 'body': data}
+                outer.requests.append(request)
                 if outer.hang:
                     outer._stop.wait(30)
                     return
-                self.send_response(outer.status)
+                status, body = outer.status, outer.body
+                if outer.respond is not None:
+                    status, body = outer.respond(request)
+                self.send_response(status)
                 self.send_header('Content-Type', outer.content_type)
                 for name, value in outer.headers.items():
                     self.send_header(name, value)
-                self.send_header('Content-Length', str(len(outer.body)))
+                self.send_header('Content-Length', str(len(body)))
                 self.end_headers()
-                self.wfile.write(outer.body)
+                self.wfile.write(body)
 
             do_POST = do_GET = do_PUT = _handle
 
@@ -78,6 +88,15 @@ class RecordingServer(object):
         self.server = Server(('127.0.0.1', 0), Handler)
         self.port = self.server.server_address[1]
         self.host = '127.0.0.1:%d' % self.port
+        self.scheme = 'http'
+        if tls:
+            # The handshake runs in accept(); a client that refuses the certificate makes
+            # accept() raise ssl.SSLError, a socket.error, which serve_forever() ignores.
+            context = ssl.SSLContext(ssl.PROTOCOL_SSLv23)
+            context.load_cert_chain(tls[0], tls[1])
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = 'https'
+        self.url = '%s://%s/' % (self.scheme, self.host)
         self.thread = threading.Thread(target=self.server.serve_forever,
                                        kwargs={'poll_interval': 0.05})
         self.thread.daemon = True
