@@ -6,6 +6,7 @@ Every problem raises :class:`ConfigError` whose message names the offending fiel
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -27,8 +28,10 @@ DEFAULT_ACK_DEADLINE = 60
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~%+-]*$")
 _HOSTPORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 
-_TOP_KEYS = {"pubsub_endpoint", "subscriptions", "stats_interval", "metrics_port",
-             "metrics_host"}
+_TOP_KEYS = {"pubsub_endpoint", "credentials_file", "ca_file", "subscriptions",
+             "stats_interval", "metrics_port", "metrics_host"}
+# Members google-auth needs to sign with a service-account key file.
+_KEY_MEMBERS = ("private_key", "client_email", "token_uri")
 _SUB_KEYS = {"project_id", "subscription_id", "endpoint", "concurrency", "timeout", "token",
              "token_file", "format", "write_metadata", "backoff", "ack_deadline"}
 _BACKOFF_KEYS = {"initial", "multiplier", "max"}
@@ -63,6 +66,10 @@ class Config:
     stats_interval: float = DEFAULT_STATS_INTERVAL
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # With credentials_file: TLS to pubsub_endpoint (or Google) with that service-account key,
+    # the server checked against ca_file (a PEM bundle) or else gRPC's default roots.
+    credentials_file: Path | None = None
+    ca_file: Path | None = None
 
     @property
     def tokens(self) -> list[str]:
@@ -84,7 +91,7 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
-    """Validate an already-parsed YAML document (`base_dir` resolves relative token_file)."""
+    """Validate an already-parsed YAML document (`base_dir` resolves relative file paths)."""
     base_dir = base_dir or Path.cwd()
     if not isinstance(raw, Mapping):
         raise ConfigError("top level: must be a mapping with a 'subscriptions' list")
@@ -96,6 +103,11 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
             raise ConfigError("pubsub_endpoint: must be host:port (e.g. 127.0.0.1:8085), "
                               "or null for real Cloud Pub/Sub")
         endpoint = endpoint.strip()
+    credentials_file = _credentials_file(raw.get("credentials_file"), base_dir)
+    ca_file = _ca_file(raw.get("ca_file"), base_dir)
+    if ca_file is not None and credentials_file is None:
+        raise ConfigError("ca_file: only valid with credentials_file (without credentials the "
+                          "worker talks plain gRPC to the emulator, or to Google with ADC)")
 
     stats_interval = _number(raw, "stats_interval", "stats_interval", DEFAULT_STATS_INTERVAL)
     metrics_port = raw.get("metrics_port")
@@ -119,7 +131,56 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
                               f"[{seen[sub.subscription_path]}] ({sub.subscription_path})")
         seen[sub.subscription_path] = i
     return Config(subscriptions=subs, pubsub_endpoint=endpoint, stats_interval=stats_interval,
-                  metrics_port=metrics_port, metrics_host=metrics_host)
+                  metrics_port=metrics_port, metrics_host=metrics_host,
+                  credentials_file=credentials_file, ca_file=ca_file)
+
+
+def _read_file(value: Any, key: str, base_dir: Path, what: str) -> tuple[Path, bytes]:
+    """The path (relative to the config file) and the bytes of a file-valued field."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: must be the path of {what}")
+    p = Path(value.strip()).expanduser()
+    if not p.is_absolute():
+        p = base_dir / p
+    try:
+        return p, p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {p}: {e.strerror or e}") from e
+
+
+def _credentials_file(value: Any, base_dir: Path) -> Path | None:
+    """A service-account key file (as Google or `pubsub-emulator keys create` writes them),
+    checked now so that a wrong file stops the worker at start, not at its first pull."""
+    if value is None:
+        return None
+    path, data = _read_file(value, "credentials_file", base_dir, "a service-account key file")
+    try:
+        info = json.loads(data)
+    except ValueError as e:
+        raise ConfigError(f"credentials_file: {path} is not JSON: {e}") from e
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        kind = info.get("type") if isinstance(info, dict) else type(info).__name__
+        raise ConfigError(f"credentials_file: {path} is not a service-account key file "
+                          f"(type {kind!r}, expected 'service_account')")
+    missing = [m for m in _KEY_MEMBERS if not info.get(m)]
+    if missing:
+        raise ConfigError(f"credentials_file: {path} lacks {', '.join(missing)}")
+    from google.oauth2 import service_account
+
+    try:
+        service_account.Credentials.from_service_account_info(info)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"credentials_file: {path}: unusable key: {e}") from e
+    return path
+
+
+def _ca_file(value: Any, base_dir: Path) -> Path | None:
+    if value is None:
+        return None
+    path, data = _read_file(value, "ca_file", base_dir, "a PEM CA bundle")
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ConfigError(f"ca_file: {path} holds no PEM certificate")
+    return path
 
 
 def _subscription(raw: Any, where: str, base_dir: Path) -> SubscriptionConfig:

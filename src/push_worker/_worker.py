@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ from push_contract import BackoffPolicy, build_request, fields_from_message
 from ._config import Config, SubscriptionConfig
 from ._delivery import Deliverer, EndpointGate, Outcome
 from ._metrics import Stats
+from ._subscriber import make_subscriber
 
 log = logging.getLogger("push_worker")
 
@@ -76,18 +76,8 @@ class Worker:
             self._shutdown()
 
     def _start(self) -> None:
-        if self.config.pubsub_endpoint:
-            os.environ["PUBSUB_EMULATOR_HOST"] = self.config.pubsub_endpoint
-            log.info("using the Pub/Sub emulator at %s", self.config.pubsub_endpoint)
-        elif os.environ.get("PUBSUB_EMULATOR_HOST"):
-            log.warning("pubsub_endpoint is not set but PUBSUB_EMULATOR_HOST=%s is in the "
-                        "environment: using that emulator", os.environ["PUBSUB_EMULATOR_HOST"])
-        else:
-            log.info("using Cloud Pub/Sub with application default credentials")
         if self._subscriber is None:
-            from google.cloud import pubsub_v1
-
-            self._subscriber = pubsub_v1.SubscriberClient()
+            self._subscriber = make_subscriber(self.config)
 
         if self.config.metrics_port is not None:
             try:

@@ -24,6 +24,10 @@ EPILOG = """\
 configuration (YAML):
   pubsub_endpoint: 127.0.0.1:8085   # emulator host:port; omit or null for real Cloud Pub/Sub
                                     # (application default credentials)
+  # credentials_file: key.json      # service-account key: TLS + its credentials to
+                                    # pubsub_endpoint (emulator with --auth) or Google
+  # ca_file: ca.pem                 # with credentials_file: CA bundle for the server
+                                    # (default: public roots); relative: to the config
   stats_interval: 30                # seconds between info-level count lines (default 30)
   metrics_port: 9464                # optional: Prometheus /metrics (needs prometheus-client)
   metrics_host: 127.0.0.1           # optional: address for metrics_port (default 127.0.0.1)
