@@ -18,18 +18,16 @@ the key revokes the access tokens made with it at once.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..store import Kind, ResourceTable
+from ..signing_keys import stored_rsa_key
+from ..store import ResourceTable
 from . import jws
 from .keys import TOKEN_PATH, KeyRecord, ServiceAccountKeys
 
@@ -67,24 +65,10 @@ class AccessTokens:
     async def _key(self) -> rsa.RSAPrivateKey:
         if self._private is not None:
             return self._private
-        pem = await self._table.get(Kind.SIGNING_KEY, SERVER_KEY_NAME)
-        if pem is None:
-            fresh = await asyncio.to_thread(rsa.generate_private_key, 65537, 2048)  # CPU-bound
-            made = fresh.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption())
-            # Processes starting together: the first create wins, the others read its key.
-            if not await self._table.create(Kind.SIGNING_KEY, SERVER_KEY_NAME, made):
-                made = await self._table.get(Kind.SIGNING_KEY, SERVER_KEY_NAME) or made
-            pem = made
-        private = serialization.load_pem_private_key(pem, password=None)
-        if not isinstance(private, rsa.RSAPrivateKey):
-            raise TypeError("the access-token signing key is not an RSA key")
-        der = private.public_key().public_bytes(serialization.Encoding.DER,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-        self._kid = hashlib.sha1(der).hexdigest()
-        self._private = private
-        return private
+        stored = await stored_rsa_key(self._table, SERVER_KEY_NAME)
+        self._kid = stored.kid
+        self._private = stored.private
+        return stored.private
 
     async def issue(self, record: KeyRecord, scope: str) -> tuple[str, int]:
         """An access token for the account of `record`, and its lifetime in seconds."""

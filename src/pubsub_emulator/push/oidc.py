@@ -32,13 +32,13 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt
 from google.auth import jwt as google_jwt
 
 from ..core.push_config import has_registered_key
-from ..store import Kind, ResourceTable
+from ..signing_keys import stored_rsa_key
+from ..store import ResourceTable
 
 ISSUER = "https://accounts.google.com"
 TOKEN_LIFETIME_S = 3600
@@ -81,21 +81,9 @@ class TokenIssuer:
         """Read the signing key from the store, or make and store one (first use only)."""
         if self._signer is not None:
             return
-        pem = await self._table.get(Kind.SIGNING_KEY, KEY_NAME)
-        if pem is None:
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            made = key.private_bytes(serialization.Encoding.PEM,
-                                     serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
-            if not await self._table.create(Kind.SIGNING_KEY, KEY_NAME, made):
-                made = await self._table.get(Kind.SIGNING_KEY, KEY_NAME) or made
-            pem = made
-        private = serialization.load_pem_private_key(pem, password=None)
-        assert isinstance(private, rsa.RSAPrivateKey)
+        stored = await stored_rsa_key(self._table, KEY_NAME)
+        private, pem, self._kid = stored.private, stored.pem, stored.kid
         public = private.public_key()
-        der = public.public_bytes(serialization.Encoding.DER,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo)
-        self._kid = hashlib.sha1(der).hexdigest()  # 40 hex digits, like Google's key ids
         self._public_numbers = public.public_numbers()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
                                              "pubsub-emulator OIDC signing key")])
