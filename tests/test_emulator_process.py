@@ -205,6 +205,7 @@ def test_insecure_starts_on_a_public_address_with_a_warning():
     (["--push-allow", "10.0.0.0/8,127.1"], "--push-allow"),
     (["--push-allow", "bad host"], "--push-allow"),
     (["--tls-hostname", "not a name"], "--tls-hostname"),
+    (["--host", ""], "--host"),  # an unset variable in a unit file: not retried as a failure
 ])
 def test_bad_security_flags_are_usage_errors(tmp_path, args, message):
     result = _start("--data-dir", str(tmp_path), *args)

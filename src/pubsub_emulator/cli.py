@@ -38,6 +38,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _address(text: str) -> str:
+    """A --host value: an empty one (an unset variable in a service file) is a usage error,
+    not a bind to every address or a failure to listen that a supervisor would retry."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected an address to bind, got an empty value")
+    return text.strip()
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -111,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         "start", help="run the emulator",
         description="Serve the Publisher and Subscriber APIs over gRPC and REST (Google's JSON "
                     "mapping) on one port, with GET /healthz for readiness checks.")
-    start.add_argument("--host", default="127.0.0.1",
+    start.add_argument("--host", default="127.0.0.1", type=_address,
                        help="address to bind (default: %(default)s, loopback only; use 0.0.0.0 "
                             "to accept other machines, with --auth and TLS)")
     start.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -149,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
                     "--upstream; gRPC connections to this port are passed through to it.")
     gateway.add_argument("--upstream", required=True, metavar="HOST:PORT",
                          help="the Pub/Sub gRPC endpoint to forward to")
-    gateway.add_argument("--host", default="127.0.0.1",
+    gateway.add_argument("--host", default="127.0.0.1", type=_address,
                          help="address to bind (default: %(default)s)")
     gateway.add_argument("--port", type=int, default=8086,
                          help="port to serve (default: %(default)s)")
