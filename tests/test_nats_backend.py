@@ -310,6 +310,23 @@ def test_unreachable_nats_is_one_clear_error():
     assert "Connect call failed" in err and "Traceback" not in err
 
 
+def test_a_message_over_the_nats_payload_limit_is_a_clear_client_error(nats_server):
+    """nats-server's default max_payload is 1 MB: a 2 MB message is refused with
+    INVALID_ARGUMENT saying what to change, never an UNKNOWN/INTERNAL (or a 500 over REST);
+    the emulator goes on serving."""
+    from google.api_core import exceptions
+
+    with _emulator(nats_server.url) as emu:
+        for transport in ("grpc", "rest"):
+            publisher, _ = make_clients(emu.host, transport)
+            topic = publisher.topic_path("p", unique("big"))
+            publisher.create_topic(name=topic)
+            with pytest.raises(exceptions.BadRequest, match="max_payload"):
+                publisher.publish(topic, b"x" * (2 << 20)).result(timeout=60)
+            assert publisher.publish(topic, b"small").result(timeout=30)
+        assert "Traceback" not in emu.log_path.read_text()
+
+
 def test_google_client_round_trip(nats_server):
     with _emulator(nats_server.url) as emu:
         publisher, subscriber = make_clients(emu.host, "grpc")

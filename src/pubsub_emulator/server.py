@@ -156,7 +156,7 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
     """
     limits, security = limits or Limits(), security or Security()
     service = PubSubService(store)
-    service.streaming_pull.first_request_timeout = limits.first_request_timeout
+    service.streaming.first_request_timeout = limits.first_request_timeout
     if topology is not None:
         created = await topologies.apply(service, topology)
         log.info("topology applied: %d resources created", created)

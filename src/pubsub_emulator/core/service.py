@@ -9,7 +9,7 @@ puts the parts together:
     publishing     Publish
     engine         the delivery engine: leases, acks, modacks, dead letters
     pulls          Pull, Acknowledge, ModifyAckDeadline over the engine
-    streaming_pull StreamingPull over the engine
+    streaming      StreamingPull over the engine (service.streaming_pull answers store errors)
     schemas        SchemaService, and schema checks of topics and messages
     sweeper        retention, expiration, reclaiming
     events         wake-ups and change notices (also the store's listener)
@@ -23,16 +23,19 @@ store).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from google.protobuf.message import Message
 
 from ..schemas import SCHEMA_METHODS, SchemaRegistry
-from ..store import Kind, Store
+from ..store import Kind, NotFound, PayloadTooLarge, Store, StoreError, StoreUnavailable
 from .activity import Activity
 from .catalog import Catalog
 from .delivery import DeliveryEngine
+from .errors import ApiError, Status, invalid_argument
 from .events import Events
 from .model import now_ms
 from .publishing import Publishing
@@ -45,6 +48,7 @@ from .sweeper import Sweeper
 from .topics import Topics
 
 UnaryHandler = Callable[[Any], Awaitable[Message]]
+log = logging.getLogger("pubsub_emulator.service")
 
 TOPIC_METHODS = ("CreateTopic", "UpdateTopic", "GetTopic", "ListTopics",
                  "ListTopicSubscriptions", "ListTopicSnapshots", "DeleteTopic")
@@ -54,6 +58,33 @@ SUBSCRIPTION_METHODS = ("CreateSubscription", "GetSubscription", "UpdateSubscrip
 SNAPSHOT_METHODS = ("GetSnapshot", "ListSnapshots", "CreateSnapshot", "UpdateSnapshot",
                     "DeleteSnapshot", "Seek")
 PULL_METHODS = ("Pull", "Acknowledge", "ModifyAckDeadline")
+
+
+def store_error(exc: StoreError) -> ApiError:
+    """What a client is told when the store fails a call: the one place store errors that
+    are no caller's mistake become API errors (the core answers the others itself)."""
+    if isinstance(exc, PayloadTooLarge):
+        return invalid_argument(f"The message is too large for this emulator's store: {exc}. "
+                                f"Raise the NATS server's max_payload (see docs/nats.md).")
+    if isinstance(exc, NotFound):  # gone between the core's read and the store's call
+        return ApiError(Status.NOT_FOUND, f"Resource not found (resource={exc}).")
+    if isinstance(exc, StoreUnavailable):
+        return ApiError(Status.UNAVAILABLE, "The service is currently unavailable (the "
+                                            "emulator's store cannot be reached); try again.")
+    return ApiError(Status.INTERNAL, "Internal error encountered.")
+
+
+def _store_errors_answered(handler: UnaryHandler) -> UnaryHandler:
+    @functools.wraps(handler)
+    async def answered(request: Any) -> Message:
+        try:
+            return await handler(request)
+        except StoreError as exc:
+            if not isinstance(exc, NotFound | PayloadTooLarge | StoreUnavailable):
+                log.exception("the store failed a call")
+            raise store_error(exc) from None
+
+    return answered
 
 
 def snake_case(method: str) -> str:
@@ -89,7 +120,7 @@ class PubSubService:
         self.engine = DeliveryEngine(store, self.catalog, self.events, activity, clock)
         self.pulls = PullRpcs(self.engine, self.catalog, self.events, clock)
         self.snapshots = Snapshots(store, self.catalog, self.events, self.engine, clock)
-        self.streaming_pull = StreamingPull(self.engine, self.events, clock)
+        self.streaming = StreamingPull(self.engine, self.events, clock)
         self.sweeper = Sweeper(store, self.catalog, activity, self.engine, self.subscriptions,
                                clock)
         handlers: list[tuple[object, tuple[str, ...]]] = [
@@ -97,8 +128,18 @@ class PubSubService:
             (self.snapshots, SNAPSHOT_METHODS), (self.pulls, PULL_METHODS),
             (self.publishing, ("Publish",)), (self.schemas, SCHEMA_METHODS)]
         self.unary: dict[str, UnaryHandler] = {
-            method: getattr(component, snake_case(method))
+            method: _store_errors_answered(getattr(component, snake_case(method)))
             for component, methods in handlers for method in methods}
+
+    async def streaming_pull(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """The StreamingPull RPC (core/streaming.py), store failures answered as API errors."""
+        try:
+            async for response in self.streaming(requests):
+                yield response
+        except StoreError as exc:
+            if not isinstance(exc, NotFound | PayloadTooLarge | StoreUnavailable):
+                log.exception("the store failed a call")
+            raise store_error(exc) from None
 
     def _schema_changed(self, kind: Kind, name: str) -> None:
         if kind is Kind.SCHEMA:

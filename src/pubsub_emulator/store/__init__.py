@@ -19,6 +19,7 @@ from .base import (
     MessageLog,
     NotFound,
     Page,
+    PayloadTooLarge,
     Resource,
     ResourceTable,
     RetentionRules,
@@ -54,7 +55,8 @@ async def open_store(data_dir: str | Path | None, in_memory: bool = False,
 
 __all__ = [
     "ANNOUNCED_KINDS", "DEFAULT_POLICY", "Accepts", "Delivery", "DeliveryPolicy",
-    "InvalidAckId", "InvalidPageToken", "Kind", "MessageLog", "NotFound", "Page", "Resource",
+    "InvalidAckId", "InvalidPageToken", "Kind", "MessageLog", "NotFound", "Page",
+    "PayloadTooLarge", "Resource",
     "ResourceTable", "RetentionRules", "RetryPolicy", "Store", "StoreError", "StoreListener",
     "StoreUnavailable", "open_store",
 ]

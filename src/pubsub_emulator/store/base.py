@@ -67,6 +67,10 @@ class StoreUnavailable(StoreError):
     """The backend cannot be reached now (a NATS server down); the caller may retry."""
 
 
+class PayloadTooLarge(StoreError):
+    """A message is larger than the backend accepts (a NATS server's max_payload)."""
+
+
 # --- records -----------------------------------------------------------------------------------
 class Resource(NamedTuple):
     name: str

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
+
+from nats import errors as nats_errors
+
+from ..base import PayloadTooLarge, StoreUnavailable
 
 log = logging.getLogger("pubsub_emulator.nats")
 
@@ -50,6 +55,26 @@ def parse_headers(raw: bytes) -> dict[str, str]:
         if sep:
             headers[key.strip()] = value.strip()
     return headers
+
+
+# What nats-py raises when the server cannot be reached or answered in time: the store's
+# callers are told the store is unavailable (UNAVAILABLE to clients, which retry).
+_UNREACHABLE = (nats_errors.ConnectionClosedError, nats_errors.NoServersError,
+                nats_errors.StaleConnectionError, nats_errors.OutboundBufferLimitError,
+                nats_errors.ConnectionDrainingError, nats_errors.TimeoutError,
+                nats_errors.NoRespondersError, asyncio.TimeoutError)
+
+
+@contextlib.contextmanager
+def declared_errors() -> Iterator[None]:
+    """nats-py's errors as the store's declared ones."""
+    try:
+        yield
+    except nats_errors.MaxPayloadError as exc:
+        raise PayloadTooLarge(f"the message is larger than the NATS server's max_payload "
+                              f"({exc})") from exc
+    except _UNREACHABLE as exc:
+        raise StoreUnavailable(f"NATS did not answer: {type(exc).__name__}") from exc
 
 
 class JetStream:
@@ -113,7 +138,8 @@ class JetStream:
 
     async def publish(self, subject: str, payload: bytes) -> None:
         """A core-NATS publish (notifications; acks that need no answer)."""
-        await self._nc.publish(subject, payload)
+        with declared_errors():
+            await self._nc.publish(subject, payload)
 
     async def _on_reply(self, msg: Any) -> None:
         queue = self._waiting.get(msg.subject.rpartition(".")[2])
@@ -132,7 +158,8 @@ class JetStream:
                   timeout: float = 10.0) -> dict[str, Any]:
         """A JetStream API request (`$JS.API.<subject>`); NatsError if it answers one."""
         payload = json.dumps(body).encode() if body is not None else b""
-        msg = await self._nc.request(f"$JS.API.{subject}", payload, timeout=timeout)
+        with declared_errors():
+            msg = await self._nc.request(f"$JS.API.{subject}", payload, timeout=timeout)
         resp = json.loads(msg.data)
         if "error" in resp:
             raise NatsError(resp["error"])
@@ -146,22 +173,28 @@ class JetStream:
         """Publish to JetStream, all before awaiting any PubAck (one round trip)."""
         tokens = []
         try:
-            for subject, payload, headers in items:
-                token, queue = self._reply_queue()
-                tokens.append((token, queue))
-                await self._nc.publish(subject, payload, reply=f"{self._inbox}.{token}",
-                                       headers=headers)
-            acks = []
-            for _, queue in tokens:
-                msg = await asyncio.wait_for(queue.get(), 10.0)
-                resp = json.loads(msg.data) if msg.data else {}
-                if not msg.data:
-                    raise NoStream("no JetStream stream answered a publish")
-                acks.append(resp)
-            return acks
+            with declared_errors():
+                return await self._publish_and_wait(items, tokens)
         finally:
             for token, _ in tokens:
                 self._waiting.pop(token, None)
+
+    async def _publish_and_wait(self, items: Sequence[tuple[str, bytes, dict[str, str] | None]],
+                                tokens: list[tuple[str, asyncio.Queue[Any]]]
+                                ) -> list[dict[str, Any]]:
+        for subject, payload, headers in items:
+            token, queue = self._reply_queue()
+            tokens.append((token, queue))
+            await self._nc.publish(subject, payload, reply=f"{self._inbox}.{token}",
+                                   headers=headers)
+        acks = []
+        for _, queue in tokens:
+            msg = await asyncio.wait_for(queue.get(), 10.0)
+            resp = json.loads(msg.data) if msg.data else {}
+            if not msg.data:
+                raise NoStream("no JetStream stream answered a publish")
+            acks.append(resp)
+        return acks
 
     async def ensure_stream(self, name: str, subjects: list[str], description: str = "",
                             **extra: Any) -> dict[str, Any]:
@@ -234,11 +267,12 @@ class JetStream:
             return
         token, queue = self._reply_queue()
         try:
-            for subject, body in sends[:-1]:
-                await self._nc.publish(subject, body)
-            subject, body = sends[-1]
-            await self._nc.publish(subject, body, reply=f"{self._inbox}.{token}")
-            await asyncio.wait_for(queue.get(), 10.0)
+            with declared_errors():
+                for subject, body in sends[:-1]:
+                    await self._nc.publish(subject, body)
+                subject, body = sends[-1]
+                await self._nc.publish(subject, body, reply=f"{self._inbox}.{token}")
+                await asyncio.wait_for(queue.get(), 10.0)
         finally:
             self._waiting.pop(token, None)
 
