@@ -14,6 +14,8 @@ SENDER_PORT ?= 8080
 RECEIVER_PORT ?= 8081
 # Who pushes to the receiver: the push worker, or the emulator itself (PUSH=emulator)
 PUSH ?= worker
+# SECURE=1: the emulator with TLS and --auth, every client with a key (README: make run SECURE=1)
+SECURE ?= 0
 
 # The App Engine side: Python 2.7, the SDK, vendoring, the verification token, deploy.
 include mk/apps.mk
@@ -58,7 +60,7 @@ emulator: $(STAMPS)/venv.stamp
 run: setup
 	$(PY) scripts/stack.py --python27 "$(PY27)" --sdk-dir "$(SDK_DIR)" \
 	  --emulator-port $(EMULATOR_PORT) --sender-port $(SENDER_PORT) \
-	  --receiver-port $(RECEIVER_PORT) --push $(PUSH)
+	  --receiver-port $(RECEIVER_PORT) --push $(PUSH) $(if $(filter 1,$(SECURE)),--secure)
 
 # ruff for the Python 3 code (make_test_keys.py is Python 3 among the 2.7 tests: named
 # explicitly, as pyproject.toml excludes tests/py27), flake8 under 2.7 for the 2.7 code.
