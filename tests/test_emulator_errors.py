@@ -169,15 +169,15 @@ def test_rest_body_must_be_a_json_object(emulator, body):
     assert "Root element must be a message" in error["message"]
 
 
-def test_rest_iam_is_unimplemented(emulator):
+def test_rest_iam_on_a_missing_topic_is_not_found(emulator):
     import requests
 
     answer = requests.post(
         f"http://{emulator.host}/v1/projects/{P}/topics/{unique('t')}:setIamPolicy",
         json={"policy": {}}, timeout=10)
-    assert answer.status_code == 501
+    assert answer.status_code == 404
     error = answer.json()["error"]
-    assert error["code"] == 501 and error["status"] == "UNIMPLEMENTED" and error["message"]
+    assert error["code"] == 404 and error["status"] == "NOT_FOUND" and error["message"]
 
 
 def test_grpc_undecodable_request_is_invalid_argument(emulator):

@@ -23,8 +23,12 @@ from pathlib import Path
 
 from . import tls
 from .auth import ServiceAccountKeys
+from .core.errors import ApiError
+from .iam import roles
+from .iam.policies import PolicyBook
+from .iam.rpcs import resource_kind
 from .server import Security
-from .store import open_store
+from .store import ResourceTable, open_store
 
 log = logging.getLogger("pubsub_emulator")
 
@@ -185,6 +189,16 @@ def _add_store_flags(parser: argparse.ArgumentParser, data_dir: str) -> None:
                         help="as given to `start` (default: %(default)s)")
 
 
+def _role_grant(text: str) -> tuple[str, str]:
+    """One --role value: ROLE or ROLE@RESOURCE (a project, topic, subscription, snapshot or
+    schema name); the resource is checked when the store is open."""
+    role, _, resource = text.partition("@")
+    if role not in roles.ROLES:
+        raise argparse.ArgumentTypeError(
+            f"unknown role {role!r}; one of: {', '.join(sorted(roles.ROLES))}")
+    return role, resource
+
+
 def add_keys_command(sub: argparse._SubParsersAction, data_dir: str  # type: ignore[type-arg]
                      ) -> None:
     keys = sub.add_parser(
@@ -199,7 +213,14 @@ def add_keys_command(sub: argparse._SubParsersAction, data_dir: str  # type: ign
                         help="where to write the key file (mode 0600; it holds the private "
                              "key, which the emulator does not keep)")
     create.add_argument("--admin", action="store_true",
-                        help="the key may administer the emulator (GET /debug/*)")
+                        help="the key may administer the emulator (GET /debug/*, project-level "
+                             "IAM policies)")
+    create.add_argument("--role", action="append", type=_role_grant, default=[],
+                        metavar="ROLE[@RESOURCE]",
+                        help="grant the account this IAM role (repeatable), on RESOURCE "
+                             "(projects/P[/topics/T|/subscriptions/S|...]; default: the key's "
+                             "project, so it applies to every resource in it), e.g. "
+                             "roles/pubsub.admin (docs/iam.md)")
     create.add_argument("--url", default=DEFAULT_KEY_URL, metavar="https://HOST:PORT",
                         help="the emulator as clients reach it: the key file's token_uri is "
                              "URL/token (default: %(default)s)")
@@ -233,12 +254,7 @@ async def _keys(args: argparse.Namespace) -> int:
     try:
         keys = ServiceAccountKeys(store.resources)
         if args.keys_command == "create":
-            created = await keys.create(args.email, args.url, args.project, args.admin)
-            _write_private(args.out, created.key_file_json())
-            record = created.record
-            print(f"created key {record.key_id} for {record.email}"
-                  f"{' (admin)' if record.admin else ''}: {args.out}")
-            return 0
+            return await _create_key(args, keys, store.resources)
         if args.keys_command == "list":
             for record in await keys.list_keys(args.email):
                 print(f"{record.key_id}  {record.email}  {'admin' if record.admin else '-'}  "
@@ -256,11 +272,43 @@ async def _keys(args: argparse.Namespace) -> int:
         await store.close()
 
 
+async def _check_grant_resource(table: ResourceTable, resource: str) -> None:
+    """A --role resource must be a project or an existing resource (ValueError otherwise)."""
+    try:
+        kind = resource_kind(resource)
+    except ApiError as exc:
+        raise ValueError(f"--role: {exc.message}") from None
+    if kind is not None and await table.get(kind, resource) is None:
+        raise ValueError(f"--role: {resource} does not exist")
+
+
+async def _create_key(args: argparse.Namespace, keys: ServiceAccountKeys,
+                      table: ResourceTable) -> int:
+    """`keys create`: the key file, then the --role grants (on the key's project by default)."""
+    for _, resource in args.role:
+        if resource:  # checked before the key is made, so a typo leaves nothing behind
+            await _check_grant_resource(table, resource)
+    created = await keys.create(args.email, args.url, args.project, args.admin)
+    _write_private(args.out, created.key_file_json())
+    record = created.record
+    print(f"created key {record.key_id} for {record.email}"
+          f"{' (admin)' if record.admin else ''}: {args.out}")
+    policies = PolicyBook(table)
+    for role, resource in args.role:
+        where = resource or f"projects/{record.project_id}"
+        await policies.grant(where, role, [f"serviceAccount:{record.email}"])
+        print(f"granted {role} on {where} to serviceAccount:{record.email}")
+    return 0
+
+
 def run_keys(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_keys(args))
-    except ValueError as exc:  # a bad email or project
+    except ValueError as exc:  # a bad email, project or --role resource
         print(f"pubsub-emulator: {exc}", file=sys.stderr)
+        return 2
+    except ApiError as exc:  # a grant the policy refuses
+        print(f"pubsub-emulator: {exc.message}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"pubsub-emulator: {exc}", file=sys.stderr)

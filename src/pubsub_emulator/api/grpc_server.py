@@ -197,8 +197,9 @@ def generic_handlers(service: PubSubService, authenticate: Authenticate | None =
             handler = grpc.unary_unary_rpc_method_handler(
                 _unary(service, method, authenticate), request_deserializer=decode,
                 response_serializer=encode)
-        by_service.setdefault(method.service, {})[method.name] = handler
-    return [grpc.method_handlers_generic_handler(f"{protos.PROTO_PACKAGE}.{name}", handlers)
+        # google.pubsub.v1.Publisher, ..., and google.iam.v1.IAMPolicy on the same host
+        by_service.setdefault(method.full_service, {})[method.name] = handler
+    return [grpc.method_handlers_generic_handler(name, handlers)
             for name, handlers in by_service.items()]
 
 

@@ -17,7 +17,6 @@ administrator (403 otherwise). The caller is `core.caller.current` while the req
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
 import re
@@ -34,7 +33,7 @@ from google.protobuf.message import Message
 
 from ..auth import Authenticate, AuthError
 from ..core import caller
-from ..core.errors import ApiError, Status, invalid_argument, unimplemented
+from ..core.errors import ApiError, Status, invalid_argument
 from . import protos
 from .client_errors import ClientErrorLog, HttpServerLog, one_line
 from .errors import HTTP_STATUS, internal_error, rest_body, status_from_http
@@ -89,48 +88,20 @@ def _template_regex(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
 class Route:
     method: protos.Method
     verb: str
+    template: str  # the rule's path template, e.g. /v1/{topic=projects/*/topics/*}:publish
     regex: re.Pattern[str]
     fields: tuple[str, ...]  # request field path of each captured variable
     body: str
 
 
-@dataclass(frozen=True)
-class UnimplementedRoute:
-    """A route of an API the emulator does not serve yet: it answers UNIMPLEMENTED."""
-
-    name: str  # e.g. google.iam.v1.IAMPolicy.SetIamPolicy
-    verb: str
-    template: str
-    regex: re.Pattern[str]
-
-
 def compile_routes() -> list[Route]:
+    """A route per google.api.http rule (the IAM methods have one per resource type)."""
     routes = []
     for method in protos.methods().values():
-        rule = method.http
-        if rule is None:
-            continue
-        regex, fields = _template_regex(rule.template)
-        routes.append(Route(method, rule.verb.upper(), regex, fields, rule.body))
-    return routes
-
-
-IAM_METHODS = ("GetIamPolicy", "SetIamPolicy", "TestIamPermissions")
-
-
-def compile_unimplemented_routes() -> list[UnimplementedRoute]:
-    """The IAM mixin's routes on topics, subscriptions, snapshots and schemas, read from the
-    client library's generated REST transport (made from Google's service config): gRPC
-    answers UNIMPLEMENTED for the IAMPolicy service, so REST does too."""
-    rest_base = importlib.import_module(
-        "google.pubsub_v1.services.publisher.transports.rest_base")
-    transport = rest_base._BasePublisherRestTransport
-    routes = []
-    for name in IAM_METHODS:
-        for option in getattr(transport, f"_Base{name}")._get_http_options():
-            regex, _ = _template_regex(option["uri"])
-            routes.append(UnimplementedRoute(f"google.iam.v1.IAMPolicy.{name}",
-                                             option["method"].upper(), option["uri"], regex))
+        for rule in method.http_rules:
+            regex, fields = _template_regex(rule.template)
+            routes.append(Route(method, rule.verb.upper(), rule.template, regex, fields,
+                                rule.body))
     return routes
 
 
@@ -142,31 +113,51 @@ def _set_path(request: Message, path: str, value: str) -> None:
     setattr(target, leaf, value)
 
 
+def _query_field(request: Message, key: str) -> tuple[Message, Any] | None:
+    """The message and scalar field a query parameter names, by JSON or proto names, through
+    singular message fields for a dotted name (`options.requestedPolicyVersion`); None for
+    anything else."""
+    target: Message = request
+    *parents, leaf = key.split(".")
+    for name in parents:
+        fd = _field_named(target, name)
+        if fd is None or fd.message_type is None or fd.is_repeated:
+            return None
+        target = getattr(target, fd.name)
+    fd = _field_named(target, leaf)
+    if fd is None or fd.message_type is not None or fd.is_repeated:
+        return None
+    return target, fd
+
+
+def _field_named(message: Message, name: str) -> Any:
+    for fd in message.DESCRIPTOR.fields:
+        if name in (fd.name, fd.json_name):
+            return fd
+    return None
+
+
 def _query_fields(request: Message, query: Any) -> None:
-    """Fill top-level scalar fields from query parameters; ignore everything else."""
-    by_name = {}
-    for fd in request.DESCRIPTOR.fields:
-        if fd.message_type is None and not fd.is_repeated:
-            by_name[fd.name] = fd
-            by_name[fd.json_name] = fd
+    """Fill scalar fields (top-level or dotted) from query parameters; ignore everything else."""
     for key, value in query.items():
-        fd = by_name.get(key)
-        if fd is None:
+        found = _query_field(request, key)
+        if found is None:
             continue
+        target, fd = found
         try:
             if fd.type in (fd.TYPE_INT32, fd.TYPE_INT64, fd.TYPE_UINT32, fd.TYPE_UINT64):
-                setattr(request, fd.name, int(value))
+                setattr(target, fd.name, int(value))
             elif fd.type == fd.TYPE_BOOL:
-                setattr(request, fd.name, value.lower() == "true")
+                setattr(target, fd.name, value.lower() == "true")
             elif fd.type == fd.TYPE_STRING:
-                setattr(request, fd.name, value)
+                setattr(target, fd.name, value)
             elif fd.type == fd.TYPE_ENUM:  # by name, as Google's JSON mapping writes them
                 number = (int(value) if value.isdigit()
                           else fd.enum_type.values_by_name[value].number)
-                setattr(request, fd.name, number)
+                setattr(target, fd.name, number)
         except (ValueError, KeyError, TypeError):
-            raise invalid_argument(
-                f"Invalid value at '{fd.json_name}' ({one_line(value)!r}).") from None
+            where = fd.json_name if "." not in key else one_line(key)
+            raise invalid_argument(f"Invalid value at '{where}' ({one_line(value)!r}).") from None
 
 
 def error_response(exc: ApiError) -> web.Response:
@@ -401,8 +392,7 @@ def require_credentials(access: Access) -> Any:
     return middleware
 
 
-def _find(routes: list[Route], unimplemented_routes: list[UnimplementedRoute], verb: str,
-          path: str) -> tuple[Route, re.Match[str]] | ApiError:
+def _find(routes: list[Route], verb: str, path: str) -> tuple[Route, re.Match[str]] | ApiError:
     """The route serving `verb path`, or the error to answer."""
     allowed = False
     for route in routes:
@@ -410,11 +400,6 @@ def _find(routes: list[Route], unimplemented_routes: list[UnimplementedRoute], v
         if match is not None:
             if route.verb == verb:
                 return route, match
-            allowed = True
-    for other in unimplemented_routes:
-        if other.regex.match(path) is not None:
-            if other.verb == verb:
-                return unimplemented(other.name)
             allowed = True
     if allowed:
         return invalid_argument(f"Method {one_line(verb)} is not allowed for {one_line(path)}.")
@@ -431,11 +416,10 @@ def create_app(call: Caller, extra_routes: list[web.RouteDef] | None = None,
     request body, as sent and once inflated. `access`: credentials required (--auth).
     """
     routes = compile_routes()
-    unimplemented_routes = compile_unimplemented_routes()
 
     async def dispatch(http: web.Request) -> web.StreamResponse:
         path = http.raw_path.split("?", 1)[0]
-        found = _find(routes, unimplemented_routes, http.method, path)
+        found = _find(routes, http.method, path)
         if isinstance(found, ApiError):
             clients.record(f"REST {found.status.name}", found.message)
             return error_response(found)

@@ -88,6 +88,15 @@ class Catalog:
     async def snapshot(self, name: str) -> Any:
         return await self.load(Kind.SNAPSHOT, name, Snapshot, names.snapshot(name).id)
 
+    async def topic_of(self, subscription: str) -> str | None:
+        """The topic a subscription is attached to, without validating the name (IAM asks
+        before the handler does); None if there is no such subscription or its topic is gone."""
+        raw = await self.table.get(Kind.SUBSCRIPTION, subscription)
+        if raw is None:
+            return None
+        topic = Subscription.FromString(raw).topic
+        return topic if topic != names.DELETED_TOPIC else None
+
     async def rewrite(self, kind: Kind, name: str, message_type: Any, resource_id: str,
                       change: Change, topic: str | None = None) -> Any:
         """Read a resource, apply `change` (which may refuse with an ApiError), write it back,

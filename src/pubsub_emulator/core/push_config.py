@@ -9,10 +9,10 @@ GetSubscription still returns the endpoint as stored (that is Google's API).
 OIDC service accounts: under `--auth` (a caller is set in `caller.current`), a push config may
 name `oidcToken.serviceAccountEmail` only if
 
-1. the caller may act as that account: `ActAs(caller, email)`; the default,
-   `account_holder_or_admin`, lets the account itself and an administrator do it. The IAM
-   issue replaces it with Google's `iam.serviceAccounts.actAs` check, without touching the
-   rest (else PERMISSION_DENIED, Google's wording);
+1. the caller may act as that account: `ActAs(caller, email)` (else PERMISSION_DENIED,
+   Google's wording). `PubSubService` passes IAM's (iam/enforce.py `Authorizer.act_as`: the
+   account itself, an administrator, or a holder of `iam.serviceAccounts.actAs` on the
+   account's project); `account_holder_or_admin`, the rule before IAM, stays the default here;
 2. the account has a key registered with the emulator (else INVALID_ARGUMENT): the emulator
    signs push tokens only for accounts it knows, as Google signs only for accounts that exist.
 

@@ -11,6 +11,7 @@ puts the parts together:
     pulls          Pull, Acknowledge, ModifyAckDeadline over the engine
     streaming      StreamingPull over the engine (service.streaming_pull answers store errors)
     schemas        SchemaService, and schema checks of topics and messages
+    policies       IAM policies (iam/policies.py), served by iam_rpcs (iam/rpcs.py)
     sweeper        retention, expiration, reclaiming
     events         wake-ups and change notices (also the store's listener)
 
@@ -30,6 +31,9 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from ..iam.enforce import Authorizer
+from ..iam.policies import PolicyBook
+from ..iam.rpcs import IAM_METHODS, IamPolicyRpcs
 from ..schemas import SCHEMA_METHODS, SchemaRegistry
 from ..store import Kind, NotFound, PayloadTooLarge, Store, StoreError, StoreUnavailable
 from .activity import Activity
@@ -40,7 +44,7 @@ from .events import Events
 from .model import now_ms
 from .publishing import Publishing
 from .pull import PullRpcs
-from .push_config import ActAs, PushAccounts, account_holder_or_admin
+from .push_config import ActAs, PushAccounts
 from .snapshots import Snapshots
 from .streaming import StreamingPull
 from .subscriptions import Subscriptions
@@ -98,13 +102,13 @@ def snake_case(method: str) -> str:
 
 
 class PubSubService:
-    """Google's Publisher, Subscriber and SchemaService over a Store."""
+    """Google's Publisher, Subscriber, SchemaService and IAMPolicy over a Store."""
 
     def __init__(self, store: Store, clock: Callable[[], int] = now_ms,
-                 act_as: ActAs = account_holder_or_admin) -> None:
+                 act_as: ActAs | None = None) -> None:
         """`clock` gives the time in milliseconds (tests move it to exercise retention);
         `act_as` decides under --auth whether a caller may name a service account in a push
-        config's OIDC token (push_config.py; IAM's actAs check replaces the default)."""
+        config's OIDC token (push_config.py; default: IAM's actAs, iam/enforce.py)."""
         self.store = store
         self.clock = clock
         self.events = Events()
@@ -113,9 +117,17 @@ class PubSubService:
         activity = Activity(store.resources, clock)
         self.schemas = SchemaRegistry(store.resources, clock)
         self.events.on_change(self._schema_changed)
+        self.policies = PolicyBook(store.resources)
+        self.events.on_change(self.policies.changed)
+        # Under --auth every RPC is checked against the policies before its handler runs.
+        self.authorizer = Authorizer(self.policies, self.catalog.topic_of)
+        self.events.on_change(self.authorizer.changed)
+        # TestIamPermissions answers a caller from enforcement's decisions.
+        self.iam_rpcs = IamPolicyRpcs(self.policies, store.resources, self.authorizer.held)
         self.topics = Topics(store, self.catalog, self.events, self.schemas)
         self.subscriptions = Subscriptions(store, self.catalog, self.events, activity,
-                                           PushAccounts(store.resources, act_as))
+                                           PushAccounts(store.resources,
+                                                        act_as or self.authorizer.act_as))
         self.publishing = Publishing(store, self.catalog, self.events, self.schemas, clock)
         self.engine = DeliveryEngine(store, self.catalog, self.events, activity, clock)
         self.pulls = PullRpcs(self.engine, self.catalog, self.events, clock)
@@ -126,15 +138,18 @@ class PubSubService:
         handlers: list[tuple[object, tuple[str, ...]]] = [
             (self.topics, TOPIC_METHODS), (self.subscriptions, SUBSCRIPTION_METHODS),
             (self.snapshots, SNAPSHOT_METHODS), (self.pulls, PULL_METHODS),
-            (self.publishing, ("Publish",)), (self.schemas, SCHEMA_METHODS)]
+            (self.publishing, ("Publish",)), (self.schemas, SCHEMA_METHODS),
+            (self.iam_rpcs, IAM_METHODS)]
         self.unary: dict[str, UnaryHandler] = {
-            method: _store_errors_answered(getattr(component, snake_case(method)))
+            method: _store_errors_answered(
+                self.authorizer.guard(method, getattr(component, snake_case(method))))
             for component, methods in handlers for method in methods}
 
     async def streaming_pull(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """The StreamingPull RPC (core/streaming.py), store failures answered as API errors."""
+        """The StreamingPull RPC (core/streaming.py), its requests checked by IAM, store
+        failures answered as API errors."""
         try:
-            async for response in self.streaming(requests):
+            async for response in self.streaming(self.authorizer.guard_stream(requests)):
                 yield response
         except StoreError as exc:
             if not isinstance(exc, NotFound | PayloadTooLarge | StoreUnavailable):

@@ -332,6 +332,7 @@ class SchemaRegistry:
                 topic.schema_settings.schema = DELETED_SCHEMA
                 await self._table.update(Kind.TOPIC, topic_name, topic.SerializeToString())
         await self._table.delete(Kind.SCHEMA, name)
+        await self._table.delete(Kind.IAM_POLICY, name)  # its IAM policy goes with it
         self._revisions.pop(name, None)
         return empty_pb2.Empty()
 

@@ -36,11 +36,14 @@ class Kind(enum.Enum):
     SIGNING_KEY = "keys"
     # Service account keys' public halves (auth/keys.py): who may call the API.
     SERVICE_ACCOUNT_KEY = "serviceAccountKeys"
+    # IAM policies (iam/policies.py), named by the resource they guard (a topic, subscription,
+    # snapshot, schema, or `projects/P` for project-level grants).
+    IAM_POLICY = "iamPolicies"
 
 
 # Kinds whose changes every process sharing a store must hear of (they cache them).
 ANNOUNCED_KINDS = frozenset({Kind.TOPIC, Kind.SUBSCRIPTION, Kind.SNAPSHOT, Kind.SCHEMA,
-                             Kind.SERVICE_ACCOUNT_KEY})
+                             Kind.SERVICE_ACCOUNT_KEY, Kind.IAM_POLICY})
 
 
 # --- errors ------------------------------------------------------------------------------------
