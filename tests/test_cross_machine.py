@@ -224,9 +224,12 @@ class PushWorker(ServerProcess):
         return True  # it reconnects by itself; the delivery is what the test waits for
 
 
-def _keys_create(data_dir: Path, email: str, out: Path) -> None:
+def _keys_create(data_dir: Path, email: str, out: Path, role: str) -> None:
+    """A key for `email`, granted `role` on the project (under --auth a key may do only what
+    its roles grant)."""
     subprocess.run([str(VENV_BIN / "pubsub-emulator"), "keys", "create", email, "--out",
-                    str(out), "--url", f"https://{NAME}:{PORT}", "--data-dir", str(data_dir)],
+                    str(out), "--url", f"https://{NAME}:{PORT}", "--data-dir", str(data_dir),
+                    "--role", role],
                    check=True, capture_output=True, timeout=60)
 
 
@@ -237,8 +240,12 @@ def remote_emulator(netns, tmp_path_factory) -> Iterator[tuple[NamespacedEmulato
     data.mkdir()
     keys.mkdir(mode=0o700)
     # Keys first, in the store the emulator will open (the SQLite file in its data dir).
-    _keys_create(data, f"sender@{PROJECT}.iam.gserviceaccount.com", keys / "sender.json")
-    _keys_create(data, f"worker@{PROJECT}.iam.gserviceaccount.com", keys / "worker.json")
+    # The sender publishes (roles/pubsub.publisher), the worker pulls and acks
+    # (roles/pubsub.subscriber).
+    _keys_create(data, f"sender@{PROJECT}.iam.gserviceaccount.com", keys / "sender.json",
+                 "roles/pubsub.publisher")
+    _keys_create(data, f"worker@{PROJECT}.iam.gserviceaccount.com", keys / "worker.json",
+                 "roles/pubsub.subscriber")
     emulator = NamespacedEmulator(netns, data)
     try:
         emulator._launch()

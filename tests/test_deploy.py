@@ -418,11 +418,19 @@ def start_emulator(started: list[Service], tmp: Path, env: dict[str, str]) -> tu
     return port, ca
 
 
-def keys_create(email: str, out: Path, port: int, store_args: list[str]) -> None:
+def keys_create(email: str, out: Path, port: int, store_args: list[str], role: str) -> None:
+    """`keys create` as deploy/README.md runs it: the key and its one role (`--role`)."""
     r = subprocess.run([f"{VENV_BIN}/pubsub-emulator", "keys", "create", email,
-                        "--out", str(out), "--url", f"https://127.0.0.1:{port}", *store_args],
+                        "--out", str(out), "--url", f"https://127.0.0.1:{port}", *store_args,
+                        "--role", role],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+# The roles deploy/README.md grants: the sender publishes to its topic, the worker consumes
+# its subscription.
+SENDER_ROLE = "roles/pubsub.publisher@projects/my-project/topics/my-topic"
+WORKER_ROLE = "roles/pubsub.subscriber@projects/my-project/subscriptions/subscription-to-my-topic"
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -456,9 +464,10 @@ def test_emulator_and_push_worker_units_serve(tmp_path: Path) -> None:
             state, etc = tmp_path / "var-lib-pubsub-emulator", tmp_path / "etc"
             raw = yaml.safe_load((DEPLOY / "push-worker.yaml").read_text(encoding="utf-8"))
             keys_create("push-worker@my-project.iam.gserviceaccount.com",
-                        etc / raw["credentials_file"], port, ["--data-dir", str(state)])
+                        etc / raw["credentials_file"], port, ["--data-dir", str(state)],
+                        WORKER_ROLE)
             keys_create("sender@my-project.iam.gserviceaccount.com", tmp_path / "sender.json",
-                        port, ["--data-dir", str(state)])
+                        port, ["--data-dir", str(state)], SENDER_ROLE)
             shutil.copy(ca, etc / raw["ca_file"])
             sub = raw["subscriptions"][0]
             (etc / sub["token_file"]).write_text("deploy-test-token\n")
@@ -530,7 +539,7 @@ def test_nats_cluster_units_and_emulator_on_them(tmp_path: Path) -> None:
         port, ca = start_emulator(started, tmp_path, env)
         key = tmp_path / "sender.json"
         keys_create("sender@my-project.iam.gserviceaccount.com", key, port,
-                    env["PUBSUB_STORE"].split())
+                    env["PUBSUB_STORE"].split(), SENDER_ROLE)
         # A 2 MiB message: over NATS' default max_payload, which the config raises.
         data = base64.b64encode(os.urandom(2 << 20)).decode()
         published = https_post(f"https://127.0.0.1:{port}/v1/projects/my-project/topics/"

@@ -98,7 +98,9 @@ def emulator_tls(tmp_path_factory) -> Iterator[Any]:
     with Emulator(data_dir=data, extra_args=["--tls-self-signed", "--auth"]) as emu:
         emu.key = data / "sa-key.json"
         done = keys_cli("create", EMAIL, "--out", str(emu.key), "--data-dir", str(data),
-                        "--url", f"https://{emu.host}")
+                        "--url", f"https://{emu.host}",
+                        # client.js creates topics and subscriptions, publishes and pulls
+                        "--role", "roles/pubsub.editor")
         assert done.returncode == 0, done.stderr
         yield emu
 

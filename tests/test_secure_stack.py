@@ -73,6 +73,19 @@ def _get(url: str, ca: Path, token: str | None = None) -> int:
         return e.code
 
 
+def _granted(url: str, ca: Path, token: str, permissions: list[str]) -> list[str]:
+    """TestIamPermissions on the resource at `url` (it needs no permission of its own): the
+    permissions of `permissions` the token's account holds there."""
+    request = urllib.request.Request(f"{url}:testIamPermissions", method="POST",
+                                     data=json.dumps({"permissions": permissions}).encode(),
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10,
+                                context=ssl.create_default_context(cafile=str(ca))) as r:
+        assert r.status == 200
+        return sorted(json.loads(r.read()).get("permissions", []))
+
+
 def _jwt(key: Path) -> str:
     """A self-signed JWT from a key file, as google-cloud-pubsub makes them."""
     credentials = jwt.Credentials.from_service_account_file(str(key), audience=PUBSUB_AUDIENCE)
@@ -120,9 +133,21 @@ def test_emulator_requires_tls_and_credentials(secure_stack):
     topics = f"{base}/v1/projects/my-project/topics"
     assert _get(f"{base}/healthz", ca) == 200
     assert _get(topics, ca) == 401
-    assert _get(topics, ca, _jwt(keys / "sender.json")) == 200
+    # The sender's key is accepted, and may publish to the topic only (roles/pubsub.publisher
+    # there): listing topics is PERMISSION_DENIED, not UNAUTHENTICATED; the admin key may.
+    sender = _jwt(keys / "sender.json")
+    assert _get(topics, ca, sender) == 403
+    assert _get(topics, ca, _jwt(keys / "admin.json")) == 200
+    asked = ["pubsub.topics.get", "pubsub.topics.list", "pubsub.topics.publish"]
+    assert _granted(f"{topics}/my-topic", ca, sender, asked) == ["pubsub.topics.publish"]
+    # The worker's may consume the subscription (roles/pubsub.subscriber there), nothing more.
+    subscription = f"{base}/v1/projects/my-project/subscriptions/subscription-to-my-topic"
+    asked = ["pubsub.subscriptions.consume", "pubsub.subscriptions.get",
+             "pubsub.subscriptions.update"]
+    assert _granted(subscription, ca, _jwt(keys / "worker.json"),
+                    asked) == ["pubsub.subscriptions.consume"]
     # /debug/* is for the admin key only.
-    assert _get(f"{base}/debug/push", ca, _jwt(keys / "sender.json")) == 403
+    assert _get(f"{base}/debug/push", ca, sender) == 403
     assert _get(f"{base}/debug/push", ca, _jwt(keys / "admin.json")) == 200
     with pytest.raises(OSError):  # plain http on the TLS port gets no HTTP answer
         urllib.request.urlopen(f"http://127.0.0.1:{ports['emulator']}/healthz", timeout=10)

@@ -45,7 +45,9 @@ from support import VENV_BIN, EmulatorProcess, free_port, wait_for
 
 PROJECT = "tls-proj"
 ALICE = f"alice@{PROJECT}.iam.gserviceaccount.com"  # an administrator
-BOB = f"bob@{PROJECT}.iam.gserviceaccount.com"
+BOB = f"bob@{PROJECT}.iam.gserviceaccount.com"  # creates topics and subscriptions: an editor
+EDITOR = ("--role", "roles/pubsub.editor")  # (under --auth a key without a role may do nothing)
+VIEWER = ("--role", "roles/pubsub.viewer")
 SCOPES = ["https://www.googleapis.com/auth/pubsub"]
 PUBSUB_AUD = "https://pubsub.googleapis.com/"
 
@@ -93,7 +95,7 @@ def secure(tmp_path_factory) -> Iterator[Any]:
     with SecureEmulator(data_dir=data, extra_args=["--tls-self-signed", "--auth",
                                                    "--log-level", "debug"]) as emu:
         emu.alice = make_key(emu, ALICE, "--admin")  # type: ignore[attr-defined]
-        emu.bob = make_key(emu, BOB)  # type: ignore[attr-defined]
+        emu.bob = make_key(emu, BOB, *EDITOR)  # type: ignore[attr-defined]
         emu.tokens = []  # type: ignore[attr-defined]  # every token sent: none may be logged
         yield emu
 
@@ -288,7 +290,7 @@ def test_bad_tokens_are_refused_on_both_protocols(secure):
 
 def test_a_key_made_or_deleted_while_running_counts_at_the_next_call(secure):
     carol = f"carol-{unique('c')[-6:]}@{PROJECT}.iam.gserviceaccount.com"
-    key = make_key(secure, carol)
+    key = make_key(secure, carol, *VIEWER)  # (lists topics)
     token = self_signed_token(secure, key)
     publisher, _ = clients(secure, "grpc", key)
     rest_publisher, _ = clients(secure, "rest", key)
@@ -386,7 +388,7 @@ def test_a_given_certificate_and_the_grpc_port(tmp_path):
         "--grpc-port", str(grpc_port)])
     emu.ca_path = files.ca
     with emu:
-        key = make_key(emu, BOB)
+        key = make_key(emu, BOB, *VIEWER)  # (lists topics)
         for port in (emu.port, grpc_port):
             emu.port = port  # (the clients' host)
             publisher, _ = clients(emu, "grpc", key)

@@ -1,7 +1,8 @@
 """The emulator started with TLS and --auth, for the push worker's end-to-end test.
 
 Written against the emulator's announced interface: `start --auth --tls-self-signed` (the CA
-it makes under <data-dir>/tls/), `keys create EMAIL --out F --data-dir D --url URL`.
+it makes under <data-dir>/tls/), `keys create EMAIL --out F --data-dir D --url URL
+[--role ROLE]...` (under --auth a key may do only what its roles grant: docs/iam.md).
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ class TlsAuthEmulator(EmulatorProcess):
         except (OSError, ssl.SSLError):
             return False
 
-    def key_file(self, email: str) -> Path:
+    def key_file(self, email: str, *roles: str) -> Path:
+        """A key for `email`, granted `roles` on its project."""
         out = Path(self.data_dir) / f"key-{uuid.uuid4().hex[:8]}.json"
+        grants = [arg for role in roles for arg in ("--role", role)]
         subprocess.run([str(VENV_BIN / "pubsub-emulator"), "keys", "create", email, "--out",
-                        str(out), "--data-dir", self.data_dir, "--url", f"https://{self.host}"],
+                        str(out), "--data-dir", self.data_dir, "--url", f"https://{self.host}",
+                        *grants],
                        check=True, capture_output=True, timeout=60)
         return out
 

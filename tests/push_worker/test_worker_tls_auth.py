@@ -236,8 +236,13 @@ def test_the_worker_against_the_emulator_with_tls_and_auth(
     from emulator_tls import auth_emulator, publish_one, run_worker
 
     with auth_emulator(tmp_path) as emu:
-        key_path = emu.key_file("worker@push-worker-test.iam.gserviceaccount.com")
-        subscription = publish_one(emu, key_path, b"through the emulator")
+        # The test's own key makes the topic and subscription and publishes (an editor); the
+        # worker's key may only consume (streaming pull, ack, modack): a subscriber.
+        setup_key = emu.key_file("setup@push-worker-test.iam.gserviceaccount.com",
+                                 "roles/pubsub.editor")
+        key_path = emu.key_file("worker@push-worker-test.iam.gserviceaccount.com",
+                                "roles/pubsub.subscriber")
+        subscription = publish_one(emu, setup_key, b"through the emulator")
         log = run_worker(tmp_path, {
             "pubsub_endpoint": emu.host, "credentials_file": str(key_path),
             "ca_file": str(emu.ca), "subscriptions": [

@@ -375,8 +375,11 @@ def tls_emulator(tmpdir):
     port = _free_port()
     url = 'https://localhost:%d' % port
     key = str(tmpdir.join('sender.json'))
+    # The sender only publishes: roles/pubsub.publisher (under --auth a key without a role may
+    # do nothing).
     subprocess.check_call([EMULATOR, 'keys', 'create', 'sender@tls-project.iam.gserviceaccount.com',
-                           '--out', key, '--data-dir', str(data), '--url', url], env=_env)
+                           '--out', key, '--data-dir', str(data), '--url', url,
+                           '--role', 'roles/pubsub.publisher'], env=_env)
     log = open(str(tmpdir.join('emulator.log')), 'wb')
     proc = subprocess.Popen([EMULATOR, 'start', '--host', '127.0.0.1', '--port', str(port),
                              '--data-dir', str(data), '--auth', '--tls-self-signed',
