@@ -265,6 +265,24 @@ def test_deleted_key_stops_working_at_once(world: World) -> None:
         asyncio.run(other_process.authenticator.authenticate(token))
 
 
+def test_a_token_verified_once_is_not_parsed_again_while_its_key_stands(world: World,
+                                                                          monkeypatch) -> None:
+    from pubsub_emulator.auth import jws
+
+    key = asyncio.run(world.auth.keys.create("fay@proj-one.iam.gserviceaccount.com", BASE))
+    token = bearer(self_signed(key))
+    assert world.authenticate(token).email == key.record.email
+
+    def not_again(raw: str) -> None:
+        raise AssertionError("the token was parsed and verified a second time")
+
+    monkeypatch.setattr(jws, "parse", not_again)
+    assert world.authenticate(token).email == key.record.email  # from what was verified
+    monkeypatch.undo()
+    asyncio.run(world.auth.keys.delete(key_id=key.record.key_id))
+    world.refused(token, why="Signature")  # the key is gone: verified afresh, and refused
+
+
 def test_change_notice_drops_the_cache(world: World) -> None:
     key = asyncio.run(world.auth.keys.create("erin@proj-one.iam.gserviceaccount.com", BASE))
     token = bearer(self_signed(key))

@@ -90,6 +90,9 @@ def _roots(host: str, schemes: Iterable[str]) -> set[str]:
     return {f"{scheme}://{host}{end}" for scheme in schemes for end in ("", "/")}
 
 
+VERIFIED_CACHE_SIZE = 10_000
+
+
 class Authenticator:
     """Checks bearer credentials against the registered keys and the emulator's tokens."""
 
@@ -101,6 +104,11 @@ class Authenticator:
         self._tokens = tokens
         self._clock = clock
         self._audiences = {f"https://{GOOGLE_HOST}/", *_service_urls(GOOGLE_HOST, ["https"])}
+        # Tokens already verified, by (token, host), until they expire: a client sends the
+        # same token for up to an hour, and parsing it and checking its RSA signature is most
+        # of what authenticating a call costs. A hit still reads the key's record, so a key
+        # deleted (by any process, or by `keys delete` on the data dir) stops working at once.
+        self._verified: dict[tuple[str, str | None], tuple[Identity, float]] = {}
         self.add_own_urls(own_urls)
 
     def add_own_urls(self, own_urls: Iterable[str]) -> None:
@@ -124,10 +132,40 @@ class Authenticator:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             self._refuse("not a bearer token")
+        token = token.strip()
+        known = await self._known(token, host)
+        if known is not None:
+            return known
         try:
-            return await self._identify(jws.parse(token.strip()), host)
+            jwt = jws.parse(token)
+            identity = await self._identify(jwt, host)
         except jws.CredentialError as exc:
             self._refuse(exc.reason)
+        self._remember(token, host, identity, jwt.claims.get("exp"))
+        return identity
+
+    async def _known(self, token: str, host: str | None) -> Identity | None:
+        """The identity of a token verified before and not expired, if its key still exists."""
+        entry = self._verified.get((token, host))
+        if entry is None:
+            return None
+        identity, until = entry
+        if self._clock() >= until:
+            del self._verified[(token, host)]
+            return None
+        record = await self._keys.get(identity.email, identity.key_id)
+        if record is None:  # deleted: verified afresh, refused as any unknown key is
+            del self._verified[(token, host)]
+            return None
+        return Identity(record.email, record.key_id, record.admin, record.project_id,
+                        identity.access_token)
+
+    def _remember(self, token: str, host: str | None, identity: Identity, exp: object) -> None:
+        if not isinstance(exp, int):
+            return
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:  # bounded: tokens are minted hourly
+            self._verified.clear()
+        self._verified[(token, host)] = (identity, float(exp) + CLOCK_SKEW_S)
 
     def _refuse(self, reason: str) -> NoReturn:
         log.info("credential refused: %s", reason)
