@@ -1,6 +1,7 @@
 """Throughput and latency benchmark: our emulator vs Google's reference emulator.
 
 Run:  .venv/bin/python bench/bench.py [--messages N] [--quick] [--skip-reference]
+                                      [--skip-in-memory] [--skip-nats] [--skip-secure]
 
 Every workload runs in a fresh subprocess of this script (`bench.py _worker JSON`) with a
 timeout, so client-library threads never pile up and a stuck stream shows as "timeout".
@@ -8,6 +9,9 @@ The script starts its own servers on free loopback ports (temporary data dirs, r
 
   ours (one port)  pubsub-emulator on the default durable store, gRPC + REST on one port
   ours (gRPC port) the same process, gRPC straight to --grpc-port (no one-port front)
+  ours (TLS + auth) a second durable process with --tls-self-signed --auth, running beside the
+                   first and interleaved with it; its clients use a service-account key file
+                   (`keys create`) and the CA it made, never PUBSUB_EMULATOR_HOST
   ours (in-memory) a second process with --in-memory (gRPC rows only)
   reference        Google's Java emulator (gRPC + REST on one port), when installed
 
@@ -25,6 +29,8 @@ Workloads (official google-cloud-pubsub client, 1 KiB messages):
                per-RPC cost of each path (where the one-port front's splice shows most).
 Each workload runs --repeat times (default 3, --quick 1); the table shows medians, the
 per-run lines above it every figure, including server and client CPU during the timed window.
+Below the table, "TLS + auth / plain": ours (TLS + auth) against ours (one port) per transport
+(the issue's goal: throughput and publish -> receive p50 within 20% of plain).
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ import json
 import os
 import platform
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +66,10 @@ from processes import (  # noqa: E402
 )
 
 PROJECT = "bench-project"
+BENCH_ACCOUNT = f"bench@{PROJECT}.iam.gserviceaccount.com"  # the TLS + auth column's caller
+# Under --auth IAM decides; the bench creates topics and subscriptions, publishes and consumes:
+# the least role that fits, on the project (so every call also pays the IAM check).
+BENCH_ROLE = "roles/pubsub.editor"
 GOAL_PUBLISH = 20_000
 GOAL_RECEIVE = 10_000
 GOAL_P50_MS = 5.0
@@ -67,34 +79,88 @@ GOAL_P50_MS = 5.0
 # workers (run in a subprocess)
 # --------------------------------------------------------------------------------------------
 
+# The TLS + auth column: set by worker_main from the spec's "secure" entry ({"key_file": ...,
+# "ca": ...}); None for every other column. The clients then speak TLS to `host`, trusting the
+# CA, with the key file's service-account credentials (one credentials object per worker, so
+# one self-signed JWT, minted at the first call), as README "TLS and credentials" shows.
+_SECURE: dict | None = None
+
+
+def _use_secure(secure: dict | None) -> None:
+    global _SECURE
+    if not secure:
+        return
+    from google.oauth2 import service_account
+
+    os.environ.pop("PUBSUB_EMULATOR_HOST", None)  # with it the library drops TLS and credentials
+    os.environ["REQUESTS_CA_BUNDLE"] = secure["ca"]  # the REST transport (requests) trusts the CA
+    _SECURE = {"credentials": service_account.Credentials.from_service_account_file(
+                   secure["key_file"]),
+               "ca": Path(secure["ca"]).read_bytes()}
+
+
+def _secure_grpc_transport(host: str, service: str):
+    """A gRPC transport over TLS with the key file's credentials (service: publisher or
+    subscriber)."""
+    import grpc
+
+    assert _SECURE is not None
+    if service == "publisher":
+        from google.pubsub_v1.services.publisher.transports import (
+            PublisherGrpcTransport as GrpcTransport,
+        )
+    else:
+        from google.pubsub_v1.services.subscriber.transports import (
+            SubscriberGrpcTransport as GrpcTransport,
+        )
+    return GrpcTransport(host=host, credentials=_SECURE["credentials"],
+                         ssl_channel_credentials=grpc.ssl_channel_credentials(_SECURE["ca"]))
+
+
+def _rest_options(host: str) -> dict:
+    """The keyword arguments of a REST client (anonymous over HTTP, or TLS + credentials)."""
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+
+    # The library forces gRPC when PUBSUB_EMULATOR_HOST is set.
+    os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+    if _SECURE is not None:
+        return dict(transport="rest", client_options=ClientOptions(api_endpoint=f"https://{host}"),
+                    credentials=_SECURE["credentials"])
+    return dict(transport="rest", client_options=ClientOptions(api_endpoint=f"http://{host}"),
+                credentials=AnonymousCredentials())
+
+
+def _grpc_subscriber(host: str):
+    from google.cloud import pubsub_v1
+
+    if _SECURE is not None:
+        return pubsub_v1.SubscriberClient(transport=_secure_grpc_transport(host, "subscriber"))
+    os.environ["PUBSUB_EMULATOR_HOST"] = host
+    return pubsub_v1.SubscriberClient()
+
+
 def _clients(host: str, transport: str, batch_settings=None):
     from google.cloud import pubsub_v1
 
     pub_kwargs = {}
     if batch_settings is not None:
         pub_kwargs["batch_settings"] = batch_settings
+    if transport == "grpc" and _SECURE is not None:
+        return (pubsub_v1.PublisherClient(transport=_secure_grpc_transport(host, "publisher"),
+                                          **pub_kwargs),
+                _grpc_subscriber(host))
     if transport == "grpc":
         os.environ["PUBSUB_EMULATOR_HOST"] = host
         return pubsub_v1.PublisherClient(**pub_kwargs), pubsub_v1.SubscriberClient()
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-
-    # The library forces gRPC when PUBSUB_EMULATOR_HOST is set.
-    os.environ.pop("PUBSUB_EMULATOR_HOST", None)
-    kw = dict(transport="rest", client_options=ClientOptions(api_endpoint=f"http://{host}"),
-              credentials=AnonymousCredentials())
+    kw = _rest_options(host)
     return pubsub_v1.PublisherClient(**kw, **pub_kwargs), pubsub_v1.SubscriberClient(**kw)
 
 
 def _rest_subscriber(host: str):
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
     from google.cloud import pubsub_v1
 
-    os.environ.pop("PUBSUB_EMULATOR_HOST", None)
-    return pubsub_v1.SubscriberClient(
-        transport="rest", client_options=ClientOptions(api_endpoint=f"http://{host}"),
-        credentials=AnonymousCredentials())
+    return pubsub_v1.SubscriberClient(**_rest_options(host))
 
 
 def _names(kind: str, transport: str) -> tuple[str, str]:
@@ -150,9 +216,7 @@ def work_publish(host: str, transport: str, n: int, size: int, timeout: float,
 def _drain_check(host: str, transport: str, sub_path: str, ack_ids: list[str]) -> dict:
     """Nack every ack id we saw (no-op for acked messages), then pull the subscription dry."""
     if transport == "grpc":
-        from google.cloud import pubsub_v1
-        os.environ["PUBSUB_EMULATOR_HOST"] = host
-        sub = pubsub_v1.SubscriberClient()
+        sub = _grpc_subscriber(host)
     else:
         sub = _rest_subscriber(host)
     nack_errors = 0
@@ -405,20 +469,16 @@ def work_rtt(host: str, transport: str, calls: int, size: int, timeout: float,
     the per-RPC cost of the path, where the one-port front's splice shows most directly."""
     from google import pubsub_v1 as gapic
 
-    if transport == "grpc":
+    if transport == "grpc" and _SECURE is not None:
+        pub = gapic.PublisherClient(transport=_secure_grpc_transport(host, "publisher"))
+    elif transport == "grpc":
         import grpc
         from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
         channel = grpc.insecure_channel(host)
         pub = gapic.PublisherClient(transport=PublisherGrpcTransport(channel=channel))
     else:
-        from google.api_core.client_options import ClientOptions
-        from google.auth.credentials import AnonymousCredentials
-
-        os.environ.pop("PUBSUB_EMULATOR_HOST", None)
-        pub = gapic.PublisherClient(
-            transport="rest", client_options=ClientOptions(api_endpoint=f"http://{host}"),
-            credentials=AnonymousCredentials())
+        pub = gapic.PublisherClient(**_rest_options(host))
     topic, _ = _names("rtt", transport)
     pub.create_topic(name=topic)
     msg = gapic.PubsubMessage(data=b"x" * size)
@@ -440,9 +500,11 @@ def work_rtt(host: str, transport: str, calls: int, size: int, timeout: float,
 def worker_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     kind = spec.pop("kind")
+    secure = spec.pop("secure", None)
     fn = {"publish": work_publish, "receive": work_receive, "latency": work_latency,
           "rtt": work_rtt}[kind]
     try:
+        _use_secure(secure)
         result = fn(**spec)
     except Exception as e:  # noqa: BLE001
         result = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
@@ -533,6 +595,7 @@ class Column:
 # The columns in table order; which of them run depends on the flags and on what is installed.
 OURS = Column("ours", "ours (one port)")
 OURS_GRPC = Column("ours_g", "ours (gRPC port)", GRPC_ONLY)
+SECURE = Column("tls", "ours (TLS + auth)")
 MEMORY = Column("mem", "ours in-memory", GRPC_ONLY)
 NATS = Column("nats", "ours on NATS")
 REFERENCE = Column("ref", "reference")
@@ -546,6 +609,16 @@ FRONT_COST = [
     ("unary RTT p50", "rtt", "p50", "ms"),
 ]
 
+# TLS + auth against plain: (label, workload, metric, judged against the 20% goal), ours
+# (TLS + auth) vs ours (one port), both durable, both on the one port.
+SECURE_COST = [
+    ("publish", "publish", "rate", True),
+    ("receive+ack", "receive", "rate", True),
+    ("latency p50", "latency", "p50", True),
+    ("unary RTT p50", "rtt", "p50", False),
+]
+SECURE_GOAL = 0.20  # the issue's goal: TLS + auth within 20% of plain
+
 NOTES = ("Notes: medians of the repetitions. 'ours (gRPC port)' = the same server process, "
          "gRPC straight to --grpc-port, bypassing the one-port front. Ratio = ours (one port) "
          "/ reference (for latency rows, below 1 is better). (!) = some repetition reported a "
@@ -553,6 +626,12 @@ NOTES = ("Notes: medians of the repetitions. 'ours (gRPC port)' = the same serve
          "pull+acknowledge from 2 threads, REST latency a pull loop. Unary RTT = generated "
          "(unbatched) client, sequential one-message Publish calls. CPU cores = CPU seconds / "
          "timed window; client and server share the same 2 cores.")
+
+SECURE_NOTE = ("'ours (TLS + auth)' = a second durable process with --tls-self-signed --auth, run "
+               "beside ours and interleaved with it; the official client over TLS (the CA it "
+               "made) with a service-account key file (roles/pubsub.editor on the project): one "
+               "self-signed JWT per client process, verified by the server on every call, "
+               "and IAM checked on every call.")
 
 Results = dict[tuple[str, str, str], list[dict]]  # (column key, transport, workload) -> runs
 
@@ -645,6 +724,33 @@ def front_cost_line(results: Results) -> str | None:
     return "One-port front cost for gRPC (one port vs --grpc-port): " + "; ".join(parts)
 
 
+def secure_cost_lines(results: Results) -> list[str]:
+    """TLS + auth / plain: ours (TLS + auth) against ours (one port), per transport; a ratio
+    outside the goal (throughput below 0.80x, p50 above 1.20x) is marked (!)."""
+    lines = []
+    for transport in TRANSPORTS:
+        parts = []
+        for label, workload, metric, judged in SECURE_COST:
+            a = metric_median(results.get((SECURE.key, transport, workload)), metric)
+            b = metric_median(results.get((OURS.key, transport, workload)), metric)
+            if not a or not b:
+                continue
+            ratio = a / b
+            text = f"{label} {ratio:.2f}x"
+            if metric != "rate":
+                text += f" ({a - b:+.2f} ms)"
+            if judged and (ratio < 1 - SECURE_GOAL if metric == "rate"
+                           else ratio > 1 + SECURE_GOAL):
+                text += " (!)"
+            parts.append(text)
+        if parts:
+            lines.append(f"  {transport.upper():4}: " + "; ".join(parts))
+    if not lines:
+        return []
+    return [f"TLS + auth / plain (ours (TLS + auth) / ours (one port); goal: within "
+            f"{SECURE_GOAL:.0%}, (!) = outside it; RTT not judged):", *lines]
+
+
 def verdict(v: float | None, goal: float, higher: bool = True) -> str:
     if v is None:
         return "n/a"
@@ -681,6 +787,10 @@ def print_report(columns: list[Column], results: Results, problems: list[str],
     front = front_cost_line(results)
     if front:
         print(front)
+    if SECURE in columns:
+        print(SECURE_NOTE)
+        for line in secure_cost_lines(results):
+            print(line)
     print()
     for line in goal_lines(results):
         print(line)
@@ -709,10 +819,13 @@ class Settings:
 
 @dataclass(frozen=True)
 class Target:
-    """One column served by a server process: where its clients connect."""
+    """One column served by a server process: where its clients connect, and (TLS + auth)
+    what they connect with: {"key_file": ..., "ca": ...}."""
 
     column: Column
     host: str
+    server: ServerProcess
+    secure: dict | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass
@@ -723,11 +836,14 @@ class Bench:
     results: Results = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
-    def spec(self, workload: str, transport: str, host: str, server: ServerProcess) -> dict:
+    def spec(self, workload: str, transport: str, target: Target) -> dict:
         s = self.settings
-        spec: dict = {"kind": workload, "host": host, "transport": transport,
+        server = target.server
+        spec: dict = {"kind": workload, "host": target.host, "transport": transport,
                       "size": s.size, "timeout": s.timeout,
                       "server_pid": server.proc.pid if server.proc else None}
+        if target.secure:
+            spec["secure"] = target.secure
         if workload == "latency":
             spec.update(rate=s.rate, seconds=s.latency_seconds)
         elif workload == "rtt":
@@ -736,13 +852,12 @@ class Bench:
             spec.update(n=s.n)
         return spec
 
-    def run_once(self, server: ServerProcess, target: Target, transport: str, workload: str,
-                 rep: int) -> None:
+    def run_once(self, target: Target, transport: str, workload: str, rep: int) -> None:
         """One workload in a worker process; records it, prints its line, notes problems."""
         col = target.column.key
+        server = target.server
         t0 = time.perf_counter()
-        res = run_worker(self.spec(workload, transport, target.host, server),
-                         self.settings.timeout + 30)
+        res = run_worker(self.spec(workload, transport, target), self.settings.timeout + 30)
         wall = time.perf_counter() - t0
         self.results.setdefault((col, transport, workload), []).append(res)
         short = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.items()
@@ -757,9 +872,10 @@ class Bench:
             raise RuntimeError(f"{server.name} exited ({server.proc.returncode}): "
                                f"{server.log_tail(1500)}")
 
-    def run_targets(self, server: ServerProcess, targets: list[Target]) -> None:
-        """Every workload `reps` times; targets of one server interleaved, so that drift
-        (store growth, background work) hits the one-port and gRPC-port columns alike."""
+    def run_targets(self, targets: list[Target]) -> None:
+        """Every workload `reps` times; the targets (of one server or of servers running side
+        by side) interleaved, so that drift (store growth, background work, other load on the
+        machine) hits the one-port, gRPC-port and TLS + auth columns alike."""
         for rep in range(self.settings.reps):
             # alternate the order each repetition: no column always goes first
             ordered = targets if rep % 2 == 0 else targets[::-1]
@@ -767,21 +883,28 @@ class Bench:
                 for workload in WORKLOADS:
                     for target in ordered:
                         if transport in target.column.transports:
-                            self.run_once(server, target, transport, workload, rep)
+                            self.run_once(target, transport, workload, rep)
 
-    def serve(self, server: ServerProcess, targets: list[Target]) -> None:
-        """Start `server`, run every workload against its targets, stop it."""
-        print(f"# {server.name}: {' '.join(server.cmd[1:])}", flush=True)
+    def serve(self, servers: list[ServerProcess], targets: list[Target]) -> None:
+        """Start `servers` (side by side), run every workload against the targets of those
+        that started, stop them."""
+        started: list[ServerProcess] = []
         try:
-            server.start()
-            self.run_targets(server, targets)
+            for server in servers:
+                print(f"# {server.name}: {' '.join(server.cmd[1:])}", flush=True)
+                try:
+                    started.append(server.start())
+                except Exception as e:  # noqa: BLE001
+                    self.problems.append(f"{server.name}: {e}")
+            self.run_targets([t for t in targets if any(t.server is s for s in started)])
         except Exception as e:  # noqa: BLE001
-            self.problems.append(f"{server.name}: {e}")
+            self.problems.append(f"{', '.join(s.name for s in servers)}: {e}")
         finally:
-            server.stop()
-            log = server.log_tail(2000).strip()
-            if log and server.name.startswith("ours"):
-                self.problems.append(f"{server.name} server log (tail): {log}")
+            for server in servers:
+                server.stop()
+                log = server.log_tail(2000).strip()
+                if log and server.name.startswith("ours"):
+                    self.problems.append(f"{server.name} server log (tail): {log}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -798,6 +921,53 @@ def our_emulator(name: str, work_dir: Path, extra_args: list[str]) -> EmulatorPr
                            start_timeout=60)
 
 
+class SecureEmulator(EmulatorProcess):
+    """Ours with `--tls-self-signed --auth` on the durable store, for the TLS + auth column:
+    ready when /healthz answers over TLS (trusting the CA it made in DATA_DIR/tls/); start()
+    then makes the clients' key file with `keys create` beside the running server, granting
+    the account BENCH_ROLE on the bench's project."""
+
+    def __init__(self, name: str, work_dir: Path) -> None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(data_dir=work_dir / "data",
+                         extra_args=["--tls-self-signed", "--auth", "--log-level", "warning"],
+                         name=name, log_path=work_dir / "server.log", cwd=work_dir,
+                         new_session=True, start_timeout=60)
+        self.key_file = work_dir / "bench-key.json"
+
+    @property
+    def ca(self) -> Path:
+        return Path(self.data_dir) / "tls" / "ca.pem"
+
+    @property
+    def client_spec(self) -> dict:
+        """What a worker needs besides the host: the key file and the CA."""
+        return {"key_file": str(self.key_file), "ca": str(self.ca)}
+
+    def _ready(self) -> bool:
+        if not self.ca.exists():
+            return False
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca))
+            with urllib.request.urlopen(f"https://{self.host}/healthz", timeout=1,
+                                        context=context) as r:
+                return r.status == 200
+        except (OSError, ssl.SSLError):
+            return False
+
+    def start(self) -> SecureEmulator:
+        super().start()
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "pubsub-emulator"), "keys", "create",
+             BENCH_ACCOUNT, "--out", str(self.key_file), "--data-dir", self.data_dir,
+             "--url", f"https://{self.host}", "--role", BENCH_ROLE],
+            capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"keys create failed ({done.returncode}): "
+                               f"{(done.stderr or done.stdout).strip()[-400:]}")
+        return self
+
+
 def bench_nats_server(nats_bin: str, work_dir: Path) -> NatsServer:
     """nats-server with JetStream (store in work_dir/js), ready when its monitor says so."""
     return NatsServer(work_dir / "js", name=None, monitor_port=free_port(),
@@ -805,16 +975,25 @@ def bench_nats_server(nats_bin: str, work_dir: Path) -> NatsServer:
                       binary=nats_bin)
 
 
-def run_ours(bench: Bench, tmp: Path) -> None:
-    """Ours on the durable store: the one port and the gRPC-only port of the same process."""
+def run_ours(bench: Bench, tmp: Path, secure: bool) -> None:
+    """Ours on the durable store: the one port and the gRPC-only port of the same process;
+    with `secure`, beside it a second process with TLS and --auth, its workloads interleaved
+    with the first's (so that its ratio to plain is not a ratio of two moments)."""
     gport = free_port()
     server = our_emulator("ours", tmp / "ours", ["--grpc-port", str(gport)])
-    bench.serve(server, [Target(OURS, server.host), Target(OURS_GRPC, f"127.0.0.1:{gport}")])
+    servers: list[ServerProcess] = [server]
+    targets = [Target(OURS, server.host, server),
+               Target(OURS_GRPC, f"127.0.0.1:{gport}", server)]
+    if secure:
+        tls = SecureEmulator("ours-tls-auth", tmp / "tls")
+        servers.append(tls)
+        targets.append(Target(SECURE, tls.host, tls, tls.client_spec))
+    bench.serve(servers, targets)
 
 
 def run_in_memory(bench: Bench, tmp: Path) -> None:
     server = our_emulator("ours-in-memory", tmp / "mem", ["--in-memory"])
-    bench.serve(server, [Target(MEMORY, server.host)])
+    bench.serve([server], [Target(MEMORY, server.host, server)])
 
 
 def run_on_nats(bench: Bench, tmp: Path, nats_bin: str) -> None:
@@ -823,7 +1002,7 @@ def run_on_nats(bench: Bench, tmp: Path, nats_bin: str) -> None:
     try:
         nats.start()
         server = our_emulator("ours-on-nats", tmp / "nats" / "emulator", ["--store", nats.url])
-        bench.serve(server, [Target(NATS, server.host)])
+        bench.serve([server], [Target(NATS, server.host, server)])
     except Exception as e:  # noqa: BLE001
         bench.problems.append(f"nats-server: {e}")
     finally:
@@ -833,7 +1012,7 @@ def run_on_nats(bench: Bench, tmp: Path, nats_bin: str) -> None:
 def run_reference(bench: Bench, tmp: Path, ref_bin: str) -> None:
     """Google's reference emulator (Java; serves gRPC and REST on one port)."""
     server = ReferenceEmulator(ref_bin, tmp / "ref")
-    bench.serve(server, [Target(REFERENCE, server.host)])
+    bench.serve([server], [Target(REFERENCE, server.host, server)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -850,6 +1029,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-in-memory", action="store_true", help="no --in-memory column")
     ap.add_argument("--skip-nats", action="store_true",
                     help="no column for the NATS JetStream backend (--store nats://)")
+    ap.add_argument("--skip-secure", action="store_true",
+                    help="no column for ours with TLS and --auth (--tls-self-signed --auth)")
     ap.add_argument("--repeat", type=int, default=None,
                     help="repetitions per workload, median reported (default 3; --quick 1)")
     ap.add_argument("--rate", type=float, default=200.0, help="latency workload msgs/s")
@@ -896,6 +1077,8 @@ def reference_plan(args: argparse.Namespace) -> tuple[str | None, str | None]:
 def columns_for(args: argparse.Namespace, nats_bin: str | None,
                 ref_bin: str | None) -> list[Column]:
     columns = [OURS, OURS_GRPC]
+    if not args.skip_secure:
+        columns.append(SECURE)
     if not args.skip_in_memory:
         columns.append(MEMORY)
     if nats_bin:
@@ -919,7 +1102,7 @@ def main(argv: list[str] | None = None) -> None:
     columns = columns_for(args, nats_bin, ref_bin)
     bench = Bench(settings)
     with tempfile.TemporaryDirectory(prefix="pubsub-bench-") as tmp:
-        run_ours(bench, Path(tmp))
+        run_ours(bench, Path(tmp), SECURE in columns)
         if MEMORY in columns:
             run_in_memory(bench, Path(tmp))
         if nats_bin:
