@@ -23,7 +23,8 @@ include mk/apps.mk
 .PHONY: help setup run test test-py3 test-nats nats-server lint bench emulator clean
 
 help:
-	@echo "make run          start emulator, sender, receiver and push worker (Ctrl-C stops all)"
+	@echo "make run          start emulator, sender, receiver and push worker (Ctrl-C stops all);"
+	@echo "                 SECURE=1 with TLS, --auth and keys; PUSH=emulator: native push"
 	@echo "make test         lint and run every test suite (Python 3 and the Python 2.7 apps)"
 	@echo "make test-py3     the Python 3 suites (emulator, push worker, end to end)"
 	@echo "make test-nats    the client-level suites again, the emulator on NATS JetStream"
