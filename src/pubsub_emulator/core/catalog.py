@@ -57,6 +57,7 @@ class Catalog:
 
     def __init__(self, store: Store, events: Events) -> None:
         self.table = store.resources
+        self._events = events
         # topic -> {subscription: attribute predicate}, for subscriptions that have a filter
         self._filters: dict[str, dict[str, Callable[[Mapping[str, str]], bool]]] = {}
         events.on_change(self._changed)
@@ -64,6 +65,12 @@ class Catalog:
     def _changed(self, kind: Kind, name: str) -> None:
         if kind in (Kind.SUBSCRIPTION, Kind.TOPIC):
             self._filters.clear()
+
+    async def drop_policy(self, name: str) -> None:
+        """A deleted resource's IAM policy goes with it: one made again under the same name
+        starts with none, here and (the kind is announced) on every process."""
+        await self.table.delete(Kind.IAM_POLICY, name)
+        self._events.resource_changed(Kind.IAM_POLICY, name)
 
     async def load(self, kind: Kind, name: str, message_type: Any, resource_id: str) -> Any:
         raw = await self.table.get(kind, name)

@@ -70,8 +70,7 @@ class Snapshots:
         rn = names.snapshot(request.snapshot)
         if not await self._table.delete(Kind.SNAPSHOT, request.snapshot):
             raise not_found(rn.id)
-        await self._table.delete(Kind.IAM_POLICY, request.snapshot)  # goes with it
-        self._events.resource_changed(Kind.IAM_POLICY, request.snapshot)
+        await self._catalog.drop_policy(request.snapshot)
         return empty_pb2.Empty()
 
     async def seek(self, request: Any) -> Any:

@@ -105,9 +105,7 @@ class Topics:
                 continue  # deleted meanwhile
             self._events.resource_changed(Kind.SUBSCRIPTION, item.name)
         await self._table.delete(Kind.TOPIC, request.topic)
-        # Its IAM policy goes with it: a topic made again under the name starts without one.
-        await self._table.delete(Kind.IAM_POLICY, request.topic)
+        await self._catalog.drop_policy(request.topic)
         self._events.resource_changed(Kind.TOPIC, request.topic)
-        self._events.resource_changed(Kind.IAM_POLICY, request.topic)
         log.info("deleted topic %s (%d subscriptions detached)", request.topic, len(page.items))
         return empty_pb2.Empty()
