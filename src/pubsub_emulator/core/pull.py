@@ -36,37 +36,33 @@ class PullRpcs:
         if request.max_messages <= 0:
             raise invalid_argument("max_messages must be greater than 0.")
         lease_ms = sub.ack_deadline_seconds * 1000
-        # Watched before the first look, so a publish landing while the store is read (a
-        # NATS store suspends there) wakes the wait below instead of being missed.
-        event = self._events.watch(sub.name)
-        try:
-            received, _ = await self._engine.receive(sub, request.max_messages, lease_ms)
-            if not received and not request.return_immediately:
-                received = await self._wait_and_receive(request, event, lease_ms)
-        finally:
-            self._events.unwatch(sub.name, event)
+        received, _ = await self._engine.receive(sub, request.max_messages, lease_ms)
+        if not received and not request.return_immediately:
+            received = await self._wait_and_receive(request, sub, lease_ms)
         return t.PullResponse.pb()(received_messages=received)
 
-    async def _wait_and_receive(self, request: Any, event: asyncio.Event, lease_ms: int
-                                ) -> list[Any]:
+    async def _wait_and_receive(self, request: Any, sub: Any, lease_ms: int) -> list[Any]:
         """Wait up to PULL_WAIT_S for messages, as Google holds a Pull open for a while."""
+        event = self._events.watch(sub.name)
         deadline = time.monotonic() + limits.PULL_WAIT_S
         received: list[Any] = []
-        while not received:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            due = await self._engine.next_due_ms(request.subscription)
-            if due is not None:
-                remaining = min(remaining, max(0.0, (due - self._clock()) / 1000))
-            try:
-                await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                pass
-            # Cleared before looking again: a wake-up during the look is kept for the next wait.
-            event.clear()
-            sub = await self._engine.deliverable(request.subscription)
-            received, _ = await self._engine.receive(sub, request.max_messages, lease_ms)
+        try:
+            while not received:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                due = await self._engine.next_due_ms(sub.name)
+                if due is not None:
+                    remaining = min(remaining, max(0.0, (due - self._clock()) / 1000))
+                event.clear()
+                try:
+                    await asyncio.wait_for(event.wait(), remaining)
+                except TimeoutError:
+                    pass
+                sub = await self._engine.deliverable(request.subscription)
+                received, _ = await self._engine.receive(sub, request.max_messages, lease_ms)
+        finally:
+            self._events.unwatch(sub.name, event)
         return received
 
     async def acknowledge(self, request: Any) -> Any:
