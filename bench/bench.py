@@ -40,13 +40,11 @@ import json
 import os
 import platform
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,6 +58,7 @@ from processes import (  # noqa: E402
     NatsServer,
     ReferenceEmulator,
     ServerProcess,
+    TlsEmulatorProcess,
     free_port,
     nats_server_path,
     reference_emulator_path,
@@ -921,7 +920,7 @@ def our_emulator(name: str, work_dir: Path, extra_args: list[str]) -> EmulatorPr
                            start_timeout=60)
 
 
-class SecureEmulator(EmulatorProcess):
+class SecureEmulator(TlsEmulatorProcess):
     """Ours with `--tls-self-signed --auth` on the durable store, for the TLS + auth column:
     ready when /healthz answers over TLS (trusting the CA it made in DATA_DIR/tls/); start()
     then makes the clients' key file with `keys create` beside the running server, granting
@@ -936,24 +935,9 @@ class SecureEmulator(EmulatorProcess):
         self.key_file = work_dir / "bench-key.json"
 
     @property
-    def ca(self) -> Path:
-        return Path(self.data_dir) / "tls" / "ca.pem"
-
-    @property
     def client_spec(self) -> dict:
         """What a worker needs besides the host: the key file and the CA."""
         return {"key_file": str(self.key_file), "ca": str(self.ca)}
-
-    def _ready(self) -> bool:
-        if not self.ca.exists():
-            return False
-        try:
-            context = ssl.create_default_context(cafile=str(self.ca))
-            with urllib.request.urlopen(f"https://{self.host}/healthz", timeout=1,
-                                        context=context) as r:
-                return r.status == 200
-        except (OSError, ssl.SSLError):
-            return False
 
     def start(self) -> SecureEmulator:
         super().start()

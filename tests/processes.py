@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -193,6 +194,28 @@ def nats_server_path() -> str | None:
     return shutil.which("nats-server") or (
         "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
 
+
+
+class TlsEmulatorProcess(EmulatorProcess):
+    """An emulator serving TLS (`--tls-self-signed` or a CA of the test's, `ca_path`): ready
+    once `/healthz` answers over TLS, trusting that CA."""
+
+    ca_path: Path | None = None
+
+    @property
+    def ca(self) -> Path:
+        return self.ca_path or Path(self.data_dir) / "tls" / "ca.pem"
+
+    def _ready(self) -> bool:
+        if not self.ca.exists():
+            return False
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca))
+            with urllib.request.urlopen(f"https://{self.host}/healthz", timeout=1,
+                                        context=context) as r:
+                return r.status == 200
+        except (OSError, ssl.SSLError):
+            return False
 
 class NatsServer(ServerProcess):
     """A real `nats-server -js` on a free loopback port, optionally one node of a cluster.

@@ -40,8 +40,9 @@ from google_auth_httplib2 import AuthorizedHttp
 from googleapiclient.discovery import build_from_document
 
 from clients import discovery_document, unique
+from processes import TlsEmulatorProcess
 from pubsub_emulator.tls import self_signed
-from support import VENV_BIN, EmulatorProcess, free_port, wait_for
+from support import VENV_BIN, free_port, wait_for
 
 PROJECT = "tls-proj"
 ALICE = f"alice@{PROJECT}.iam.gserviceaccount.com"  # an administrator
@@ -52,28 +53,12 @@ SCOPES = ["https://www.googleapis.com/auth/pubsub"]
 PUBSUB_AUD = "https://pubsub.googleapis.com/"
 
 
-class SecureEmulator(EmulatorProcess):
-    """An emulator with TLS: ready when /healthz answers over TLS. The CA is the one
-    --tls-self-signed makes, unless `ca_path` names another."""
-
-    ca_path: Path | None = None
-
-    @property
-    def ca(self) -> Path:
-        return self.ca_path or Path(self.data_dir) / "tls" / "ca.pem"
+class SecureEmulator(TlsEmulatorProcess):
+    """An emulator with TLS, addressed as localhost (a name its certificate holds)."""
 
     @property
     def host(self) -> str:
         return f"localhost:{self.port}"
-
-    def _ready(self) -> bool:
-        if not self.ca.exists():
-            return False
-        try:
-            return requests.get(f"https://{self.host}/healthz", verify=str(self.ca),
-                                timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
 
 
 def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,9 +7,7 @@ it makes under <data-dir>/tls/), `keys create EMAIL --out F --data-dir D --url U
 
 from __future__ import annotations
 
-import ssl
 import subprocess
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,32 +16,15 @@ from typing import Any
 
 from pw_helpers import WorkerProcess
 
-from processes import EmulatorProcess
+from processes import TlsEmulatorProcess
 from support import VENV_BIN, wait_for
 
 
-class TlsAuthEmulator(EmulatorProcess):
+class TlsAuthEmulator(TlsEmulatorProcess):
     """`pubsub-emulator start --auth --tls-self-signed`, ready once https /healthz answers."""
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir=data_dir, extra_args=["--auth", "--tls-self-signed"])
-
-    @property
-    def ca(self) -> Path:
-        found = sorted(p for p in (Path(self.data_dir) / "tls").glob("ca*.pem")
-                       if "key" not in p.name)
-        if not found:
-            raise FileNotFoundError(f"no CA under {self.data_dir}/tls")
-        return found[0]
-
-    def _ready(self) -> bool:
-        try:
-            context = ssl.create_default_context(cafile=str(self.ca))
-            with urllib.request.urlopen(f"https://{self.host}/healthz", timeout=1,
-                                        context=context) as r:
-                return r.status == 200
-        except (OSError, ssl.SSLError):
-            return False
 
     def key_file(self, email: str, *roles: str) -> Path:
         """A key for `email`, granted `roles` on its project."""
