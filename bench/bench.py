@@ -11,7 +11,11 @@ The script starts its own servers on free loopback ports (temporary data dirs, r
   ours (gRPC port) the same process, gRPC straight to --grpc-port (no one-port front)
   ours (TLS + auth) a second durable process with --tls-self-signed --auth, running beside the
                    first and interleaved with it; its clients use a service-account key file
-                   (`keys create`) and the CA it made, never PUBSUB_EMULATOR_HOST
+                   (`keys create --role roles/pubsub.editor`: IAM checked on every call) and
+                   the CA it made, never PUBSUB_EMULATOR_HOST
+  ours (TLS + auth, admin) the same TLS + auth process, interleaved with the others; its
+                   clients use a second key file, made with `keys create --admin`: an
+                   administrator, authenticated alike, for whom IAM is not consulted
   ours (in-memory) a second process with --in-memory (gRPC rows only)
   reference        Google's Java emulator (gRPC + REST on one port), when installed
 
@@ -30,7 +34,9 @@ Workloads (official google-cloud-pubsub client, 1 KiB messages):
 Each workload runs --repeat times (default 3, --quick 1); the table shows medians, the
 per-run lines above it every figure, including server and client CPU during the timed window.
 Below the table, "TLS + auth / plain": ours (TLS + auth) against ours (one port) per transport
-(the issue's goal: throughput and publish -> receive p50 within 20% of plain).
+(the issue's goal: throughput and publish -> receive p50 within 20% of plain); and "IAM on /
+auth alone": ours (TLS + auth) against ours (TLS + auth, admin), the same process, per transport
+(IAM's cost; the issue's goal: within 10% of --auth alone).
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ from processes import (  # noqa: E402
 
 PROJECT = "bench-project"
 BENCH_ACCOUNT = f"bench@{PROJECT}.iam.gserviceaccount.com"  # the TLS + auth column's caller
+# The TLS + auth, admin column's caller: `keys create --admin`, so IAM is not consulted.
+BENCH_ADMIN = f"bench-admin@{PROJECT}.iam.gserviceaccount.com"
 # Under --auth IAM decides; the bench creates topics and subscriptions, publishes and consumes:
 # the least role that fits, on the project (so every call also pays the IAM check).
 BENCH_ROLE = "roles/pubsub.editor"
@@ -78,7 +86,7 @@ GOAL_P50_MS = 5.0
 # workers (run in a subprocess)
 # --------------------------------------------------------------------------------------------
 
-# The TLS + auth column: set by worker_main from the spec's "secure" entry ({"key_file": ...,
+# The TLS + auth columns: set by worker_main from the spec's "secure" entry ({"key_file": ...,
 # "ca": ...}); None for every other column. The clients then speak TLS to `host`, trusting the
 # CA, with the key file's service-account credentials (one credentials object per worker, so
 # one self-signed JWT, minted at the first call), as README "TLS and credentials" shows.
@@ -595,6 +603,7 @@ class Column:
 OURS = Column("ours", "ours (one port)")
 OURS_GRPC = Column("ours_g", "ours (gRPC port)", GRPC_ONLY)
 SECURE = Column("tls", "ours (TLS + auth)")
+SECURE_ADMIN = Column("tlsadm", "ours (TLS + auth, admin)")  # the same process, an admin key
 MEMORY = Column("mem", "ours in-memory", GRPC_ONLY)
 NATS = Column("nats", "ours on NATS")
 REFERENCE = Column("ref", "reference")
@@ -608,8 +617,9 @@ FRONT_COST = [
     ("unary RTT p50", "rtt", "p50", "ms"),
 ]
 
-# TLS + auth against plain: (label, workload, metric, judged against the 20% goal), ours
-# (TLS + auth) vs ours (one port), both durable, both on the one port.
+# A column against another: (label, workload, metric, judged against the goal). TLS + auth
+# against plain: ours (TLS + auth) vs ours (one port), both durable, both on the one port; IAM
+# on against auth alone: ours (TLS + auth) vs ours (TLS + auth, admin), one process.
 SECURE_COST = [
     ("publish", "publish", "rate", True),
     ("receive+ack", "receive", "rate", True),
@@ -617,6 +627,7 @@ SECURE_COST = [
     ("unary RTT p50", "rtt", "p50", False),
 ]
 SECURE_GOAL = 0.20  # the issue's goal: TLS + auth within 20% of plain
+IAM_GOAL = 0.10  # the issue's goal: IAM on within 10% of --auth alone
 
 NOTES = ("Notes: medians of the repetitions. 'ours (gRPC port)' = the same server process, "
          "gRPC straight to --grpc-port, bypassing the one-port front. Ratio = ours (one port) "
@@ -631,6 +642,10 @@ SECURE_NOTE = ("'ours (TLS + auth)' = a second durable process with --tls-self-s
                "made) with a service-account key file (roles/pubsub.editor on the project): one "
                "self-signed JWT per client process, verified by the server on every call, "
                "and IAM checked on every call.")
+SECURE_ADMIN_NOTE = ("'ours (TLS + auth, admin)' = the same TLS + auth process, interleaved with "
+                     "it, its clients with a key made by `keys create --admin`: TLS and the JWT "
+                     "alike, but an administrator, for whom IAM is not consulted (so 'IAM on / "
+                     "auth alone' is IAM's cost).")
 
 Results = dict[tuple[str, str, str], list[dict]]  # (column key, transport, workload) -> runs
 
@@ -723,31 +738,42 @@ def front_cost_line(results: Results) -> str | None:
     return "One-port front cost for gRPC (one port vs --grpc-port): " + "; ".join(parts)
 
 
-def secure_cost_lines(results: Results) -> list[str]:
-    """TLS + auth / plain: ours (TLS + auth) against ours (one port), per transport; a ratio
-    outside the goal (throughput below 0.80x, p50 above 1.20x) is marked (!)."""
+def cost_lines(title: str, results: Results, measured: Column, baseline: Column,
+               goal: float) -> list[str]:
+    """`title`: `measured` against `baseline`, per transport (SECURE_COST's workloads); a ratio
+    outside the goal (throughput below 1 - goal, p50 above 1 + goal) is marked (!)."""
     lines = []
     for transport in TRANSPORTS:
         parts = []
         for label, workload, metric, judged in SECURE_COST:
-            a = metric_median(results.get((SECURE.key, transport, workload)), metric)
-            b = metric_median(results.get((OURS.key, transport, workload)), metric)
+            a = metric_median(results.get((measured.key, transport, workload)), metric)
+            b = metric_median(results.get((baseline.key, transport, workload)), metric)
             if not a or not b:
                 continue
             ratio = a / b
             text = f"{label} {ratio:.2f}x"
             if metric != "rate":
                 text += f" ({a - b:+.2f} ms)"
-            if judged and (ratio < 1 - SECURE_GOAL if metric == "rate"
-                           else ratio > 1 + SECURE_GOAL):
+            if judged and (ratio < 1 - goal if metric == "rate" else ratio > 1 + goal):
                 text += " (!)"
             parts.append(text)
         if parts:
             lines.append(f"  {transport.upper():4}: " + "; ".join(parts))
     if not lines:
         return []
-    return [f"TLS + auth / plain (ours (TLS + auth) / ours (one port); goal: within "
-            f"{SECURE_GOAL:.0%}, (!) = outside it; RTT not judged):", *lines]
+    return [f"{title} ({measured.title} / {baseline.title}; goal: within {goal:.0%}, (!) = "
+            f"outside it; RTT not judged):", *lines]
+
+
+def secure_cost_lines(results: Results) -> list[str]:
+    """TLS + auth / plain: ours (TLS + auth) against ours (one port) (goal: within 20%)."""
+    return cost_lines("TLS + auth / plain", results, SECURE, OURS, SECURE_GOAL)
+
+
+def iam_cost_lines(results: Results) -> list[str]:
+    """IAM on / auth alone: ours (TLS + auth), IAM checked on every call, against ours (TLS +
+    auth, admin), IAM not consulted, one process (goal: within 10%)."""
+    return cost_lines("IAM on / auth alone", results, SECURE, SECURE_ADMIN, IAM_GOAL)
 
 
 def verdict(v: float | None, goal: float, higher: bool = True) -> str:
@@ -789,6 +815,10 @@ def print_report(columns: list[Column], results: Results, problems: list[str],
     if SECURE in columns:
         print(SECURE_NOTE)
         for line in secure_cost_lines(results):
+            print(line)
+    if SECURE_ADMIN in columns:
+        print(SECURE_ADMIN_NOTE)
+        for line in iam_cost_lines(results):
             print(line)
     print()
     for line in goal_lines(results):
@@ -874,7 +904,7 @@ class Bench:
     def run_targets(self, targets: list[Target]) -> None:
         """Every workload `reps` times; the targets (of one server or of servers running side
         by side) interleaved, so that drift (store growth, background work, other load on the
-        machine) hits the one-port, gRPC-port and TLS + auth columns alike."""
+        machine) hits the one-port, gRPC-port and both TLS + auth columns alike."""
         for rep in range(self.settings.reps):
             # alternate the order each repetition: no column always goes first
             ordered = targets if rep % 2 == 0 else targets[::-1]
@@ -921,10 +951,11 @@ def our_emulator(name: str, work_dir: Path, extra_args: list[str]) -> EmulatorPr
 
 
 class SecureEmulator(TlsEmulatorProcess):
-    """Ours with `--tls-self-signed --auth` on the durable store, for the TLS + auth column:
+    """Ours with `--tls-self-signed --auth` on the durable store, for the TLS + auth columns:
     ready when /healthz answers over TLS (trusting the CA it made in DATA_DIR/tls/); start()
-    then makes the clients' key file with `keys create` beside the running server, granting
-    the account BENCH_ROLE on the bench's project."""
+    then makes the clients' key files with `keys create` beside the running server: one
+    granting the account BENCH_ROLE on the bench's project (IAM checked on every call), one
+    of an administrator (`--admin`: IAM not consulted)."""
 
     def __init__(self, name: str, work_dir: Path) -> None:
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -933,23 +964,33 @@ class SecureEmulator(TlsEmulatorProcess):
                          name=name, log_path=work_dir / "server.log", cwd=work_dir,
                          new_session=True, start_timeout=60)
         self.key_file = work_dir / "bench-key.json"
+        self.admin_key_file = work_dir / "bench-admin-key.json"
 
     @property
     def client_spec(self) -> dict:
-        """What a worker needs besides the host: the key file and the CA."""
+        """What a worker of the TLS + auth column needs besides the host: key file and CA."""
         return {"key_file": str(self.key_file), "ca": str(self.ca)}
+
+    @property
+    def admin_client_spec(self) -> dict:
+        """The same for the TLS + auth, admin column: the administrator's key file."""
+        return {"key_file": str(self.admin_key_file), "ca": str(self.ca)}
 
     def start(self) -> SecureEmulator:
         super().start()
-        done = subprocess.run(
-            [str(Path(sys.executable).parent / "pubsub-emulator"), "keys", "create",
-             BENCH_ACCOUNT, "--out", str(self.key_file), "--data-dir", self.data_dir,
-             "--url", f"https://{self.host}", "--role", BENCH_ROLE],
-            capture_output=True, text=True, timeout=60)
-        if done.returncode != 0:
-            raise RuntimeError(f"keys create failed ({done.returncode}): "
-                               f"{(done.stderr or done.stdout).strip()[-400:]}")
+        self.create_key(BENCH_ACCOUNT, self.key_file, "--role", BENCH_ROLE)
+        self.create_key(BENCH_ADMIN, self.admin_key_file, "--admin")
         return self
+
+    def create_key(self, email: str, out: Path, *extra: str) -> None:
+        """`keys create EMAIL --out OUT [extra]` in the running server's store."""
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "pubsub-emulator"), "keys", "create", email,
+             "--out", str(out), "--data-dir", self.data_dir, "--url", f"https://{self.host}",
+             *extra], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"keys create {email} failed ({done.returncode}): "
+                               f"{(done.stderr or done.stdout).strip()[-400:]}")
 
 
 def bench_nats_server(nats_bin: str, work_dir: Path) -> NatsServer:
@@ -961,8 +1002,9 @@ def bench_nats_server(nats_bin: str, work_dir: Path) -> NatsServer:
 
 def run_ours(bench: Bench, tmp: Path, secure: bool) -> None:
     """Ours on the durable store: the one port and the gRPC-only port of the same process;
-    with `secure`, beside it a second process with TLS and --auth, its workloads interleaved
-    with the first's (so that its ratio to plain is not a ratio of two moments)."""
+    with `secure`, beside it a second process with TLS and --auth serving two columns (an
+    editor's key, an administrator's), their workloads interleaved with the first's (so that
+    their ratios to plain and to each other are not ratios of two moments)."""
     gport = free_port()
     server = our_emulator("ours", tmp / "ours", ["--grpc-port", str(gport)])
     servers: list[ServerProcess] = [server]
@@ -971,7 +1013,8 @@ def run_ours(bench: Bench, tmp: Path, secure: bool) -> None:
     if secure:
         tls = SecureEmulator("ours-tls-auth", tmp / "tls")
         servers.append(tls)
-        targets.append(Target(SECURE, tls.host, tls, tls.client_spec))
+        targets += [Target(SECURE, tls.host, tls, tls.client_spec),
+                    Target(SECURE_ADMIN, tls.host, tls, tls.admin_client_spec)]
     bench.serve(servers, targets)
 
 
@@ -1014,7 +1057,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-nats", action="store_true",
                     help="no column for the NATS JetStream backend (--store nats://)")
     ap.add_argument("--skip-secure", action="store_true",
-                    help="no column for ours with TLS and --auth (--tls-self-signed --auth)")
+                    help="no columns for ours with TLS and --auth (--tls-self-signed --auth): "
+                         "neither the editor's key (IAM checked) nor the administrator's")
     ap.add_argument("--repeat", type=int, default=None,
                     help="repetitions per workload, median reported (default 3; --quick 1)")
     ap.add_argument("--rate", type=float, default=200.0, help="latency workload msgs/s")
@@ -1062,7 +1106,7 @@ def columns_for(args: argparse.Namespace, nats_bin: str | None,
                 ref_bin: str | None) -> list[Column]:
     columns = [OURS, OURS_GRPC]
     if not args.skip_secure:
-        columns.append(SECURE)
+        columns += [SECURE, SECURE_ADMIN]
     if not args.skip_in_memory:
         columns.append(MEMORY)
     if nats_bin:
