@@ -142,3 +142,25 @@ def test_pull_subscription_has_an_empty_push_config_over_rest(emulator):
     api.projects().subscriptions().modifyPushConfig(subscription=name, body={
         "pushConfig": {}}).execute()
     assert api.projects().subscriptions().get(subscription=name).execute()["pushConfig"] == {}
+
+
+def test_rest_masks_in_either_spelling(emulator):
+    """A mask's paths in JSON are camelCase ("deadLetterPolicy"); Google's Node client over
+    REST sends the protos' names ("dead_letter_policy", "ack_deadline_seconds"): both are read
+    as the same fields."""
+    api = discovery_client(emulator.host)
+    topic = f"projects/{PROJECT}/topics/{unique('topic')}"
+    name = f"projects/{PROJECT}/subscriptions/{unique('sub')}"
+    api.projects().topics().create(name=topic, body={}).execute()
+    api.projects().subscriptions().create(name=name, body={"topic": topic}).execute()
+    subscriptions = api.projects().subscriptions()
+    for mask, seconds in (("ackDeadlineSeconds,labels", 30),
+                          ("ack_deadline_seconds,labels", 40)):
+        updated = subscriptions.patch(name=name, body={
+            "subscription": {"ackDeadlineSeconds": seconds, "labels": {"k": "v"}},
+            "updateMask": mask}).execute()
+        assert (updated["ackDeadlineSeconds"], updated["labels"]) == (seconds, {"k": "v"})
+    updated = subscriptions.patch(name=name, body={
+        "subscription": {"retryPolicy": {"minimumBackoff": "5s"}},
+        "updateMask": "retry_policy.minimum_backoff"}).execute()
+    assert updated["retryPolicy"]["minimumBackoff"] == "5s"

@@ -169,6 +169,9 @@ def _not_a_message() -> ApiError:
         'Invalid JSON payload received. Unknown name "": Root element must be a message.')
 
 
+_FIELD_MASK = "google.protobuf.FieldMask"
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"Unexpected token {name}.")  # NaN and Infinity are not JSON
 
@@ -195,6 +198,7 @@ def build_request(route: Route, match: re.Match[str], body: bytes | bytearray, q
     if route.body:
         payload = parse_json_object(body)
         target = request if route.body == "*" else getattr(request, route.body)
+        _camel_case_masks(payload, target.DESCRIPTOR)
         try:
             json_format.ParseDict(payload, target)
         except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
@@ -204,6 +208,25 @@ def build_request(route: Route, match: re.Match[str], body: bytes | bytearray, q
         _set_path(request, field_path, urllib.parse.unquote(value))
     _query_fields(request, query)
     return request
+
+
+def _camel_case_masks(payload: dict[str, Any], descriptor: Any) -> None:
+    """Field masks written with the protos' field names ("dead_letter_policy"), as Google's
+    Node client sends them over REST, read as their JSON spelling ("deadLetterPolicy"):
+    json_format accepts only the latter, and a mask means the same fields either way."""
+    for field in descriptor.fields:
+        if field.message_type is None or field.message_type.full_name != _FIELD_MASK:
+            continue
+        for key in (field.json_name, field.name):
+            value = payload.get(key)
+            if isinstance(value, str) and "_" in value:
+                payload[key] = ",".join(".".join(_camel(part) for part in path.split("."))
+                                        for path in value.split(","))
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 def payload_too_large(limit: int) -> ApiError:
