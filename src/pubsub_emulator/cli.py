@@ -18,6 +18,7 @@ from .cli_security import (
     run_keys,
     security_from,
 )
+from .push import MAX_WINDOW
 from .server import Limits, RunningServer, Security, create_gateway, create_server
 from .store import open_store
 
@@ -53,6 +54,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1, got {text!r}")
+    return value
+
+
 def _add_limits(start: argparse.ArgumentParser) -> None:
     default = Limits()
     limits = start.add_argument_group(
@@ -80,6 +88,13 @@ def _add_limits(start: argparse.ArgumentParser) -> None:
                         default=default.first_request_timeout, metavar="S",
                         help="a StreamingPull must send its first request within this long, "
                              "else it ends with DEADLINE_EXCEEDED (default: %(default)s)")
+    limits.add_argument("--push-max-outstanding", type=_positive, default=MAX_WINDOW,
+                        metavar="N",
+                        help="POSTs outstanding per push subscription at most (the largest "
+                             "slow-start window), whatever the number of processes sharing "
+                             "the store: one of them pushes a subscription at a time, and "
+                             "another takes over within seconds if it stops or dies "
+                             "(default: %(default)s)")
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -215,7 +230,8 @@ def _start(args: argparse.Namespace) -> int:
         log.info("store: %s", where)
         try:
             return await create_server(store, args.host, args.port, resources,
-                                       args.grpc_port, limits, security)
+                                       args.grpc_port, limits, security,
+                                       args.push_max_outstanding)
         except BaseException:
             await store.close()
             raise

@@ -29,7 +29,7 @@ from .api.upstream import GrpcUpstream
 from .auth import Auth
 from .core.service import PubSubService
 from .core.streaming import FIRST_REQUEST_TIMEOUT_S
-from .push import PushDispatcher, TokenIssuer
+from .push import MAX_WINDOW, PushDispatcher, TokenIssuer
 from .store import Store
 
 log = logging.getLogger("pubsub_emulator")
@@ -144,12 +144,15 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
                         topology: dict[str, Any] | None = None,
                         grpc_only_port: int | None = None,
                         limits: Limits | None = None,
-                        security: Security | None = None) -> RunningServer:
+                        security: Security | None = None,
+                        push_max_outstanding: int = MAX_WINDOW) -> RunningServer:
     """The emulator on one port (0: any free port); `.port` says which.
 
     `grpc_only_port` also serves gRPC directly on that port, skipping the one-port front.
     `limits`: connections and timeouts (Limits() by default; README "Limits").
     `security`: TLS, credentials, push destinations (none by default: a local emulator).
+    `push_max_outstanding`: POSTs outstanding per push subscription at most, across every
+    process sharing the store (one of them pushes it at a time: push/ownership.py).
     Push subscriptions are delivered by a PushDispatcher (see push/); the same port serves
     GET /debug/push, the OIDC discovery document and certificates (see push/oidc.py) and the
     token endpoint of service account keys (auth/tokens.py).
@@ -174,7 +177,7 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
 
     issuer = TokenIssuer(store.resources)
     pusher = PushDispatcher(service, issuer, allow=security.push_allow,
-                            auth_required=security.auth)
+                            auth_required=security.auth, max_outstanding=push_max_outstanding)
     public = issuer.routes() + auth.endpoint.routes()
     access = _access(auth, public) if security.auth else None
     try:

@@ -66,11 +66,14 @@ class Catalog:
         if kind in (Kind.SUBSCRIPTION, Kind.TOPIC):
             self._filters.clear()
 
-    async def drop_policy(self, name: str) -> None:
-        """A deleted resource's IAM policy goes with it: one made again under the same name
-        starts with none, here and (the kind is announced) on every process."""
+    async def drop_attached(self, name: str) -> None:
+        """What is attached to a deleted resource goes with it: its IAM policy (one made again
+        under the same name starts with none, here and, the kind being announced, on every
+        process) and a subscription's push ownership record (push/ownership.py)."""
         await self.table.delete(Kind.IAM_POLICY, name)
         self._events.resource_changed(Kind.IAM_POLICY, name)
+        if "/subscriptions/" in name:
+            await self.table.delete(Kind.PUSH_OWNER, name)
 
     async def load(self, kind: Kind, name: str, message_type: Any, resource_id: str) -> Any:
         raw = await self.table.get(kind, name)

@@ -2,6 +2,7 @@
 
 dispatcher  follows push configs, one SubscriptionPusher per push subscription, /debug/push
 pusher      one subscription's delivery loop, POSTs, slow start and backoff
+ownership   which process pushes a subscription (one at a time), and the state handed over
 oidc        the emulator's OIDC signing key, tokens and certificate endpoints
 destinations where push may go (--push-allow), checked at each connection
 """
@@ -9,6 +10,7 @@ destinations where push may go (--push-allow), checked at each connection
 from .destinations import Destinations, PushRefused, parse_push_allow
 from .dispatcher import PushDispatcher
 from .oidc import SigningRefused, TokenIssuer
+from .pusher import MAX_WINDOW
 
-__all__ = ["Destinations", "PushDispatcher", "PushRefused", "SigningRefused", "TokenIssuer",
-           "parse_push_allow"]
+__all__ = ["MAX_WINDOW", "Destinations", "PushDispatcher", "PushRefused", "SigningRefused",
+           "TokenIssuer", "parse_push_allow"]

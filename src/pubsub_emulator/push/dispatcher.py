@@ -1,8 +1,14 @@
 """Follows every subscription's push config and runs a SubscriptionPusher for each push one.
 
 `GET /debug/push` on the emulator port returns per-subscription counters as JSON (delivered,
-nacked, attempts, in_backoff, backoff_ms, window, in_flight, last_status, ...) and the allowed
-destinations; endpoints appear with their query values hidden (`?token=…`).
+nacked, attempts, in_backoff, backoff_ms, window, in_flight, last_status, ..., `owner`: whether
+this process pushes it now, `owner_id`: the process that does, as last seen), this process's
+`owner_id`, `max_outstanding` and the allowed destinations; endpoints appear with their query
+values hidden (`?token=…`).
+
+Every process sharing a store follows every push subscription, but only the owner of one
+pushes it (ownership.py), so `max_outstanding` (`--push-max-outstanding`, the largest window)
+bounds the POSTs outstanding per subscription across all of them.
 
 `allow` is `--push-allow`'s entries (None: not given) and `auth_required` whether `--auth` is
 on; together they decide where push may go (destinations.py). Under --auth tokens are signed
@@ -13,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Coroutine
 from typing import Any
 
@@ -24,7 +33,8 @@ from ..core.service import PubSubService
 from ..store import Kind
 from .destinations import Destinations
 from .oidc import TokenIssuer
-from .pusher import SubscriptionPusher
+from .ownership import Ownership
+from .pusher import MAX_WINDOW, SubscriptionPusher
 
 log = logging.getLogger("pubsub_emulator.push")
 
@@ -32,13 +42,21 @@ DEBUG_PATH = "/debug/push"
 
 
 class PushDispatcher:
-    """Follows every subscription's push config and runs a _Pusher for each push one."""
+    """Follows every subscription's push config and runs a SubscriptionPusher for each push
+    one."""
 
     def __init__(self, service: PubSubService, issuer: TokenIssuer,
-                 allow: list[str] | None = None, auth_required: bool = False) -> None:
-        """ValueError if an `allow` entry is neither a CIDR, an address nor a host name."""
+                 allow: list[str] | None = None, auth_required: bool = False,
+                 max_outstanding: int = MAX_WINDOW) -> None:
+        """ValueError if an `allow` entry is neither a CIDR, an address nor a host name, or
+        `max_outstanding` (POSTs outstanding per subscription at most) is below 1."""
+        if max_outstanding < 1:
+            raise ValueError("max_outstanding must be at least 1")
         self.destinations = Destinations.from_flags(allow, auth_required)
         self.auth_required = auth_required
+        self.max_outstanding = max_outstanding
+        # This process among those sharing the store, in push ownership records.
+        self.owner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._engine = service.engine
         self._events = service.events
         self._catalog = service.catalog
@@ -101,12 +119,15 @@ class PushDispatcher:
             if pusher is None:
                 pusher = self._pushers[name] = SubscriptionPusher(
                     name, self._engine, self._events, self.issuer, self.forget_if_gone,
-                    self.subscription_changed, self.destinations, self.auth_required)
+                    self.subscription_changed, self.destinations, self.auth_required,
+                    ownership=Ownership(self._table, name, self.owner_id),
+                    max_window=self.max_outstanding)
             if not pusher.running:
-                log.info("%s: pushing to %s", name, redact_url(sub.push_config.push_endpoint))
+                log.info("%s: pushing to %s (while this process owns it)", name,
+                         redact_url(sub.push_config.push_endpoint))
             pusher.start()
         if pusher is not None:
-            pusher.poke()  # a running loop rereads the config (and stops if no longer push)
+            pusher.changed()  # a running loop rereads the config (and stops if no longer push)
             if not pusher.running and not pusher.in_flight:
                 await self._forget_if_gone(pusher)
 
@@ -127,7 +148,8 @@ class PushDispatcher:
         self._pushers.clear()
 
     def stats(self) -> dict[str, Any]:
-        return {"destinations": self.destinations.description,
+        return {"destinations": self.destinations.description, "owner_id": self.owner_id,
+                "max_outstanding": self.max_outstanding,
                 "subscriptions": {name: p.stats() for name, p in sorted(self._pushers.items())}}
 
     def routes(self) -> list[web.RouteDef]:

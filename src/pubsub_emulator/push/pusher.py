@@ -18,7 +18,11 @@ up another subscription.
   per-message delay applies on top (the larger wins, since both must have passed before the
   message goes out again).
 - Slow start: at most `window` POSTs are outstanding; it starts at 1, grows by one per ack up
-  to MAX_WINDOW, and halves on a nack.
+  to `max_window` (`--push-max-outstanding`, MAX_WINDOW by default), and halves on a nack.
+- One owner (ownership.py): among the processes sharing a store, only the one holding the
+  subscription's ownership record leases and POSTs its messages; the others wait, and take
+  over (with the window and backoff state of the last owner) when it releases it or dies. So
+  the window and the backoff are the subscription's, not each process's.
 - Switching: when a subscription stops being push (ModifyPushConfig, UpdateSubscription,
   detach, delete), its task stops leasing; POSTs already under way finish and ack or nack.
   When it becomes push, a task starts.
@@ -27,7 +31,8 @@ up another subscription.
   is logged once per subscription per change of that reason, not per message. Likewise a
   token the issuer refuses to sign under --auth (oidc.py).
 - Visibility: `GET /debug/push` on the emulator port returns per-subscription counters as JSON
-  (delivered, nacked, attempts, in_backoff, backoff_ms, window, in_flight, last_status, ...),
+  (delivered, nacked, attempts, in_backoff, backoff_ms, window, in_flight, last_status, owner,
+  owner_id, ...),
   and the `pubsub_emulator.push` logger writes one debug line per attempt. Endpoints and
   errors are shown with their query values hidden (`?token=…`): they often hold a secret.
 """
@@ -58,6 +63,7 @@ from ..core.events import Events
 from ..core.push_config import redact_text, redact_url
 from .destinations import Destinations, PushRefused
 from .oidc import SigningRefused, TokenIssuer
+from .ownership import Handover, Ownership, wall_ms
 
 log = logging.getLogger("pubsub_emulator.push")
 
@@ -96,8 +102,11 @@ class SubscriptionPusher:
     def __init__(self, name: str, engine: DeliveryEngine, events: Events, issuer: TokenIssuer,
                  on_idle: Callable[[SubscriptionPusher], None],
                  on_failure: Callable[[str], None],
-                 destinations: Destinations | None = None, auth_required: bool = False) -> None:
+                 destinations: Destinations | None = None, auth_required: bool = False, *,
+                 ownership: Ownership, max_window: int = MAX_WINDOW) -> None:
         self.engine = engine
+        self.ownership = ownership  # whether this process may push it now (ownership.py)
+        self.max_window = max(INITIAL_WINDOW, max_window)
         self.events = events
         self.issuer = issuer
         self.destinations = destinations or Destinations.from_flags(None, auth_required)
@@ -120,6 +129,7 @@ class SubscriptionPusher:
         self.last_error = ""
         self.last_attempt = 0.0
         self.noted_refusal = ""  # the refusal last logged: logged again only when it changes
+        self.releasing: asyncio.Future[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -132,6 +142,11 @@ class SubscriptionPusher:
     def poke(self) -> None:
         if self.wake is not None:
             self.wake.set()
+
+    def changed(self) -> None:
+        """The subscription changed: reread it, and if waiting for ownership, try at once."""
+        self.ownership.retry_now()
+        self.poke()
 
     def stats(self) -> dict[str, Any]:
         now = asyncio.get_running_loop().time()
@@ -148,6 +163,8 @@ class SubscriptionPusher:
             "last_status": self.last_status,
             "last_error": self.last_error,
             "last_attempt_unix": self.last_attempt,
+            "owner": self.ownership.owned,
+            "owner_id": self.ownership.holder,
         }
 
     async def _run(self) -> None:
@@ -166,24 +183,9 @@ class SubscriptionPusher:
                     self.endpoint = sub.push_config.push_endpoint
                     self.noted_refusal = ""  # a new endpoint: its refusal is news
                 wake.clear()
-                now = loop.time()
-                if now < self.backoff.not_before:
-                    await _wait(wake, self.backoff.not_before - now)
-                    continue
-                room = self.window - len(self.in_flight)
-                timeout = 30.0
-                if room > 0:
-                    lease_ms = sub.ack_deadline_seconds * 1000 + LEASE_MARGIN_MS
-                    received, _ = await self.engine.receive(sub, room, lease_ms)
-                    for rm in received:
-                        self._spawn(sub, rm)
-                    if received:
-                        continue
-                    due = await self.engine.next_due_ms(self.name)
-                    if due is not None:
-                        timeout = max(0.001, (due - time.time_ns() // 1_000_000) / 1000)
-                        timeout = min(timeout, 30.0)
-                await _wait(wake, timeout)
+                timeout = await self._step(sub, loop)
+                if timeout is not None:
+                    await _wait(wake, timeout)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -193,6 +195,46 @@ class SubscriptionPusher:
             self.events.unwatch(self.name, wake)
             self.wake = None
             self._retire(loop_ended=True)
+
+    async def _step(self, sub: Any, loop: asyncio.AbstractEventLoop) -> float | None:
+        """Lease and POST what may go now; how long to wait for more (None: look again now)."""
+        handed = await self.ownership.keep(self._handover)
+        if handed is not None:
+            self._take_over(handed)
+        due_in = self.ownership.due_in()  # the next renewal, or the next try to acquire
+        if not self.ownership.owned:
+            return due_in  # another process pushes it
+        now = loop.time()
+        if now < self.backoff.not_before:
+            return min(due_in, self.backoff.not_before - now)
+        room = self.window - len(self.in_flight)
+        timeout = 30.0
+        if room > 0:
+            lease_ms = sub.ack_deadline_seconds * 1000 + LEASE_MARGIN_MS
+            received, _ = await self.engine.receive(sub, room, lease_ms)
+            for rm in received:
+                self._spawn(sub, rm)
+            if received:
+                return None
+            due = await self.engine.next_due_ms(self.name)
+            if due is not None:
+                timeout = max(0.001, (due - time.time_ns() // 1_000_000) / 1000)
+                timeout = min(timeout, 30.0)
+        return min(timeout, due_in)
+
+    def _handover(self) -> Handover:
+        """The window and backoff as the next owner should continue them."""
+        pause = self.backoff.not_before - asyncio.get_running_loop().time()
+        return Handover(self.window, self.backoff.failures,
+                        wall_ms() + round(pause * 1000) if pause > 0 else 0)
+
+    def _take_over(self, handed: Handover) -> None:
+        """Continue from the state the previous owner left (capped by this process's limit)."""
+        self.window = min(self.max_window, max(INITIAL_WINDOW, handed.window))
+        pause = (handed.not_before_ms - wall_ms()) / 1000
+        self.backoff = BackoffState(failures=max(0, handed.failures), not_before=(
+            asyncio.get_running_loop().time() + pause if pause > 0 else 0.0))
+        self.epoch += 1
 
     def _spawn(self, sub: Any, received: Any) -> None:
         ack_id = received.ack_id
@@ -207,13 +249,16 @@ class SubscriptionPusher:
         if self.session is not None:
             session, self.session = self.session, None
             asyncio.ensure_future(session.close())
+        # Nothing in flight: another process may take over (unless this loop started again).
+        self.releasing = asyncio.ensure_future(
+            self.ownership.release(self._handover(), unless=lambda: self.running))
         self._on_idle(self)
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None or self.session.closed:
             # The resolver checks every address connected to (destinations.py); the session
             # ignores proxy variables (trust_env=False), which would route around that check.
-            connector = aiohttp.TCPConnector(limit=MAX_WINDOW, force_close=False,
+            connector = aiohttp.TCPConnector(limit=self.max_window, force_close=False,
                                              resolver=self.destinations.resolver())
             self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                  skip_auto_headers=("Content-Type",),
@@ -301,7 +346,7 @@ class SubscriptionPusher:
             self.noted_refusal = ""  # delivering again: a later refusal is news
             self.delivered += 1
             self.backoff = record_ack(self.backoff)
-            self.window = min(MAX_WINDOW, self.window + 1)
+            self.window = min(self.max_window, self.window + 1)
             return
         self.nacked += 1
         self.window = max(INITIAL_WINDOW, self.window // 2)
@@ -319,6 +364,9 @@ class SubscriptionPusher:
         if self.session is not None:
             await self.session.close()
             self.session = None
+        if self.releasing is not None:
+            await asyncio.gather(self.releasing, return_exceptions=True)
+        await self.ownership.release(self._handover())  # another process takes over now
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -39,6 +39,9 @@ class Kind(enum.Enum):
     # IAM policies (iam/policies.py), named by the resource they guard (a topic, subscription,
     # snapshot, schema, or `projects/P` for project-level grants).
     IAM_POLICY = "iamPolicies"
+    # Which process pushes a push subscription, and the push state it hands over
+    # (push/ownership.py), named as the subscription. Not announced: nothing caches it.
+    PUSH_OWNER = "pushOwners"
 
 
 # Kinds whose changes every process sharing a store must hear of (they cache them).
