@@ -17,15 +17,17 @@ import grpc
 import pytest
 import requests
 from google.api_core import exceptions
+from google.auth import jwt as google_jwt
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.type import expr_pb2
 
 from clients import make_clients, unique
-from processes import nats_server_path
+from processes import nats_server_path, wait_for
 from pubsub_emulator import topology
 from pubsub_emulator.core.service import PubSubService
 from pubsub_emulator.iam.policies import EMPTY_ETAG
 from pubsub_emulator.store import open_store
+from push_endpoint import Receiver
 from support import NATS_MISSING, EmulatorProcess
 from test_tls_auth import SecureEmulator, clients, keys_cli
 
@@ -422,3 +424,48 @@ def test_policies_are_shared_by_processes_on_nats(nats_server):
         assert _rest(two, "DELETE", topic).status_code == 200
         assert _rest(one, "PUT", topic, {}).status_code == 200
         assert _rest(one, "GET", f"{topic}:getIamPolicy").json() == {"etag": "ACAB"}
+
+
+# --- actAs for OIDC push, end to end ---------------------------------------------------------
+def test_act_as_for_oidc_push_with_googles_client(secure, tls_env):
+    """An editor may name a service account in a push subscription's OIDC token only once IAM
+    lets it act as the account (roles/iam.serviceAccountUser, granted on the project by an
+    administrator); the emulator then pushes with a token of that account."""
+    pusher = f"pusher-{unique('a')}@{P}.iam.gserviceaccount.com"
+    dana = f"dana-{unique('a')}@{P}.iam.gserviceaccount.com"
+    for email, extra in ((pusher, []), (dana, ["--role", "roles/pubsub.editor"])):
+        out = Path(secure.data_dir) / f"{email.partition('@')[0]}.json"
+        done = keys_cli("create", email, "--out", str(out), "--data-dir", secure.data_dir,
+                        "--url", f"https://{secure.host}", *extra)
+        assert done.returncode == 0, done.stderr
+        secure.keys[email] = out
+    publisher, subscriber = clients(secure, "grpc", secure.keys[dana])
+    admin, _ = clients(secure, "grpc", secure.keys["alice"])
+    receiver = Receiver().start()
+    try:
+        topic = publisher.create_topic(name=f"projects/{P}/topics/{unique('t')}").name
+        push = {"push_endpoint": receiver.url(), "oidc_token": {
+            "service_account_email": pusher, "audience": "https://receiver.example"}}
+
+        def create() -> str:
+            name = f"projects/{P}/subscriptions/{unique('s')}"
+            subscriber.create_subscription(request={"name": name, "topic": topic,
+                                                    "push_config": push})
+            return name
+
+        with pytest.raises(exceptions.PermissionDenied):
+            create()
+        project = f"projects/{P}"
+        policy = admin.get_iam_policy(request={"resource": project})
+        policy.bindings.add(role="roles/iam.serviceAccountUser", members=[f"serviceAccount:{dana}"])
+        admin.set_iam_policy(request={"resource": project, "policy": policy})
+        create()
+        publisher.publish(topic, b"as the pusher").result(timeout=30)
+        wait_for(lambda: receiver.snapshot(), timeout=30, message="the push")
+        got = receiver.snapshot()[0]
+        assert got.data == b"as the pusher"
+        token = (got.header("Authorization") or "").removeprefix("Bearer ")
+        claims = google_jwt.decode(token, verify=False)
+        assert (claims["email"], claims["aud"]) == (pusher, "https://receiver.example")
+    finally:
+        receiver.stop()
