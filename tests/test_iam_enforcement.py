@@ -616,3 +616,26 @@ def test_google_client_against_an_emulator_with_auth(tmp_path, monkeypatch, tran
         admin.set_iam_policy(request={"resource": topic, "policy": {"bindings": []}})
         with pytest.raises(exceptions.Forbidden):
             sender.publish(topic, b"x").result(timeout=30)
+
+
+def test_a_deleted_resources_grants_do_not_outlive_it():
+    """A schema (or topic) made again under a deleted one's name starts without its grants,
+    at once: the deletion drops the policy and the decisions cached from it."""
+    get_schema = ("GetSchema", req("GetSchemaRequest", name=SCHEMA))
+    get_topic = ("GetTopic", req("GetTopicRequest", topic=DLT))
+
+    async def scenario(core: Core) -> None:
+        await core.grant(SCHEMA, "roles/pubsub.viewer")
+        await core.grant(DLT, "roles/pubsub.viewer")
+        assert await core.status(ME, *get_schema) is None  # (now cached)
+        assert await core.status(ME, *get_topic) is None
+        await core.call(ADMIN, "DeleteSchema", req("DeleteSchemaRequest", name=SCHEMA))
+        await core.call(ADMIN, "DeleteTopic", req("DeleteTopicRequest", topic=DLT))
+        await core.call(ADMIN, "CreateSchema", req(
+            "CreateSchemaRequest", parent=P, schema_id="schema",
+            schema={"type_": t.Schema.Type.AVRO, "definition": AVRO}))
+        await core.call(ADMIN, "CreateTopic", req("Topic", name=DLT))
+        assert await core.status(ME, *get_schema) is Status.PERMISSION_DENIED
+        assert await core.status(ME, *get_topic) is Status.PERMISSION_DENIED
+
+    run(scenario)

@@ -115,7 +115,7 @@ class PubSubService:
         store.set_listener(self.events)
         self.catalog = Catalog(store, self.events)
         activity = Activity(store.resources, clock)
-        self.schemas = SchemaRegistry(store.resources, clock)
+        self.schemas = SchemaRegistry(store.resources, clock, self.catalog.drop_attached)
         self.events.on_change(self._schema_changed)
         self.policies = PolicyBook(store.resources)
         self.events.on_change(self.policies.changed)

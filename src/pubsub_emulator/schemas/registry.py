@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,8 +131,12 @@ def _validation_failure(schema_name: str, revision_id: str, schema_type: int, en
 
 
 class SchemaRegistry:
-    def __init__(self, table: ResourceTable, clock: Callable[[], int]) -> None:
+    def __init__(self, table: ResourceTable, clock: Callable[[], int],
+                 drop_attached: Callable[[str], Awaitable[None]]) -> None:
+        """`drop_attached(name)`: removes what a deleted schema leaves (its IAM policy) and
+        tells the caches (core/catalog.py)."""
         self._table = table
+        self._drop_attached = drop_attached
         self.clock = clock
         self.validators = ValidatorCache()
         self._revisions: dict[str, list[Revision]] = {}  # schema name -> revisions (cache)
@@ -332,7 +336,7 @@ class SchemaRegistry:
                 topic.schema_settings.schema = DELETED_SCHEMA
                 await self._table.update(Kind.TOPIC, topic_name, topic.SerializeToString())
         await self._table.delete(Kind.SCHEMA, name)
-        await self._table.delete(Kind.IAM_POLICY, name)  # its IAM policy goes with it
+        await self._drop_attached(name)  # its IAM policy goes with it
         self._revisions.pop(name, None)
         return empty_pb2.Empty()
 
