@@ -540,7 +540,7 @@ def test_nats_cluster_units_and_emulator_on_them(tmp_path: Path) -> None:
         key = tmp_path / "sender.json"
         keys_create("sender@my-project.iam.gserviceaccount.com", key, port,
                     env["PUBSUB_STORE"].split(), SENDER_ROLE)
-        # A 2 MiB message: over NATS' default max_payload, which the config raises.
+        # A 2 MiB message: over NATS' default max_payload, under the config's (stored whole).
         data = base64.b64encode(os.urandom(2 << 20)).decode()
         published = https_post(f"https://127.0.0.1:{port}/v1/projects/my-project/topics/"
                                "my-topic:publish", ca, key, {"messages": [{"data": data}]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import os
 import threading
 import time
 
@@ -13,7 +14,7 @@ from google.api_core import exceptions
 from google.cloud import pubsub_v1
 from google.protobuf import field_mask_pb2
 
-from clients import TRANSPORTS, discovery_client, make_clients, unique
+from clients import TRANSPORTS, discovery_client, gapic_clients, make_clients, unique
 from support import wait_for
 
 PROJECT = "test-project"
@@ -333,6 +334,30 @@ def test_publisher_client_batches_many_messages(clients):
         return seen == set(ids)
 
     wait_for(drain, timeout=30, message="all 500 messages pulled")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_messages_and_publish_requests_up_to_10_mb(emulator, transport):
+    """Pub/Sub's limits: a 10 MB message, and a 10 MB request of several, pulled whole (on NATS
+    too, whose default max_payload is 1 MB). The generated clients, with a gRPC channel that
+    takes such responses (the library's own emulator channel stops at 4 MB)."""
+    publisher, subscriber = gapic_clients(emulator.host, transport)
+    topic = _topic(publisher).name
+    sub = _subscription(subscriber, topic).name
+    big = os.urandom(9_990_000)
+    publisher.publish(topic=topic, messages=[{"data": big, "attributes": {"k": "v"}}])
+    several = [os.urandom(1_990_000) for _ in range(5)]
+    publisher.publish(topic=topic, messages=[{"data": d} for d in several])
+    got: list = []
+
+    def pulled() -> bool:
+        got.extend(subscriber.pull(subscription=sub, max_messages=10).received_messages)
+        return len(got) >= 6
+
+    wait_for(pulled, timeout=60, message="six large messages")
+    assert sorted(m.message.data for m in got) == sorted([big, *several])
+    assert [m.message.attributes["k"] for m in got if m.message.data == big] == ["v"]
+    subscriber.acknowledge(subscription=sub, ack_ids=[m.ack_id for m in got])
 
 
 _ = pubsub_v1  # the import documents which library is under test

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ import pytest
 
 from clients import make_clients, unique
 from pubsub_emulator.store import DEFAULT_POLICY, Kind
-from store_helpers import RecordingListener, SyncStore, data_of, msg
+from store_helpers import PubsubMessage, RecordingListener, SyncStore, data_of, msg
 from store_helpers import pull_until as _pull_until_
 from support import EmulatorProcess, NatsServer, free_port, wait_for
 
@@ -189,6 +190,112 @@ def test_message_ids_are_unique_across_topics(store):
     assert len(set(ids)) == 2 and all(i.isdigit() for i in ids)
 
 
+# --- messages larger than the server's max_payload: pieces and a reference --------------------
+def _large(size: int, **attributes: str) -> bytes:
+    return PubsubMessage(data=os.urandom(size), attributes=attributes).SerializeToString()
+
+
+def _as_published(delivery) -> bytes:
+    got = PubsubMessage.FromString(delivery.message)
+    return PubsubMessage(data=got.data, attributes=got.attributes).SerializeToString()
+
+
+def test_large_messages_keep_seeks_snapshots_filters_and_ordering(store):
+    from pubsub_emulator.store import DeliveryPolicy
+
+    a, b = _large(3 << 20, k="yes"), _large(2 << 20, k="no")
+    store.messages.publish(T, [a], 1_000)
+    store.messages.publish(T, [b], 5_000)
+    store.messages.save_snapshot("projects/p/snapshots/big", S)
+    got = store.messages.pull(S, 10, 60_000, 6_000)
+    assert [_as_published(d) for d in got] == [a, b]
+    store.messages.acknowledge(S, [d.ack_id for d in got])
+    store.messages.seek_to_snapshot(S, "projects/p/snapshots/big", 7_000)
+    again = store.messages.pull(S, 10, 60_000, 7_000)
+    assert [_as_published(d) for d in again] == [a, b]
+    store.messages.acknowledge(S, [d.ack_id for d in again])
+    kept = DeliveryPolicy(retain_acked=True)
+    store.messages.seek_to_time(S, 3_000, 8_000, kept)
+    assert [_as_published(d) for d in store.messages.pull(S, 10, 60_000, 8_000, policy=kept)
+            ] == [b]
+    # A filter reads the attributes of a large message without its pieces.
+    store.messages.seek_to_time(S, 0, 9_000, from_topic=True)
+    yes = DeliveryPolicy(accepts=lambda raw: PubsubMessage.FromString(raw).attributes["k"]
+                         == "yes")
+    assert [_as_published(d) for d in store.messages.pull(S, 10, 60_000, 9_000, policy=yes)
+            ] == [a]
+    # Ordering keys hold for large messages: the second waits for the first's ack.
+    ordered = DeliveryPolicy(ordered=True)
+    keyed = "projects/p/subscriptions/keyed"
+    store.resources.create(Kind.SUBSCRIPTION, keyed, b"sub", topic=T)
+    store.messages.publish(T, [a, b], 10_000, ordering_keys=["k", "k"])
+    [first] = store.messages.pull(keyed, 1, 60_000, 10_000, policy=ordered)
+    assert _as_published(first) == a
+    assert store.messages.pull(keyed, 10, 60_000, 10_000, policy=ordered) == []
+    store.messages.acknowledge(keyed, [first.ack_id], ordered)
+    [second] = _pull_until(store, keyed, 1, 60_000, policy=ordered)
+    assert _as_published(second) == b
+
+
+def test_pieces_go_with_their_messages_and_orphans_too(nats_server, monkeypatch, caplog):
+    import asyncio
+
+    import nats
+
+    from pubsub_emulator.store.nats import NatsStore, pieces
+    from pubsub_emulator.store.nats.layout import name_hash
+
+    monkeypatch.setattr(pieces, "RECLAIM_MARGIN_NS", 2 * 10**9)
+    namespace = "r" + uuid.uuid4().hex[:12]
+    prefix = f"{namespace}.blob.{name_hash(T)}"
+
+    async def jetstream(subject: str, body: bytes) -> Any:
+        nc = await nats.connect(nats_server.url)
+        try:
+            return json.loads((await nc.request(subject, body, timeout=5)).data)
+        finally:
+            await nc.close()
+
+    def blob() -> dict[str, int]:  # T's marks and pieces in the blob stream
+        info = asyncio.run(jetstream(f"$JS.API.STREAM.INFO.{namespace.upper()}_BLOB",
+                                     json.dumps({"subjects_filter": ">"}).encode()))
+        return info["state"].get("subjects") or {}
+
+    store = SyncStore(lambda: NatsStore.open([nats_server.url], namespace=namespace))
+    try:
+        store.resources.create(Kind.TOPIC, T, b"topic")
+        store.resources.create(Kind.SUBSCRIPTION, S, b"sub", topic=T)
+        # an orphan: the pieces of a publish that ended before its reference was written
+        asyncio.run(jetstream(f"{prefix}.m", b""))
+        asyncio.run(jetstream(f"{prefix}.p", b"lost"))
+        old, new = _large(2 << 20), _large(2 << 20)  # three pieces each
+        store.messages.publish(T, [old], 0)
+        time.sleep(2.5)
+        store.messages.publish(T, [new], 0)
+        assert blob() == {f"{prefix}.m": 3, f"{prefix}.p": 7}
+        got = {_as_published(d): d for d in store.messages.pull(S, 10, 60_000, 0)}
+        store.messages.acknowledge(S, [got[old].ack_id])
+        store.messages.sweep(0)  # the topic stream keeps `new` only: so does the blob stream
+        assert blob() == {f"{prefix}.m": 1, f"{prefix}.p": 3}
+        store.messages.modify_deadline(S, [got[new].ack_id], 0, 0)
+        [again] = _pull_until(store, S, 1, 60_000)
+        assert _as_published(again) == new
+        store.messages.acknowledge(S, [again.ack_id])
+        time.sleep(2.1)
+        store.messages.sweep(0)
+        assert blob() == {}
+        # A reference whose pieces are gone (cannot happen to a publish that returned ids) is
+        # dropped when delivered, with an error in the log.
+        store.messages.publish(T, [_large(2 << 20)], 0)
+        asyncio.run(jetstream(f"$JS.API.STREAM.PURGE.{namespace.upper()}_BLOB",
+                              json.dumps({"filter": f"{prefix}.p"}).encode()))
+        assert store.messages.pull(S, 10, 60_000, 0) == []
+        assert store.messages.backlog(S) == 0
+        assert "are gone or do not match" in caplog.text
+    finally:
+        store.close()
+
+
 def test_other_process_publish_wakes_the_listener(open_store, store):
     import asyncio
 
@@ -310,21 +417,88 @@ def test_unreachable_nats_is_one_clear_error():
     assert "Connect call failed" in err and "Traceback" not in err
 
 
-def test_a_message_over_the_nats_payload_limit_is_a_clear_client_error(nats_server):
-    """nats-server's default max_payload is 1 MB: a 2 MB message is refused with
-    INVALID_ARGUMENT saying what to change, never an UNKNOWN/INTERNAL (or a 500 over REST);
-    the emulator goes on serving."""
-    from google.api_core import exceptions
+def test_messages_up_to_pubsubs_10_mb_on_a_default_nats_server(nats_server):
+    """nats-server's default max_payload is 1 MB, Pub/Sub's limits 10 MB: large messages (and a
+    publish request of several) pass whole over both transports, and a dead-lettered large
+    message reaches its dead-letter topic whole."""
+    from clients import gapic_clients
 
     with _emulator(nats_server.url) as emu:
         for transport in ("grpc", "rest"):
-            publisher, _ = make_clients(emu.host, transport)
-            topic = publisher.topic_path("p", unique("big"))
-            publisher.create_topic(name=topic)
-            with pytest.raises(exceptions.BadRequest, match="max_payload"):
-                publisher.publish(topic, b"x" * (2 << 20)).result(timeout=60)
-            assert publisher.publish(topic, b"small").result(timeout=30)
+            _large_round_trip(*gapic_clients(emu.host, transport), transport)
+        _large_dead_letter(*gapic_clients(emu.host, "grpc"))
         assert "Traceback" not in emu.log_path.read_text()
+
+
+def _large_round_trip(publisher, subscriber, transport: str) -> None:
+    topic = publisher.topic_path("p", unique("big"))
+    sub = subscriber.subscription_path("p", unique("big"))
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(name=sub, topic=topic)
+    sent = [os.urandom(2 << 20), os.urandom(9_900_000)]
+    for data in sent:
+        assert publisher.publish(topic=topic, messages=[{"data": data,
+                                                         "attributes": {"k": "v"}}]).message_ids
+    several = [os.urandom(2_400_000) for _ in range(4)]
+    publisher.publish(topic=topic, messages=[{"data": d} for d in several])
+    got: list = []
+
+    def pulled() -> bool:
+        got.extend(subscriber.pull(subscription=sub, max_messages=10).received_messages)
+        return len(got) >= 6
+
+    wait_for(pulled, timeout=60, message=f"six large messages pulled ({transport})")
+    assert sorted(m.message.data for m in got) == sorted(sent + several)
+    assert sorted(m.message.attributes.get("k", "") for m in got) == [""] * 4 + ["v"] * 2
+    subscriber.acknowledge(subscription=sub, ack_ids=[m.ack_id for m in got])
+
+
+def _large_dead_letter(publisher, subscriber) -> None:
+    topic, dead = (publisher.topic_path("p", unique(n)) for n in ("dl-src", "dl-dead"))
+    sub, dead_sub = (subscriber.subscription_path("p", unique(n)) for n in ("dl", "dead"))
+    for name in (topic, dead):
+        publisher.create_topic(name=name)
+    subscriber.create_subscription(name=dead_sub, topic=dead)
+    subscriber.create_subscription(request={
+        "name": sub, "topic": topic,
+        "dead_letter_policy": {"dead_letter_topic": dead, "max_delivery_attempts": 5}})
+    data = os.urandom(3 << 20)
+    publisher.publish(topic=topic, messages=[{"data": data, "attributes": {"k": "v"}}])
+
+    def pull(name: str) -> list:
+        return list(subscriber.pull(subscription=name, max_messages=1,
+                                    return_immediately=True).received_messages)
+
+    for attempt in range(1, 6):  # five deliveries, each nacked
+        [m] = wait_for(lambda: pull(sub), timeout=20, message=f"delivery {attempt}")
+        assert m.message.data == data and m.delivery_attempt == attempt
+        subscriber.modify_ack_deadline(subscription=sub, ack_ids=[m.ack_id],
+                                       ack_deadline_seconds=0)
+    [m] = wait_for(lambda: pull(sub) + pull(dead_sub), timeout=20,
+                   message="the dead-lettered message")
+    assert m.message.data == data and m.message.attributes["k"] == "v"
+    assert m.message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+
+
+class _SmallPayloadNats(NatsServer):
+    """A nats-server whose max_payload is 64 KiB."""
+
+    @property
+    def cmd(self) -> list[str]:
+        conf = self.store_dir.parent / "small-payload.conf"
+        conf.write_text("max_payload: 65536\n")
+        return [*super().cmd, "-c", str(conf)]
+
+
+def test_a_nats_server_with_a_tiny_max_payload_is_refused_at_start(tmp_path):
+    from pubsub_emulator.store.nats import NatsStore
+
+    server = _SmallPayloadNats(tmp_path / "js").start()
+    try:
+        with pytest.raises(ValueError, match="max_payload is 65536 bytes.*set max_payload to 1MB"):
+            SyncStore(lambda: NatsStore.open([server.url], namespace="small"))
+    finally:
+        server.stop()
 
 
 def test_google_client_round_trip(nats_server):
@@ -588,6 +762,7 @@ def test_cluster_r3_survives_losing_a_node_and_an_emulator(tmp_path):
     """Three emulator processes on a 3-node R3 cluster, publishers and pullers spread over
     them; mid-stream one emulator is killed and one NATS node stopped. Every message whose
     publish returned an id is delivered at least once; none whose ack was confirmed comes back.
+    Some messages are over the servers' 1 MB max_payload (stored as pieces).
     """
     ports = [free_port() for _ in range(3)]
     routes = [free_port() for _ in range(3)]
@@ -622,8 +797,8 @@ def test_cluster_r3_survives_losing_a_node_and_an_emulator(tmp_path):
             n = 0
             while not stop_publishing.is_set() and n < 300:
                 try:
-                    message_id = publisher.publish(topic, f"p{i}-{n}".encode()).result(
-                        timeout=30)
+                    data = os.urandom(1_200_000) if n % 50 == 25 else f"p{i}-{n}".encode()
+                    message_id = publisher.publish(topic, data).result(timeout=30)
                 except Exception:  # noqa: BLE001 - its emulator was killed: not published
                     if emus[i].proc is not None and emus[i].proc.poll() is not None:
                         return

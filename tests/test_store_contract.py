@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from google.pubsub_v1 import types
 
 from pubsub_emulator.store import InvalidAckId, Kind, Store
 from pubsub_emulator.store.sqlite import SqliteStore
-from store_helpers import SyncStore, data_of, msg, now
+from store_helpers import PubsubMessage, SyncStore, data_of, msg, now
 from store_helpers import pull_until as _pull_until
 from support import wait_for
 
@@ -245,6 +246,105 @@ def test_seek_to_time_and_snapshot(store):
     assert [data_of(d) for d in store.messages.pull(S, 10, 60_000, 8_000)] == [b"new"]
 
 
+# --- seek exactness: acks above the ack floor stay acked ---------------------------------------
+SNAP = "projects/p/snapshots/exact"
+
+
+def _six(store, acked: tuple[bytes, ...], policy=None) -> dict[bytes, object]:
+    """Publish m1..m6 (at 1 s .. 6 s), pull them all and ack `acked` (m1 unacked keeps the
+    subscription's ack floor below them all); the deliveries by data."""
+    from pubsub_emulator.store import DEFAULT_POLICY
+
+    policy = policy or DEFAULT_POLICY
+    for i in range(1, 7):
+        store.messages.publish(T, [msg(b"m%d" % i)], i * 1_000)
+    got = {data_of(d): d for d in store.messages.pull(S, 10, 600_000, 6_500, policy=policy)}
+    assert sorted(got) == [b"m1", b"m2", b"m3", b"m4", b"m5", b"m6"]
+    store.messages.acknowledge(S, [got[m].ack_id for m in acked], policy)
+    return got
+
+
+def _drain(store, at_ms: int, policy=None, batch: int = 100) -> list:
+    """Every delivery a subscription has now (long leases), pulled until none comes."""
+    from pubsub_emulator.store import DEFAULT_POLICY
+
+    got: list = []
+    while more := store.messages.pull(S, batch, 600_000, at_ms, policy=policy or DEFAULT_POLICY):
+        got += more
+    return got
+
+
+def _datas(deliveries) -> list[bytes]:
+    return sorted(data_of(d) for d in deliveries)
+
+
+def test_a_seek_to_a_snapshot_brings_back_exactly_what_it_kept(backend):
+    open_store, durable = backend
+    store = open_store()
+    store.resources.create(Kind.TOPIC, T, b"topic")
+    store.resources.create(Kind.SUBSCRIPTION, S, b"sub", topic=T)
+    got = _six(store, (b"m2", b"m4"))
+    store.messages.save_snapshot(SNAP, S)  # unacked: m1, m3, m5, m6
+    store.messages.acknowledge(S, [got[b"m1"].ack_id, got[b"m3"].ack_id])
+    store.messages.seek_to_snapshot(S, SNAP, 7_000)
+    if durable:  # what a seek decided holds for a process that opens the store afterwards
+        store.close()
+        store = open_store()
+    assert store.messages.backlog(S) == 4
+    assert _datas(_drain(store, 7_000)) == [b"m1", b"m3", b"m5", b"m6"]  # m2, m4 never
+    assert store.messages.backlog(S) == 4  # (leased, not acked)
+    store.messages.seek_to_snapshot(S, SNAP, 8_000)  # again, after acks of the new deliveries
+    assert _datas(_drain(store, 8_000)) == [b"m1", b"m3", b"m5", b"m6"]
+
+
+def test_a_seek_to_a_time_keeps_acked_messages_acked(store):
+    _six(store, (b"m2", b"m4"))
+    store.messages.seek_to_time(S, 500, 7_000)  # before m1, without retained acks
+    again = {data_of(d): d for d in _drain(store, 7_000)}
+    assert sorted(again) == [b"m1", b"m3", b"m5", b"m6"]  # m2 and m4 stay acked
+    store.messages.acknowledge(S, [again[b"m5"].ack_id])
+    store.messages.seek_to_time(S, 3_000, 8_000)  # m1, m2 before the time: acked anyway
+    assert _datas(_drain(store, 8_000)) == [b"m3", b"m6"]
+    store.messages.save_snapshot(SNAP, S)  # what the seeks left acked, a snapshot keeps so
+    store.messages.seek_to_snapshot(S, SNAP, 9_000)
+    assert _datas(_drain(store, 9_000)) == [b"m3", b"m6"]
+
+
+def test_a_seek_to_a_time_with_retained_acks_brings_acked_messages_back(store):
+    from pubsub_emulator.store import DeliveryPolicy
+
+    kept = DeliveryPolicy(retain_acked=True)
+    _six(store, (b"m2", b"m4"), kept)
+    store.messages.seek_to_time(S, 500, 7_000, kept)
+    again = {data_of(d): d for d in _drain(store, 7_000, kept)}
+    assert sorted(again) == [b"m1", b"m2", b"m3", b"m4", b"m5", b"m6"]
+    store.messages.acknowledge(S, [again[m].ack_id for m in (b"m1", b"m5", b"m6")], kept)
+    store.messages.seek_to_time(S, 3_500, 8_000, kept)
+    assert _datas(_drain(store, 8_000, kept)) == [b"m4", b"m5", b"m6"]
+
+
+def test_a_seek_to_a_snapshot_is_exact_for_thousands_of_acks_above_a_stuck_floor(
+        store, monkeypatch):
+    from pubsub_emulator.store.nats import acklog
+
+    # (NATS: small records, so the snapshot's and the seek's sets span many of them)
+    monkeypatch.setattr(acklog, "RECORD_BYTES", 1_000)
+    count = 10_000
+    for start in range(0, count, 1_000):
+        store.messages.publish(T, [msg(b"%05d" % i) for i in range(start, start + 1_000)], 1_000)
+    got = {data_of(d): d for d in _drain(store, 2_000, batch=1_000)}
+    assert len(got) == count
+    acked = [b"%05d" % i for i in range(1, count, 2)]  # 00000 unacked: the floor stays below
+    for start in range(0, len(acked), 50):  # 100 acks of 50
+        store.messages.acknowledge(S, [got[m].ack_id for m in acked[start:start + 50]])
+    store.messages.save_snapshot(SNAP, S)
+    store.messages.acknowledge(S, [got[b"%05d" % i].ack_id for i in range(0, count, 4)])
+    store.messages.seek_to_snapshot(S, SNAP, 3_000)
+    assert store.messages.backlog(S) == count // 2
+    again = _datas(_drain(store, 3_000, batch=1_000))
+    assert again == [b"%05d" % i for i in range(0, count, 2)]
+
+
 def test_sweep_reclaims_only_unneeded_messages(store):
     store.messages.publish(T, [msg(b"a"), msg(b"b")], now())
     got = {data_of(d): d for d in store.messages.pull(S, 10, LEASE_MS, now())}
@@ -353,3 +453,124 @@ def test_a_snapshot_saved_again_under_a_deleted_name_has_only_its_new_state(stor
     store.messages.acknowledge(S, [d.ack_id for d in store.messages.pull(S, 10, 60_000, 4_000)])
     store.messages.seek_to_snapshot(S, snap, 5_000)
     assert [data_of(d) for d in store.messages.pull(S, 10, 60_000, 5_000)] == [b"new"]
+
+
+# --- Pub/Sub's 10 MB limits (a NATS server's default max_payload is 1 MB) ----------------------
+TEN_MB = 10 * 1000 * 1000
+
+
+def test_a_10_mb_message_is_pulled_whole_and_acked(store):
+    data = os.urandom(TEN_MB - 1_000)  # (a publish request of it is within the 10 MB)
+    raw = PubsubMessage(data=data, attributes={"k": "v"}).SerializeToString()
+    [message_id] = store.messages.publish(T, [raw], 1_000)
+    [d] = _pull_until(store, S, 1, 60_000)
+    got = PubsubMessage.FromString(d.message)
+    assert got.data == data and dict(got.attributes) == {"k": "v"}
+    assert got.message_id == message_id and got.publish_time.ToMilliseconds() == 1_000
+    assert d.size == len(raw) and d.delivery_attempt == 1
+    store.messages.acknowledge(S, [d.ack_id])
+    assert store.messages.backlog(S) == 0
+    assert store.messages.pull(S, 10, 60_000, now()) == []
+
+
+def test_a_10_mb_publish_request_of_several_messages(store):
+    datas = [os.urandom(1_990_000) for _ in range(5)] + [b"small"]
+    ids = store.messages.publish(T, [msg(x) for x in datas], 1_000)
+    assert len(set(ids)) == 6
+    # Byte limits count each message's real size: two of ~2 MB are more than 3 MB.
+    first = _pull_until(store, S, 1, 60_000, max_bytes=3_000_000)
+    assert [d.size for d in first if d.size > 1_000_000] == [len(msg(datas[0]))]
+    assert sum(d.size for d in first) <= 3_000_000
+    rest = _pull_until(store, S, 6 - len(first), 60_000)
+    got = sorted(first + rest, key=lambda d: ids.index(PubsubMessage.FromString(d.message)
+                                                       .message_id))
+    assert [data_of(d) for d in got] == datas
+    store.messages.acknowledge(S, [d.ack_id for d in got])
+    assert store.messages.backlog(S) == 0
+
+
+# --- state that grows with the backlog: no ceiling per subscription ---------------------------
+def _pull_all(store: SyncStore, count: int, policy=None, batch: int = 5_000,
+              timeout: float = 60.0) -> list:
+    """Pull (real time, in big pulls) until `count` deliveries came back."""
+    from pubsub_emulator.store import DEFAULT_POLICY
+
+    got: list = []
+
+    def enough() -> bool:
+        got.extend(store.messages.pull(S, min(batch, count - len(got)), 120_000, now(),
+                                       policy=policy or DEFAULT_POLICY))
+        return len(got) >= count
+
+    wait_for(enough, timeout=timeout, interval=0.05, message=f"{count} deliveries")
+    return got
+
+
+def _in_chunks(call: Callable[[list[str]], object], ack_ids: list[str], size: int = 5_000
+               ) -> None:
+    for start in range(0, len(ack_ids), size):
+        call(ack_ids[start:start + size])
+
+
+def test_a_hundred_thousand_unacked_keyed_messages_keep_their_order(store):
+    """100,000 fetched, unacknowledged keyed messages on an ordered subscription (1,000 keys
+    with 100 messages each, interleaved): a big pull hands out the first five of each key and
+    the rest wait behind them; once those are nacked (half the keys) or their leases run out
+    (the other half), everything comes again in order per key, and is acked."""
+    from pubsub_emulator.store import DeliveryPolicy
+
+    ordered = DeliveryPolicy(ordered=True)
+    keys, per_key, batch = 1_000, 100, 5_000
+    for index in range(0, per_key, 10):  # messages index..index+9 of every key, in rounds
+        store.messages.publish(
+            T, [msg(b"%d:%d" % (k, i)) for i in range(index, index + 10) for k in range(keys)],
+            now(), ordering_keys=[f"key-{k}" for _ in range(10) for k in range(keys)])
+    first = _pull_all(store, batch, ordered)
+    heads = batch // keys  # (of each key, the first five come together)
+    assert sorted(data_of(d) for d in first) == sorted(
+        b"%d:%d" % (k, i) for k in range(keys) for i in range(heads))
+    # The other 95,000 wait behind them: pulls may fetch them (NATS does), none comes out.
+    for _ in range(keys * per_key // batch + 1):
+        assert store.messages.pull(S, batch, 120_000, now(), policy=ordered) == []
+    _in_chunks(lambda ids: store.messages.modify_deadline(S, ids, 0, now(), ordered),
+               [d.ack_id for d in first  # nacked: the key's others come again with it
+                if data_of(d).endswith(b":0") and int(data_of(d).split(b":")[0]) % 2 == 0])
+    _in_chunks(lambda ids: store.messages.modify_deadline(S, ids, LEASE_MS, now(), ordered),
+               [d.ack_id for d in first if int(data_of(d).split(b":")[0]) % 2])  # run out
+    seen = [0] * keys
+    deadline = time.monotonic() + 90
+    while sum(seen) < keys * per_key:
+        assert time.monotonic() < deadline, f"only {sum(seen)} came again"
+        got = store.messages.pull(S, batch, 120_000, now(), policy=ordered)
+        for d in got:
+            key, index = (int(part) for part in data_of(d).split(b":"))
+            assert index == seen[key], (key, index, seen[key])  # in order, each once
+            assert d.delivery_attempt == (2 if index < heads else 1), (key, index)
+            seen[key] += 1
+        if got:
+            store.messages.acknowledge(S, [d.ack_id for d in got], ordered)
+        else:
+            time.sleep(0.05)
+    assert store.messages.backlog(S) == 0
+    assert store.messages.pull(S, batch, 120_000, now(), policy=ordered) == []
+
+
+def test_a_hundred_thousand_redeliveries(store):
+    """100,000 messages pulled, nacked and pulled again: the second delivery is the current
+    one, a stale nack (with a first delivery's ack id) leaves its lease alone, acks hold."""
+    count = 100_000
+    for start in range(0, count, 10_000):
+        store.messages.publish(T, [msg(b"%d" % i) for i in range(start, start + 10_000)], now())
+    first = _pull_all(store, count)
+    assert {d.delivery_attempt for d in first} == {1}
+    _in_chunks(lambda ids: store.messages.modify_deadline(S, ids, 0, now()),
+               [d.ack_id for d in first])
+    second = _pull_all(store, count)
+    assert sorted(data_of(d) for d in second) == sorted(b"%d" % i for i in range(count))
+    assert {d.delivery_attempt for d in second} == {2}
+    _in_chunks(lambda ids: store.messages.modify_deadline(S, ids, 0, now()),
+               [d.ack_id for d in first])  # stale: changes nothing
+    assert store.messages.pull(S, 1_000, 120_000, now()) == []
+    _in_chunks(lambda ids: store.messages.acknowledge(S, ids), [d.ack_id for d in second])
+    assert store.messages.backlog(S) == 0
+    assert store.messages.pull(S, 1_000, 120_000, now()) == []

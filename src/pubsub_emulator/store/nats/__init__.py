@@ -10,13 +10,25 @@ Layout (everything under a namespace, "pubsub" unless told otherwise; names in l
   what no consumer and no snapshot needs), subject `<ns>.msg.<hash>`; its description carries a
   random id prefix, so message ids (prefix * 10^12 + stream sequence) are unique across topics,
   processes and restarts (topics.py, messages.py, retention.py).
+- a message larger than one NATS message (the server's max_payload, headers included) is stored
+  as pieces in stream `<NS>_BLOB` (subjects `<ns>.blob.<hash>.m` and `.p`) and, in its topic
+  stream, a reference: the message without its data, headers as usual plus `Ps-Pieces`
+  (pieces.py; the sweeper reclaims pieces no message refers to).
 - a subscription is a durable pull consumer `C_<hash>` (deliver new, explicit ack, max_deliver -1);
   the lease of a delivery is set with `-NAK {"delay": ...}` (see docs/nats.md).
 - an ack id is the delivery's reply subject (without `$JS.ACK.`): any process can ack it
-  (acks.py); records in the resource stream tell which delivery of a message is current
-  (leases.py).
-- per-key ordering (not native on 2.9): a record per ordered subscription in stream
-  `<NS>_OKEY`, changed by compare-and-set (ordering.py; docs/nats.md).
+  (acks.py); records per message tell which delivery of a message is current (leases.py:
+  exactly-once leases `<ns>.lease.<consumer>.<sseq>` in the resource stream, redeliveries
+  `<ns>.okey.<consumer>.rd[.<bucket>]` in the ordering stream).
+- per-key ordering (not native on 2.9): stream `<NS>_OKEY` holds a record per ordering key of
+  an ordered subscription (`<ns>.okey.<consumer>.k.<hash>`) and its high mark
+  (`<ns>.okey.<consumer>.hi`), each changed by compare-and-set (ordering.py; docs/nats.md).
+  Deleting or recreating a consumer purges `<ns>.okey.<consumer>.>`.
+- what subscriptions acknowledged above their ack floor, so seeks and snapshots are exact:
+  stream `<NS>_ACKED` holds each consumer's ack log `<ns>.acked.<consumer>.log` (every ack call
+  appends the sequences it acks), the skip set a seek gave a consumer
+  (`<ns>.acked.<consumer>.sk[.<token>.<i>]`, acked silently when fetched) and snapshots' acked
+  sets `<ns>.acked.snap.<token>.<i>` (acklog.py, retention.py).
 - every publish also sends a core-NATS notification `<ns>.wake.<hash>` that other processes turn
   into wake-ups of their waiting pulls, and every change of a resource of an announced kind one
   on `<ns>.changed` (the listener hears both: set_listener).
@@ -36,6 +48,7 @@ from ..base import Store, StoreListener
 from .client import JetStream
 from .layout import Layout
 from .messages import NatsMessageLog
+from .pieces import Pieces
 from .resources import NatsResourceTable
 from .topics import Topics
 
@@ -53,8 +66,10 @@ class NatsStore(Store):
         self._js = JetStream(servers, replicas, self._layout.resource_stream)
         self._origin = uuid.uuid4().hex  # this process, in notifications
         topics = Topics(self._js, self._layout)
+        self._pieces = Pieces(self._js, self._layout)
         self.resources = NatsResourceTable(self._js, self._layout, topics, self._origin)
-        self.messages = NatsMessageLog(self._js, self._layout, topics, self._origin)
+        self.messages = NatsMessageLog(self._js, self._layout, topics, self._origin,
+                                       self._pieces)
         self._js.reconnected.append(self.resources.forget_all)
         self._listener: StoreListener | None = None
 
@@ -66,19 +81,25 @@ class NatsStore(Store):
         try:
             await asyncio.wait_for(store._start(connect_timeout), connect_timeout)
         except TimeoutError:
+            await store.close()
             raise ConnectionError(
                 f"no NATS server with JetStream answered within {connect_timeout:g} s (last "
                 f"error: {store._js.last_error or 'none'})") from None
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     async def _start(self, timeout: float) -> None:
         await self._js.connect(timeout)
+        await self._pieces.start()  # (refuses a server whose max_payload is too small)
         await self._js.subscribe(self._layout.wakes, self._on_wake)
         await self._js.subscribe(self._layout.changes, self._on_change)
         await self._js.ensure_stream(self._layout.resource_stream, self._layout.resource_subjects,
                                      max_msgs_per_subject=1)
         await self._js.ensure_stream(self._layout.order_stream, self._layout.order_subjects,
                                      max_msgs_per_subject=1)
+        await self.messages.start()  # (the stream of what subscriptions acknowledged)
 
     # --- what other processes do --------------------------------------------------------------
     def set_listener(self, listener: StoreListener) -> None:

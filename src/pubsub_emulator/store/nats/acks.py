@@ -7,6 +7,8 @@ it; the lease of a delivery is set with `-NAK {"delay": ...}` on it.
 from __future__ import annotations
 
 import re
+import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -67,3 +69,25 @@ def parse_ack_ids(consumer: str, ack_ids: Sequence[str]) -> list[AckId]:
             raise InvalidAckId(ack_id)
         parsed.append(ack)
     return parsed
+
+
+class DeliveredKeys:
+    """The ordering keys of the latest deliveries this process handed out, by ack id.
+
+    An ack or nack of an ordered message must find its key's record; an ack id handed out here
+    names it without reading the message (others are read from the stream). At most `limit`
+    are kept (some 200 bytes each), the oldest forgotten first.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._keys: OrderedDict[str, str] = OrderedDict()
+
+    def note(self, ack: AckId, key: str) -> None:
+        self._keys[ack.subject] = sys.intern(key)
+        if len(self._keys) > self._limit:
+            self._keys.popitem(last=False)
+
+    def get(self, ack: AckId) -> str | None:
+        """The key of the delivery's message ("" for none), None if not known here."""
+        return self._keys.get(ack.subject)

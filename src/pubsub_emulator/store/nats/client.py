@@ -3,6 +3,11 @@
 Connecting and reconnecting (with error logging), the JetStream API request, publishing with
 PubAcks, fetching from a pull consumer, sending acks and nacks, and a key-value table over a
 stream with one message per subject (the resource and ordering streams).
+
+Every error raised out of here is one of the store's declared errors (base.StoreError): what
+NATS answers never reaches a client as UNKNOWN. A message is never sent larger than the
+server's max_payload (headers included: the server closes the connection of a client that
+does), it is refused with PayloadTooLarge before anything of the batch is sent.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any, NamedTuple
 
 from nats import errors as nats_errors
 
-from ..base import PayloadTooLarge, StoreUnavailable
+from ..base import PayloadTooLarge, StoreError, StoreUnavailable
 
 log = logging.getLogger("pubsub_emulator.nats")
 
@@ -29,15 +34,33 @@ STREAM_NOT_FOUND, CONSUMER_NOT_FOUND, NO_MESSAGE, WRONG_LAST_SEQ = 10059, 10014,
 Handler = Callable[[Any], Awaitable[None]]
 
 
-class NatsError(RuntimeError):
+class NatsError(StoreError):
+    """An error JetStream answered (INTERNAL to clients, unless the store handles it)."""
+
     def __init__(self, err: Mapping[str, Any]) -> None:
         super().__init__(f"JetStream: {err.get('description')} ({err.get('err_code')})")
         self.code = int(err.get("code", 0))
         self.err_code = int(err.get("err_code", 0))
 
 
-class NoStream(RuntimeError):
+class NatsUnavailable(NatsError, StoreUnavailable):
+    """JetStream answered 503 (no leader yet, JetStream not ready): clients retry."""
+
+
+def nats_error(err: Mapping[str, Any]) -> NatsError:
+    """The error of a JetStream answer."""
+    return (NatsUnavailable if int(err.get("code", 0)) == 503 else NatsError)(err)
+
+
+class NoStream(StoreError):
     """A JetStream publish that no stream took."""
+
+
+def header_bytes(headers: Mapping[str, str] | None) -> int:
+    """What headers add to a NATS message (its `NATS/1.0` block), as the server counts it."""
+    if not headers:
+        return 0
+    return 12 + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 class Record(NamedTuple):
@@ -75,6 +98,8 @@ def declared_errors() -> Iterator[None]:
                               f"({exc})") from exc
     except _UNREACHABLE as exc:
         raise StoreUnavailable(f"NATS did not answer: {type(exc).__name__}") from exc
+    except nats_errors.Error as exc:  # anything else nats-py raises
+        raise StoreError(f"NATS: {type(exc).__name__}: {exc}") from exc
 
 
 class JetStream:
@@ -132,6 +157,11 @@ class JetStream:
         except Exception:  # noqa: BLE001 - closing anyway
             log.debug("closing the NATS connection failed", exc_info=True)
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message (headers and payload) the connected server takes (its INFO)."""
+        return int(self._nc.max_payload)
+
     # --- core NATS --------------------------------------------------------------------------
     async def subscribe(self, subject: str, handler: Handler) -> None:
         await self._nc.subscribe(subject, cb=handler)
@@ -162,15 +192,42 @@ class JetStream:
             msg = await self._nc.request(f"$JS.API.{subject}", payload, timeout=timeout)
         resp = json.loads(msg.data)
         if "error" in resp:
-            raise NatsError(resp["error"])
+            raise nats_error(resp["error"])
         return resp
+
+    async def direct_get(self, stream: str, seq: int, timeout: float = 10.0
+                         ) -> tuple[dict[str, str], bytes] | None:
+        """A stored message (its headers, with `Nats-Subject`, and its payload) read by any
+        replica of a stream that allows direct gets; None if that replica has no such
+        message."""
+        with declared_errors():
+            msg = await self._nc.request(f"$JS.API.DIRECT.GET.{stream}",
+                                         json.dumps({"seq": seq}).encode(), timeout=timeout)
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return None
+        if status:
+            raise nats_error({"code": int(status), "description": str(headers)})
+        return headers, msg.data
 
     async def consumer_info(self, stream: str, consumer: str) -> dict[str, Any]:
         return await self.api(f"CONSUMER.INFO.{stream}.{consumer}")
 
-    async def publish_many(self, items: Sequence[tuple[str, bytes, dict[str, str] | None]]
-                           ) -> list[dict[str, Any]]:
-        """Publish to JetStream, all before awaiting any PubAck (one round trip)."""
+    async def publish_many(self, items: Sequence[tuple[str, bytes, dict[str, str] | None]],
+                           checked: bool = False) -> list[dict[str, Any]]:
+        """Publish to JetStream, all before awaiting any PubAck (one round trip).
+
+        PayloadTooLarge, before anything is sent, if an item is larger than the server takes
+        (`checked`: the caller made sure none is).
+        """
+        if not checked:
+            limit = self.max_payload
+            for subject, payload, headers in items:
+                if len(payload) + header_bytes(headers) > limit:
+                    raise PayloadTooLarge(
+                        f"a {len(payload) + header_bytes(headers)}-byte message for {subject} "
+                        f"is larger than the NATS server's max_payload ({limit} bytes)")
         tokens = []
         try:
             with declared_errors():
@@ -217,6 +274,10 @@ class JetStream:
 
     async def fetch(self, stream: str, consumer: str, batch: int) -> list[Any]:
         """Up to `batch` deliveries of a pull consumer, without waiting for more."""
+        with declared_errors():
+            return await self._fetch(stream, consumer, batch)
+
+    async def _fetch(self, stream: str, consumer: str, batch: int) -> list[Any]:
         # A subscription per fetch: deliveries arrive under their own subject, not the inbox's.
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -237,7 +298,7 @@ class JetStream:
                     continue  # flow control / heartbeat
                 if status:
                     if status == "409" and "consumer deleted" in str(msg.headers).lower():
-                        raise NatsError({"err_code": CONSUMER_NOT_FOUND, "description":
+                        raise nats_error({"err_code": CONSUMER_NOT_FOUND, "description":
                                          "consumer deleted"})
                     if not got and status not in ("404", "408"):
                         # 409 (no such consumer, ...) or 503 (no leader yet): ask, so the
@@ -297,7 +358,7 @@ class JetStream:
         if "error" in ack:
             if ack["error"].get("err_code") == WRONG_LAST_SEQ:
                 return False
-            raise NatsError(ack["error"])
+            raise nats_error(ack["error"])
         return True
 
     async def kv_delete(self, subject: str, stream: str = "") -> bool:

@@ -1,45 +1,57 @@
 """Seeks, snapshots and the sweeper.
 
-A seek recreates the subscription's consumer at the stream sequence of a time (or of a
-snapshot's ack floor); a snapshot records the subscription's ack floor. The sweeper applies
-retention and purges from each topic stream what no consumer and no snapshot needs.
+A snapshot records the subscription's ack floor and what it acknowledged above it (its ack
+log and skip set, acklog.py): a set of stream sequences in records of the acked stream, named
+by a token in the snapshot's state record. A seek recreates the subscription's consumer at the
+stream sequence of a time (or after a snapshot's ack floor) with a skip set: what was
+acknowledged from there on (a snapshot's set; for a time, unless acked messages are retained,
+what the subscription acknowledged), so exactly the unacknowledged messages come back. The
+sweeper applies retention and purges from each topic stream what no consumer and no snapshot
+needs, then the pieces of large messages no message it holds refers to (pieces.py), trims ack
+logs and skip sets below their consumer's ack floor and drops the sets of deleted snapshots.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from ..base import Kind, NotFound, RetentionRules
-from .client import JetStream, NatsError, parse_headers
+from .acklog import ack_floor
+from .client import CONSUMER_NOT_FOUND, STREAM_NOT_FOUND, JetStream, NatsError, parse_headers
 from .layout import DETACHED, H_TIME, SNAPSHOT_STATE, SUB_START, Layout
 from .leases import Leases, Redeliveries
+from .pieces import Pieces
 from .topics import Topics
 
 log = logging.getLogger("pubsub_emulator.nats")
 
 _NEVER = 1 << 62  # a stream sequence beyond any
+_GONE_S = 60.0  # how long a set stays unclaimed (its consumer or snapshot gone) before it goes
 
 
 def needed_from(info: Mapping[str, Any]) -> int:
     """The first stream sequence a consumer may still deliver (everything below is acked)."""
-    if info.get("num_ack_pending", 0) == 0:
-        return int(info["delivered"]["stream_seq"]) + 1
-    return int(info["ack_floor"]["stream_seq"]) + 1
+    return ack_floor(info) + 1
 
 
 class Retention:
     """Seeks, snapshots and retention over the topic streams."""
 
     def __init__(self, js: JetStream, layout: Layout, topics: Topics, leases: Leases,
-                 redeliveries: Redeliveries) -> None:
+                 redeliveries: Redeliveries, pieces: Pieces, origin: str) -> None:
         self._js = js
+        self._pieces = pieces
         self._layout = layout
         self._topics = topics
         self._leases = leases
         self._redeliveries = redeliveries
+        self._origin = origin  # this process, in its notices of restarted consumers
+        self._unclaimed: dict[str, float] = {}  # set -> when the sweeper first found it so
 
     async def seq_at(self, stream: str, time_ms: int) -> int:
         """The first stream sequence published at or after time_ms (last + 1 if none)."""
@@ -62,6 +74,18 @@ class Retention:
         return low
 
     # --- seeks and snapshots --------------------------------------------------------------
+    async def acked_above(self, stream: str, subscription: str) -> tuple[int, list[int]]:
+        """A subscription's ack floor, and (sorted) what it acknowledged above it."""
+        consumer = self._layout.consumer(subscription)
+        info = await self._js.consumer_info(stream, consumer)
+        floor = ack_floor(info)
+        if info.get("config", {}).get("deliver_policy") == "new":
+            # (made "deliver new" by an earlier version, where its subscription began)
+            floor = max(floor, await self._origin_seq(subscription) - 1)
+        logged, _ = await self._topics.acklog.read(consumer)
+        skip = await self._topics.skips.of(stream, consumer, fresh=True)
+        return floor, sorted({seq for seq in logged if seq > floor}.union(skip.above(floor)))
+
     async def seek_to_time(self, subscription: str, time_ms: int, retain_acked: bool,
                            from_topic: bool) -> None:
         topic = await self._topics.topic_of(subscription, fresh=True)
@@ -71,16 +95,18 @@ class Retention:
         start = await self.seq_at(stream, time_ms)
         if not from_topic:
             start = max(start, await self._origin_seq(subscription))
+        skip: list[int] = []
         if not (from_topic or retain_acked):
-            # Without kept acks, what the subscription acknowledged below its ack floor stays
-            # acknowledged (acks above the floor are not known: those come again).
+            # Without kept acks, what the subscription acknowledged stays acknowledged: below
+            # its ack floor (the consumer starts after it) and above (the skip set).
             try:
-                info = await self._js.consumer_info(stream, self._layout.consumer(subscription))
-                start = max(start, needed_from(info))
+                floor, acked = await self.acked_above(stream, subscription)
+                start = max(start, floor + 1)
+                skip = [seq for seq in acked if seq >= start]
             except NatsError:
                 pass
         await self._topics.restart(subscription, {"deliver_policy": "by_start_sequence",
-                                                  "opt_start_seq": start})
+                                                  "opt_start_seq": start}, skip, self._origin)
 
     async def _origin_seq(self, subscription: str) -> int:
         found = await self._js.kv_get(self._layout.key(SUB_START, subscription))
@@ -88,27 +114,37 @@ class Retention:
 
     async def save_snapshot(self, snapshot: str, subscription: str) -> None:
         topic = await self._topics.topic_of(subscription, fresh=True)
-        floor = 0
+        floor, acked = 0, []
         if topic:
             stream = await self._topics.stream(topic)
-            info = await self._js.consumer_info(stream, self._layout.consumer(subscription))
-            floor = needed_from(info) - 1
+            floor, acked = await self.acked_above(stream, subscription)
+        token = uuid.uuid4().hex[:16]
+        count = await self._topics.sets.write(
+            lambda at: self._layout.snapshot_record(token, at), acked)
         await self._js.kv_put(self._layout.key(SNAPSHOT_STATE, snapshot),
-                              {"t": topic, "floor": floor, "p": ""}, None)
+                              {"t": topic, "floor": floor, "p": "", "g": token, "n": count}, None)
 
     async def seek_to_snapshot(self, subscription: str, snapshot: str) -> None:
         found = await self._js.kv_get(self._layout.key(SNAPSHOT_STATE, snapshot))
         if found is None:
             raise NotFound(snapshot)
+        state = found.value
+        acked = await self._topics.sets.read(
+            lambda at: self._layout.snapshot_record(state["g"], at),
+            int(state.get("n", 0))) if state.get("g") else []
         await self._topics.restart(subscription, {"deliver_policy": "by_start_sequence",
-                                                  "opt_start_seq": found.value["floor"] + 1})
+                                                  "opt_start_seq": state["floor"] + 1},
+                                   acked, self._origin)
 
     # --- the sweeper ----------------------------------------------------------------------
     async def sweep(self, now_ms: int, rules: RetentionRules) -> int:
-        floors = await self._snapshot_floors()  # topic stream -> first sequence to keep
+        tokens: set[str] = set()  # of the snapshots' acked sets
+        floors = await self._snapshot_floors(tokens)  # topic stream -> first sequence to keep
         gone = await self._subscription_retention(now_ms, rules, floors)
         retained = {self._layout.topic_stream(t): ms for t, ms in rules.topic_ms.items()}
         needed: dict[str, int] = {}  # consumer -> first stream sequence it may deliver
+        listed: dict[str, tuple[str, str]] = {}  # consumer -> (its stream, its creation time)
+        blob = await self._pieces.state()  # (before any topic stream's: see pieces.py)
         offset = 0
         while True:
             resp = await self._js.api("STREAM.NAMES", {"offset": offset,
@@ -116,19 +152,75 @@ class Retention:
             names = resp.get("streams") or []
             for stream in names:
                 gone += await self._sweep_stream(stream, floors.get(stream, _NEVER),
-                                                 retained.get(stream), now_ms, needed)
+                                                 retained.get(stream), now_ms, needed, listed)
+                if self._layout.stream_hash(stream) in blob.topics:
+                    await self._pieces.reclaim(stream, blob)  # large messages' pieces
             offset += len(names)
             if not names or offset >= resp.get("total", 0):
                 break
         await self._redeliveries.prune(needed)
         await self._leases.prune(needed)
+        await self._trim_acked(listed)
+        await self._drop_unclaimed_snapshot_sets(tokens)
         return gone
 
-    async def _snapshot_floors(self) -> dict[str, int]:
-        """Per topic stream, the first sequence some snapshot still needs."""
+    def _unclaimed_long(self, key: str, claimed: bool) -> bool:
+        """Whether a set was found unclaimed (by sweeps of this process) for _GONE_S: not
+        in the middle of a seek or of a snapshot's save."""
+        if claimed:
+            self._unclaimed.pop(key, None)
+            return False
+        first = self._unclaimed.setdefault(key, time.monotonic())
+        if time.monotonic() - first < _GONE_S:
+            return False
+        del self._unclaimed[key]
+        return True
+
+    async def _trim_acked(self, listed: Mapping[str, tuple[str, str]]) -> None:
+        """Trim the ack logs and skip sets below their consumers' ack floors; drop those of
+        consumers gone."""
+        sets = self._topics.sets
+        logs = await sets.subjects(self._layout.ack_log("*"))
+        marks = await sets.subjects(self._layout.skip_mark("*"))
+        for consumer in sorted({subject.split(".")[-2] for subject in (*logs, *marks)}):
+            if consumer not in listed:
+                if self._unclaimed_long(consumer, False):
+                    await sets.purge(self._layout.acked_all(consumer))
+                continue
+            self._unclaimed_long(consumer, True)
+            stream, created = listed[consumer]
+
+            async def info_of(stream: str = stream, consumer: str = consumer
+                              ) -> dict[str, Any] | None:
+                try:
+                    return await self._js.consumer_info(stream, consumer)
+                except NatsError as exc:
+                    if exc.err_code in (STREAM_NOT_FOUND, CONSUMER_NOT_FOUND):
+                        return None
+                    raise
+
+            if self._layout.ack_log(consumer) in logs:
+                await self._topics.acklog.trim(consumer, created, info_of)
+            if self._layout.skip_mark(consumer) in marks:
+                await self._topics.skips.prune(consumer, info_of)
+
+    async def _drop_unclaimed_snapshot_sets(self, tokens: set[str]) -> None:
+        """Drop the acked sets no snapshot's state names (deleted, or saved again)."""
+        sets = self._topics.sets
+        found = {subject.split(".")[-2]
+                 for subject in await sets.subjects(self._layout.snapshot_record("*", "*"))}
+        for token in sorted(found):
+            if self._unclaimed_long("snapshot " + token, token in tokens):
+                await sets.purge(self._layout.snapshot_record(token, "*"))
+
+    async def _snapshot_floors(self, tokens: set[str]) -> dict[str, int]:
+        """Per topic stream, the first sequence some snapshot still needs; the tokens of the
+        snapshots' acked sets go into `tokens`."""
         floors: dict[str, int] = {}
         for subject in await self._js.subjects(self._layout.keys(SNAPSHOT_STATE)):
             found = await self._js.kv_get(subject)
+            if found and found.value.get("g"):
+                tokens.add(found.value["g"])
             if found and found.value.get("t"):
                 stream = self._layout.topic_stream(found.value["t"])
                 floors[stream] = min(floors.get(stream, _NEVER), found.value["floor"] + 1)
@@ -172,19 +264,22 @@ class Retention:
             if int(hdrs.get(H_TIME, cutoff_ms)) >= cutoff_ms:
                 return 0
             start = max(oldest, await self.seq_at(stream, cutoff_ms))
+            _, acked = await self.acked_above(stream, subscription)
         except NatsError:
             return 0
-        # Restart the consumer past them (acks above its ack floor are forgotten: those
-        # messages come once more, as at-least-once allows).
+        # Restart the consumer past them (what it acknowledged later stays acknowledged).
         log.info("%s: dropping unacked messages older than its retention", subscription)
         await self._topics.restart(subscription, {"deliver_policy": "by_start_sequence",
-                                                  "opt_start_seq": start})
+                                                  "opt_start_seq": start},
+                                   [seq for seq in acked if seq >= start], self._origin)
         return 0
 
     async def _sweep_stream(self, stream: str, low: int, retention_ms: int | None,
-                            now_ms: int, needed: dict[str, int]) -> int:
+                            now_ms: int, needed: dict[str, int],
+                            listed: dict[str, tuple[str, str]]) -> int:
         """Purge what the stream's consumers, snapshots (`low`) and retention do not need;
-        note each consumer's first needed sequence in `needed`."""
+        note each consumer's first needed sequence in `needed`, its stream and creation time
+        in `listed`."""
         info = await self._js.api(f"STREAM.INFO.{stream}")
         state = info["state"]
         low = min(low, state["last_seq"] + 1)
@@ -194,6 +289,7 @@ class Retention:
             consumers = resp.get("consumers") or []
             for consumer in consumers:
                 needed[consumer["name"]] = needed_from(consumer)
+                listed[consumer["name"]] = (stream, str(consumer.get("created", "")))
                 low = min(low, needed_from(consumer))
             offset += len(consumers)
             if not consumers or offset >= resp.get("total", 0):
