@@ -20,7 +20,7 @@ SECURE ?= 0
 # The App Engine side: Python 2.7, the SDK, vendoring, the verification token, deploy.
 include mk/apps.mk
 
-.PHONY: help setup run test test-py3 test-nats nats-server lint bench emulator clean
+.PHONY: help setup run test test-py3 test-nats nats-server prometheus lint bench emulator clean
 
 help:
 	@echo "make run          start emulator, sender, receiver and push worker (Ctrl-C stops all);"
@@ -41,6 +41,7 @@ help:
 	@echo "make token        make the push verification token (kept if present)"
 	@echo "make py27         print the Python 2.7 interpreter the targets use"
 	@echo "make nats-server  install nats-server if missing (apt-get, as root)"
+	@echo "make prometheus   install Prometheus if missing (apt-get, as root; tests/test_metrics.py)"
 	@echo "make deploy       deploy both apps with 'appscale deploy'"
 	@echo "make clean        remove everything the targets above created"
 
@@ -77,7 +78,19 @@ nats-server:
 	      { apt-get update -q >/dev/null && apt-get install -y -q nats-server >/dev/null; }; \
 	    else echo "nats-server is missing: install it (apt-get install nats-server)"; exit 1; fi; }
 
-test-py3: setup nats-server
+# tests/test_metrics.py scrapes the emulator with a real Prometheus (Debian package prometheus;
+# the test installs it too when missing, as root).
+prometheus:
+	@command -v prometheus >/dev/null || test -x /usr/bin/prometheus || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "installing prometheus (apt-get)"; \
+	      export DEBIAN_FRONTEND=noninteractive; \
+	      apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && \
+	        apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; \
+	    else echo "prometheus is missing: install it (apt-get install prometheus)"; exit 1; fi; }
+
+test-py3: setup nats-server prometheus
 	PY27="$(PY27)" SDK_DIR="$(SDK_DIR)" $(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 # The client-level suites once more, with the emulator on the NATS JetStream backend.

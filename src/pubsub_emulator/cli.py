@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from . import topology
+from . import logs, topology
 from .cli_security import (
     UsageError,
     add_keys_command,
@@ -121,6 +122,24 @@ def _raise_descriptor_limit(max_connections: int) -> None:
                     max(soft, target), want, max_connections)
 
 
+def _add_log_flags(command: argparse.ArgumentParser, metrics: bool = False) -> None:
+    """--log-level and --log-format; with `metrics`, --metrics-open too."""
+    if metrics:
+        command.add_argument(
+            "--metrics-open", action="store_true",
+            help="with --auth: serve GET /metrics without credentials (a Prometheus server "
+                 "cannot mint the emulator's tokens; keep the port on a trusted network). "
+                 "Without it, /metrics under --auth needs an --admin key's token, as /debug/* "
+                 "and POST /reset do")
+    command.add_argument("--log-level", default="info",
+                         choices=["debug", "info", "warning", "error"],
+                         help="debug logs one line per RPC (default: %(default)s)")
+    command.add_argument("--log-format", default="text", choices=logs.FORMATS,
+                         help="json: one JSON object per line (time, level, logger, message; "
+                              "method, resource, status, duration on each RPC's line) "
+                              "(default: %(default)s)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pubsub-emulator",
@@ -160,9 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--grpc-port", type=int, metavar="PORT",
                        help="also serve gRPC alone on this port, bypassing the one-port front "
                             "(saves a loopback hop; `make bench` shows what it saves)")
-    start.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"],
-                       help="debug logs one line per RPC (default: %(default)s)")
+    _add_log_flags(start, metrics=True)
     _add_limits(start)
     add_security_flags(start)
 
@@ -176,8 +193,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="address to bind (default: %(default)s)")
     gateway.add_argument("--port", type=int, default=8086,
                          help="port to serve (default: %(default)s)")
-    gateway.add_argument("--log-level", default="info",
-                         choices=["debug", "info", "warning", "error"])
+    _add_log_flags(gateway)
     add_keys_command(sub, DEFAULT_DATA_DIR)
     return parser
 
@@ -213,7 +229,7 @@ def _start(args: argparse.Namespace) -> int:
             resources = topology.load(args.config)
         if args.store and not args.store.startswith("nats://"):
             raise UsageError(f"unsupported --store {args.store!r} (expected nats://...)")
-        security = security_from(args)
+        security = dataclasses.replace(security_from(args), metrics_open=args.metrics_open)
     except (topology.TopologyError, UsageError) as exc:
         print(f"pubsub-emulator: {exc}", file=sys.stderr)
         return 2
@@ -252,8 +268,7 @@ def _start(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
     if args.command == "start":
         return _start(args)
     if args.command == "keys":

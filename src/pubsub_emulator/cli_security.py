@@ -86,8 +86,9 @@ def add_security_flags(start: argparse.ArgumentParser) -> None:
                             "--tls-cert: the certificate's names)")
     group.add_argument("--auth", action="store_true",
                        help="require credentials on every call (gRPC and REST): keys made by "
-                            "`pubsub-emulator keys create`; /healthz, the token endpoint and "
-                            "OIDC discovery stay open, /debug/* needs an --admin key")
+                            "`pubsub-emulator keys create`; /healthz, /readyz, the token "
+                            "endpoint and OIDC discovery stay open; /debug/*, /reset and "
+                            "/metrics (unless --metrics-open) need an --admin key")
     group.add_argument("--insecure", action="store_true",
                        help="start even on a non-loopback address without --auth or without "
                             "TLS (a warning is logged): anyone who reaches the port can do "

@@ -24,11 +24,14 @@ from grpc import aio
 from . import tls as tls_files
 from . import topology as topologies
 from .api import grpc_server, rest
+from .api.calls import CallRecorder
 from .api.front import ConnectionLimits, Front
 from .api.upstream import GrpcUpstream
 from .auth import Auth
 from .core.service import PubSubService
 from .core.streaming import FIRST_REQUEST_TIMEOUT_S
+from .metrics import Metrics
+from .ops import METRICS_PATH, READY_PATH, RESET_PATH, Ops
 from .push import MAX_WINDOW, PushDispatcher, TokenIssuer
 from .store import Store
 
@@ -54,7 +57,8 @@ class Security:
     `tls_cert`/`tls_key`: PEM files; TLS on the one port (and `--grpc-port`) when given.
     `auth`: every call needs credentials (`auth/`). `hostnames`: the names clients reach this
     server by; with the bound port they make the URLs self-signed JWTs may name as audience.
-    `push_allow`: where push may POST (None: push/'s default).
+    `push_allow`: where push may POST (None: push/'s default). `metrics_open`: GET /metrics
+    needs no credential under `auth` (otherwise an administrator's, as /debug/*).
     """
 
     tls_cert: Path | None = None
@@ -62,6 +66,7 @@ class Security:
     auth: bool = False
     hostnames: tuple[str, ...] = ()
     push_allow: list[str] | None = None
+    metrics_open: bool = False
 
     @property
     def tls(self) -> bool:
@@ -87,6 +92,7 @@ class RunningServer:
     runner: web.AppRunner
     grpc_server: aio.Server | None
     closers: list[Callable[[], Awaitable[Any]]]
+    metrics: Metrics | None = None  # the server's Prometheus registry (GET /metrics)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let in-flight calls finish for up to `grace` seconds, release all."""
@@ -102,10 +108,12 @@ async def _serve_rest(call: rest.Caller, grpc_host: str, grpc_port: int, host: s
                       limits: ConnectionLimits,
                       extra_routes: list[web.RouteDef] | None = None,
                       access: rest.Access | None = None, tls: ssl.SSLContext | None = None,
+                      recorder: CallRecorder | None = None,
                       ) -> tuple[Front, web.AppRunner, int]:
     # keepalive_timeout: aiohttp closes an HTTP/1.1 connection idle between requests.
-    runner = web.AppRunner(rest.create_app(call, extra_routes, access=access), access_log=None,
-                           handle_signals=False, keepalive_timeout=limits.idle_timeout)
+    app = rest.create_app(call, extra_routes, access=access, recorder=recorder)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=limits.idle_timeout)
     await runner.setup()
     http_server = runner.server
     assert http_server is not None
@@ -133,11 +141,28 @@ def _grpc_credentials(security: Security) -> grpc_lib.ServerCredentials | None:
         [(security.tls_key.read_bytes(), security.tls_cert.read_bytes())])
 
 
-def _access(auth: Auth, public_routes: list[web.RouteDef]) -> rest.Access:
-    """Credentials on every route but health, the token endpoint and OIDC discovery and
-    certificates (a push endpoint fetches those to verify tokens, with no credential)."""
-    public = frozenset({rest.HEALTH_PATH, *(route.path for route in public_routes)})
-    return rest.Access(auth.caller, public)
+def _access(auth: Auth, public_routes: list[web.RouteDef], metrics_open: bool) -> rest.Access:
+    """Credentials on every route but health and readiness, the token endpoint and OIDC
+    discovery and certificates (a push endpoint fetches those to verify tokens, with no
+    credential); /reset and (unless `metrics_open`) /metrics are an administrator's."""
+    public = {rest.HEALTH_PATH, READY_PATH, *(route.path for route in public_routes)}
+    admin = {RESET_PATH}
+    (public if metrics_open else admin).add(METRICS_PATH)
+    return rest.Access(auth.caller, frozenset(public), frozenset(admin))
+
+
+async def _open(server: RunningServer, service: PubSubService, ops: Ops,
+                topology: dict[str, Any] | None) -> None:
+    """Apply the topology with calls held (GET /readyz says 503 meanwhile), then serve."""
+    try:
+        if topology is not None:
+            created = await topologies.apply(service, topology)
+            log.info("topology applied: %d resources created", created)
+    except BaseException:
+        await server.stop(0)  # (the store is the caller's to close)
+        raise
+    service.admit_calls()
+    ops.set_ready()
 
 
 async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
@@ -154,15 +179,17 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
     `push_max_outstanding`: POSTs outstanding per push subscription at most, across every
     process sharing the store (one of them pushes it at a time: push/ownership.py).
     Push subscriptions are delivered by a PushDispatcher (see push/); the same port serves
-    GET /debug/push, the OIDC discovery document and certificates (see push/oidc.py) and the
-    token endpoint of service account keys (auth/tokens.py).
+    GET /debug/push, the OIDC discovery document and certificates (see push/oidc.py), the
+    token endpoint of service account keys (auth/tokens.py) and GET /metrics, GET /readyz and
+    POST /reset (ops.py). The port listens before the topology is applied; calls made
+    meanwhile wait for it.
     """
     limits, security = limits or Limits(), security or Security()
-    service = PubSubService(store)
+    metrics = Metrics()
+    service = PubSubService(store, observer=metrics)
+    metrics.watch(service)
     service.streaming.first_request_timeout = limits.first_request_timeout
-    if topology is not None:
-        created = await topologies.apply(service, topology)
-        log.info("topology applied: %d resources created", created)
+    service.hold_calls()  # until the topology is applied: calls wait, GET /readyz says 503
     # Served with or without --auth: key files then work against either.
     auth = Auth(store.resources, own_urls=security.own_urls(port) if port else [])
     service.events.on_change(auth.authenticator.changed)
@@ -170,7 +197,7 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
     extra = [f"{host}:{grpc_only_port}"] if grpc_only_port is not None else []
     grpc, grpc_port = await grpc_server.create_server(
         service, "127.0.0.1", 0, extra, _grpc_options(limits), authenticate,
-        _grpc_credentials(security))
+        _grpc_credentials(security), recorder=metrics)
 
     async def call(name: str, request: Any) -> Any:
         return await service.unary[name](request)
@@ -178,25 +205,34 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
     issuer = TokenIssuer(store.resources)
     pusher = PushDispatcher(service, issuer, allow=security.push_allow,
                             auth_required=security.auth, max_outstanding=push_max_outstanding)
+    ops = Ops(service, metrics)
     public = issuer.routes() + auth.endpoint.routes()
-    access = _access(auth, public) if security.auth else None
+    access = _access(auth, public, security.metrics_open) if security.auth else None
     try:
         front, runner, bound = await _serve_rest(call, "127.0.0.1", grpc_port, host, port,
-                                                 limits, pusher.routes() + public, access,
-                                                 _tls_context(security))
+                                                 limits, pusher.routes() + public + ops.routes(),
+                                                 access, _tls_context(security), metrics)
     except BaseException:
         await grpc.stop(None)
         raise
     if not port:  # the URLs clients use name the port just bound
         auth.authenticator.add_own_urls(security.own_urls(bound))
+    server = RunningServer(bound, grpc_port, front, runner, grpc, [], metrics)
+    await _open(server, service, ops, topology)
+    await _run_in_background(server, service, pusher)
+    return server
+
+
+async def _run_in_background(server: RunningServer, service: PubSubService,
+                             pusher: PushDispatcher) -> None:
+    """Push and the sweeper run until the server stops, then the store closes."""
     await pusher.start()
     sweeper = asyncio.ensure_future(service.sweeper.run_forever())
 
     async def stop_sweeper() -> None:
         sweeper.cancel()
 
-    return RunningServer(bound, grpc_port, front, runner, grpc,
-                         [stop_sweeper, pusher.stop, store.close])
+    server.closers.extend([stop_sweeper, pusher.stop, service.store.close])
 
 
 async def create_gateway(upstream: str, host: str = "127.0.0.1", port: int = 0,

@@ -22,6 +22,7 @@ from ..core import caller
 from ..core.errors import ApiError, invalid_argument
 from ..core.service import PubSubService
 from . import protos
+from .calls import CallLog, CallRecorder
 from .client_errors import ClientErrorLog
 from .errors import GRPC_CODE, internal_error, rpc_status
 
@@ -123,7 +124,7 @@ def _forget(token: contextvars.Token[caller.Caller | None] | None) -> None:
 
 
 def _unary(service: PubSubService, method: protos.Method,
-           authenticate: Authenticate | None) -> Callable[..., Any]:
+           authenticate: Authenticate | None, calls: CallLog) -> Callable[..., Any]:
     call = service.unary[method.name]
 
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
@@ -135,67 +136,79 @@ def _unary(service: PubSubService, method: protos.Method,
                 raise request.refuse()
             response = await call(request)
         except ApiError as exc:
-            log.debug("%s -> %s: %s", method.name, exc.status.name, exc.message)
             error = exc
         except Exception:  # a bug: its traceback goes to the log, the client gets INTERNAL
             log.exception("%s failed", method.name)
             error = internal_error()
         else:
-            log.debug("%s OK in %.1f ms", method.name, (time.perf_counter() - started) * 1000)
+            calls.answered(method.name, request, "OK", time.perf_counter() - started)
             return response
         finally:
             _forget(token)
+        calls.answered(method.name, request, error.status.name, time.perf_counter() - started,
+                       error.message)
         await _abort(context, error)  # outside the try: abort raises
 
     return handler
 
 
-async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The stream's requests; an undecodable one ends the call with INVALID_ARGUMENT."""
+async def _decoded(requests: AsyncIterator[Any], first: list[Any]) -> AsyncIterator[Any]:
+    """The stream's requests (the first kept in `first`, for the call's log line); an
+    undecodable one ends the call with INVALID_ARGUMENT."""
     async for request in requests:
         if isinstance(request, Undecodable):
             raise request.refuse()
+        if not first:
+            first.append(request)
         yield request
 
 
-def _streaming_pull(service: PubSubService,
-                    authenticate: Authenticate | None) -> Callable[..., Any]:
+def _streaming_pull(service: PubSubService, authenticate: Authenticate | None,
+                    calls: CallLog) -> Callable[..., Any]:
     async def handler(requests: AsyncIterator[Any], context: aio.ServicerContext
                       ) -> AsyncIterator[Any]:
         token = None
+        started, first = time.perf_counter(), []
+        status, error = "CANCELLED", None  # (the client went away, or the server stops)
         try:
             # Before the stream opens, so that the tasks it starts inherit the caller.
             token = await _identify(authenticate, context)
-            async for response in service.streaming_pull(_decoded(requests.__aiter__())):
+            async for response in service.streaming_pull(_decoded(requests.__aiter__(), first)):
                 yield response
+            status = "OK"
             return
         except ApiError as exc:
-            log.debug("StreamingPull -> %s: %s", exc.status.name, exc.message)
             error = exc
         except Exception:  # a bug: its traceback goes to the log, the client gets INTERNAL
             log.exception("StreamingPull failed")
             error = internal_error()
         finally:
             _forget(token)
+            if error is not None:
+                status = error.status.name
+            calls.answered("StreamingPull", first[0] if first else None, status,
+                           time.perf_counter() - started, error.message if error else "")
         await _abort(context, error)
 
     return handler
 
 
-def generic_handlers(service: PubSubService, authenticate: Authenticate | None = None
-                     ) -> list[grpc.GenericRpcHandler]:
-    """Every method's handler; with `authenticate` (--auth) each call must be authenticated."""
+def generic_handlers(service: PubSubService, authenticate: Authenticate | None = None,
+                     recorder: CallRecorder | None = None) -> list[grpc.GenericRpcHandler]:
+    """Every method's handler; with `authenticate` (--auth) each call must be authenticated;
+    `recorder` counts the calls answered (metrics)."""
+    calls = CallLog(log, "grpc", recorder)
     by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
     for method in protos.methods().values():
         decode = request_decoder(method)
         encode = method.response_type.SerializeToString
         if method.client_streaming and method.server_streaming:
             handler = grpc.stream_stream_rpc_method_handler(
-                _streaming_pull(service, authenticate), request_deserializer=decode,
+                _streaming_pull(service, authenticate, calls), request_deserializer=decode,
                 response_serializer=encode)
         else:
             handler = grpc.unary_unary_rpc_method_handler(
-                _unary(service, method, authenticate), request_deserializer=decode,
+                _unary(service, method, authenticate, calls), request_deserializer=decode,
                 response_serializer=encode)
         # google.pubsub.v1.Publisher, ..., and google.iam.v1.IAMPolicy on the same host
         by_service.setdefault(method.full_service, {})[method.name] = handler
@@ -208,17 +221,18 @@ async def create_server(service: PubSubService, host: str = "127.0.0.1", port: i
                         options: list[tuple[str, Any]] | None = None,
                         authenticate: Authenticate | None = None,
                         extra_credentials: grpc.ServerCredentials | None = None,
-                        ) -> tuple[aio.Server, int]:
+                        recorder: CallRecorder | None = None) -> tuple[aio.Server, int]:
     """A started gRPC server for the service; returns it and the port it bound.
 
     `extra` addresses ("host:port") are served too, e.g. a public gRPC-only port, with TLS when
     `extra_credentials` are given. `options` replace the CHANNEL_OPTIONS of the same names.
-    `authenticate`: every call must carry a credential it accepts (--auth).
+    `authenticate`: every call must carry a credential it accepts (--auth). `recorder` counts
+    the calls answered (metrics.py).
     """
     given = dict(options or [])
     merged = [o for o in CHANNEL_OPTIONS if o[0] not in given] + list(given.items())
     server = aio.server(options=merged)
-    server.add_generic_rpc_handlers(generic_handlers(service, authenticate))
+    server.add_generic_rpc_handlers(generic_handlers(service, authenticate, recorder))
     bound = server.add_insecure_port(f"{host}:{port}")
     for address in extra or []:
         added = (server.add_secure_port(address, extra_credentials) if extra_credentials

@@ -35,6 +35,7 @@ from ..auth import Authenticate, AuthError
 from ..core import caller
 from ..core.errors import ApiError, Status, invalid_argument
 from . import protos
+from .calls import CallLog, CallRecorder
 from .client_errors import ClientErrorLog, HttpServerLog, one_line
 from .errors import HTTP_STATUS, internal_error, rest_body, status_from_http
 
@@ -376,10 +377,12 @@ HEALTH_PATH = "/healthz"
 @dataclass(frozen=True)
 class Access:
     """Who may call what (--auth): `authenticate` checks a credential; the routes whose paths
-    are in `public` need none; paths under ADMIN_PREFIX need an administrator."""
+    are in `public` need none; paths under ADMIN_PREFIX, and those in `admin`, need an
+    administrator."""
 
     authenticate: Authenticate
     public: frozenset[str]
+    admin: frozenset[str] = frozenset()
 
 
 def _unauthenticated(exc: AuthError) -> web.Response:
@@ -402,7 +405,8 @@ def require_credentials(access: Access) -> Any:
             who = await access.authenticate(http.headers.get(hdrs.AUTHORIZATION), http.host)
         except AuthError as exc:
             return _unauthenticated(exc)
-        if (http.path.startswith(ADMIN_PREFIX) or path.startswith(ADMIN_PREFIX)) and not who.admin:
+        if (http.path.startswith(ADMIN_PREFIX) or path.startswith(ADMIN_PREFIX)
+                or path in access.admin) and not who.admin:
             return error_response(ApiError(
                 Status.PERMISSION_DENIED,
                 f"The caller does not have permission: {who.email} is not an administrator."))
@@ -430,34 +434,37 @@ def _find(routes: list[Route], verb: str, path: str) -> tuple[Route, re.Match[st
 
 
 def create_app(call: Caller, extra_routes: list[web.RouteDef] | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES, access: Access | None = None
-               ) -> web.Application:
+               max_body_bytes: int = MAX_BODY_BYTES, access: Access | None = None,
+               recorder: CallRecorder | None = None) -> web.Application:
     """An aiohttp app serving the REST API through `call(method_name, request)`.
 
     `extra_routes` (e.g. the push dispatcher's /debug/push, the OIDC discovery document and
     certificates) are matched before the API's catch-all route. `max_body_bytes` bounds a
     request body, as sent and once inflated. `access`: credentials required (--auth).
+    `recorder` counts the calls answered (metrics.py).
     """
     routes = compile_routes()
+    calls = CallLog(log, "rest", recorder)
 
     async def dispatch(http: web.Request) -> web.StreamResponse:
         path = http.raw_path.split("?", 1)[0]
         found = _find(routes, http.method, path)
         if isinstance(found, ApiError):
             clients.record(f"REST {found.status.name}", found.message)
+            calls.answered("unknown", None, found.status.name, 0.0, found.message)
             return error_response(found)
         route, match = found
         started = time.perf_counter()
+        request = None
         try:
             body = await read_body(http, max_body_bytes) if route.body else b""
             request = build_request(route, match, body, http.query)
             response = await call(route.method.name, request)
         except ApiError as exc:
-            log.debug("%s %s -> %s: %s", http.method, one_line(path), exc.status.name,
-                      exc.message)
+            calls.answered(route.method.name, request, exc.status.name,
+                           time.perf_counter() - started, exc.message)
             return error_response(exc)
-        log.debug("%s %s OK in %.1f ms", http.method, one_line(path),
-                  (time.perf_counter() - started) * 1000)
+        calls.answered(route.method.name, request, "OK", time.perf_counter() - started)
         return web.json_response(json_format.MessageToDict(response))
 
     async def healthz(_: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from .catalog import Catalog
 from .errors import exactly_once_failure, invalid_argument
 from .events import Events
 from .model import PubsubMessage, ReceivedMessage, Subscription
+from .observe import NO_OBSERVER, Observer
 from .policy import delivery_policy
 
 log = logging.getLogger("pubsub_emulator.service")
@@ -42,8 +43,9 @@ class LeaseHolder(Protocol):
 
 class DeliveryEngine:
     def __init__(self, store: Store, catalog: Catalog, events: Events, activity: Activity,
-                 clock: Callable[[], int]) -> None:
+                 clock: Callable[[], int], observer: Observer = NO_OBSERVER) -> None:
         self._log = store.messages
+        self.observer = observer  # metrics: what was delivered, acked, nacked... (observe.py)
         self._table = store.resources
         self._catalog = catalog
         self._events = events
@@ -84,7 +86,8 @@ class DeliveryEngine:
         deliveries = await self._log.pull(sub.name, max_messages, lease_ms, self._clock(),
                                           max_bytes, delivery_policy(sub))
         dead_letter = sub.dead_letter_policy if sub.HasField("dead_letter_policy") else None
-        received, leased = [], []
+        received, leased, first = [], [], []
+        now = self._clock()
         for d in deliveries:
             rm = ReceivedMessage(ack_id=d.ack_id)
             rm.message.MergeFromString(d.message)
@@ -93,8 +96,15 @@ class DeliveryEngine:
                         and await self._dead_letter(sub, rm, d.delivery_attempt - 1)):
                     continue
                 rm.delivery_attempt = d.delivery_attempt
+            if d.delivery_attempt == 1:
+                published = rm.message.publish_time
+                first.append(now - published.seconds * 1000 - published.nanos // 1_000_000)
             received.append(rm)
             leased.append((d.ack_id, d.size))
+        if len(received) < len(deliveries):
+            self.observer.dead_lettered(sub.name, len(deliveries) - len(received))
+        if received:
+            self.observer.delivered(sub.name, len(received), first)
         return received, leased
 
     async def next_due_ms(self, subscription: str) -> int | None:
@@ -144,6 +154,7 @@ class DeliveryEngine:
             raise invalid_argument(f"Invalid ack ID: {exc}") from None
         for holder in self._holders.get(subscription, ()):
             holder.release(ack_ids)
+        self.observer.acked(subscription, len(ack_ids) - len(invalid))
         if invalid and strict:
             raise exactly_once_failure(invalid)
         return invalid
@@ -168,6 +179,7 @@ class DeliveryEngine:
                 holder.extend(ack_ids, now + seconds * 1000)
         if seconds == 0:
             self._events.wake(subscription)
+            self.observer.nacked(subscription, len(ack_ids) - len(invalid))
         if invalid and strict:
             raise exactly_once_failure(invalid)
         return invalid

@@ -11,13 +11,16 @@ from ..schemas import SchemaRegistry
 from ..store import Store
 from .catalog import Catalog
 from .events import Events
+from .observe import NO_OBSERVER, Observer
 from .validation import check_publish_request
 
 
 class Publishing:
     def __init__(self, store: Store, catalog: Catalog, events: Events,
-                 schemas: SchemaRegistry, clock: Callable[[], int]) -> None:
+                 schemas: SchemaRegistry, clock: Callable[[], int],
+                 observer: Observer = NO_OBSERVER) -> None:
         self._log = store.messages
+        self._observer = observer
         self._catalog = catalog
         self._events = events
         self._schemas = schemas
@@ -38,5 +41,6 @@ class Publishing:
         ids = await self._log.publish(request.topic, raws, self._clock(), skip,
                                       keys if any(keys) else None,
                                       retain=topic.HasField("message_retention_duration"))
+        self._observer.published(request.topic, len(raws), sum(map(len, raws)))
         self._events.wake_all()
         return t.PublishResponse.pb()(message_ids=ids)

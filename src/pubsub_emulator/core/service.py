@@ -14,6 +14,11 @@ puts the parts together:
     policies       IAM policies (iam/policies.py), served by iam_rpcs (iam/rpcs.py)
     sweeper        retention, expiration, reclaiming
     events         wake-ups and change notices (also the store's listener)
+    reset          POST /reset: resources deleted through the Delete handlers
+    observer       told of publishes, deliveries, acks... (observe.py; the server's metrics)
+
+Until `admit_calls()`, after `hold_calls()`, every call waits (the server holds them while it
+applies the topology file).
 
 All calls run on one asyncio event loop, so the core needs no locks. Store calls are awaited:
 the embedded store never suspends (each call is atomic), while a store that talks to a server
@@ -24,6 +29,7 @@ store).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,9 +48,11 @@ from .delivery import DeliveryEngine
 from .errors import ApiError, Status, invalid_argument
 from .events import Events
 from .model import now_ms
+from .observe import NO_OBSERVER, Observer
 from .publishing import Publishing
 from .pull import PullRpcs
 from .push_config import ActAs, PushAccounts
+from .reset import Reset
 from .snapshots import Snapshots
 from .streaming import StreamingPull
 from .subscriptions import Subscriptions
@@ -91,6 +99,23 @@ def _store_errors_answered(handler: UnaryHandler) -> UnaryHandler:
     return answered
 
 
+def _publish_answered(handler: UnaryHandler, observer: Observer) -> UnaryHandler:
+    """Publish, each answer counted by topic and result (IAM refusals and store failures
+    included: they are answered by the wrappers inside)."""
+
+    @functools.wraps(handler)
+    async def counted(request: Any) -> Message:
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            observer.publish_answered(request.topic, exc.status)
+            raise
+        observer.publish_answered(request.topic, None)
+        return response
+
+    return counted
+
+
 def snake_case(method: str) -> str:
     """CreateTopic -> create_topic: the core's handler of an RPC has the RPC's name."""
     out = []
@@ -105,12 +130,16 @@ class PubSubService:
     """Google's Publisher, Subscriber, SchemaService and IAMPolicy over a Store."""
 
     def __init__(self, store: Store, clock: Callable[[], int] = now_ms,
-                 act_as: ActAs | None = None) -> None:
+                 act_as: ActAs | None = None, observer: Observer | None = None) -> None:
         """`clock` gives the time in milliseconds (tests move it to exercise retention);
         `act_as` decides under --auth whether a caller may name a service account in a push
-        config's OIDC token (push_config.py; default: IAM's actAs, iam/enforce.py)."""
+        config's OIDC token (push_config.py; default: IAM's actAs, iam/enforce.py);
+        `observer` hears of publishes, deliveries, acks... (observe.py; metrics.py)."""
         self.store = store
         self.clock = clock
+        self.observer = observer or NO_OBSERVER
+        self._gate: asyncio.Event | None = None  # while there is one, calls wait for it
+        self.held = 0  # calls waiting at the gate now
         self.events = Events()
         store.set_listener(self.events)
         self.catalog = Catalog(store, self.events)
@@ -128,8 +157,10 @@ class PubSubService:
         self.subscriptions = Subscriptions(store, self.catalog, self.events, activity,
                                            PushAccounts(store.resources,
                                                         act_as or self.authorizer.act_as))
-        self.publishing = Publishing(store, self.catalog, self.events, self.schemas, clock)
-        self.engine = DeliveryEngine(store, self.catalog, self.events, activity, clock)
+        self.publishing = Publishing(store, self.catalog, self.events, self.schemas, clock,
+                                     self.observer)
+        self.engine = DeliveryEngine(store, self.catalog, self.events, activity, clock,
+                                     self.observer)
         self.pulls = PullRpcs(self.engine, self.catalog, self.events, clock)
         self.snapshots = Snapshots(store, self.catalog, self.events, self.engine, clock)
         self.streaming = StreamingPull(self.engine, self.events, clock)
@@ -141,13 +172,48 @@ class PubSubService:
             (self.publishing, ("Publish",)), (self.schemas, SCHEMA_METHODS),
             (self.iam_rpcs, IAM_METHODS)]
         self.unary: dict[str, UnaryHandler] = {
-            method: _store_errors_answered(
-                self.authorizer.guard(method, getattr(component, snake_case(method))))
+            method: self._admitted(_store_errors_answered(
+                self.authorizer.guard(method, getattr(component, snake_case(method)))))
             for component, methods in handlers for method in methods}
+        self.unary["Publish"] = _publish_answered(self.unary["Publish"], self.observer)
+        # POST /reset: every resource gone, through the paths the RPCs take.
+        self.reset = Reset(self.catalog, self.topics, self.subscriptions, self.snapshots,
+                           self.schemas, self.sweeper)
+
+    # --- holding calls until the server is ready ----------------------------------------------
+    def hold_calls(self) -> None:
+        """Calls wait from now until `admit_calls()` (while the topology file is applied, so
+        that no client sees the emulator without the resources it declares)."""
+        if self._gate is None:
+            self._gate = asyncio.Event()
+
+    def admit_calls(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.set()
+
+    async def _wait_until_admitted(self) -> None:
+        if self._gate is not None:
+            self.held += 1
+            try:
+                await self._gate.wait()
+            finally:
+                self.held -= 1
+
+    def _admitted(self, handler: UnaryHandler) -> UnaryHandler:
+        @functools.wraps(handler)
+        async def admitted(request: Any) -> Message:
+            if self._gate is not None:
+                await self._wait_until_admitted()
+            return await handler(request)
+
+        return admitted
 
     async def streaming_pull(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """The StreamingPull RPC (core/streaming.py), its requests checked by IAM, store
         failures answered as API errors."""
+        if self._gate is not None:
+            await self._wait_until_admitted()
         try:
             async for response in self.streaming(self.authorizer.guard_stream(requests)):
                 yield response

@@ -76,11 +76,13 @@ class OpenPull:
             self.outstanding[ack_id] = (until_ms, size)
             self.outstanding_bytes += size
 
-    def expire(self, now: int) -> None:
-        """A lease that ran out is no longer held by this call: the message is redelivered."""
+    def expire(self, now: int) -> int:
+        """A lease that ran out is no longer held by this call: the message is redelivered.
+        How many ran out."""
         gone = [ack_id for ack_id, (until, _) in self.outstanding.items() if until <= now]
         if gone:
             self.release(gone)
+        return len(gone)
 
     def window(self) -> tuple[int, int]:
         """How many messages, and bytes (0: any), the call may receive now."""
@@ -174,7 +176,9 @@ class StreamingPull:
             # store suspends there; a publish lands meanwhile) is kept for the sleep below.
             call.wakeup.clear()
             now = self._clock()
-            call.expire(now)
+            expired = call.expire(now)
+            if expired:
+                self._engine.observer.expired(call.subscription, expired)
             sub = await self._engine.deliverable(call.subscription)
             call.policy = delivery_policy(sub)
             count, size = call.window()

@@ -96,6 +96,16 @@ def push_request(sub: Any, received: Any) -> tuple[bytes, dict[str, str]]:
     return request.body, {**request.headers, "User-Agent": USER_AGENT}
 
 
+def response_class(status: int | None, error: str) -> tuple[str, str]:
+    """A push attempt's response class and code, for metrics: `2xx`, `4xx`, `5xx`... and the
+    HTTP status; or `error` and what went wrong when no HTTP answer came."""
+    if status is not None:
+        return f"{status // 100}xx", str(status)
+    if error.startswith("no answer within"):
+        return "error", "deadline_exceeded"
+    return "error", "unreachable"
+
+
 class SubscriptionPusher:
     """Push delivery state of one subscription: its loop, its POSTs in flight, its counters."""
 
@@ -295,6 +305,9 @@ class SubscriptionPusher:
             self.in_flight.pop(ack_id, None)
             elapsed_ms = (time.monotonic() - started) * 1000
             self._account(acked, status, error, epoch)
+            if status is not None or error:  # (not when cancelled: no attempt to count)
+                self.engine.observer.pushed(self.name, *response_class(status, error),
+                                            elapsed_ms / 1000)
             log.debug("push %s message %s attempt %s -> %s in %.1f ms (%s)", self.name,
                       received.message.message_id, received.delivery_attempt or "-",
                       status if status is not None else error or "cancelled", elapsed_ms,

@@ -28,6 +28,7 @@ from .base import (
     StoreError,
     StoreListener,
     StoreUnavailable,
+    SubscriptionStats,
 )
 
 DB_FILE = "pubsub.sqlite3"
@@ -58,5 +59,5 @@ __all__ = [
     "InvalidAckId", "InvalidPageToken", "Kind", "MessageLog", "NotFound", "Page",
     "PayloadTooLarge", "Resource",
     "ResourceTable", "RetentionRules", "RetryPolicy", "Store", "StoreError", "StoreListener",
-    "StoreUnavailable", "open_store",
+    "StoreUnavailable", "SubscriptionStats", "open_store",
 ]

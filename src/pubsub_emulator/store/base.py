@@ -142,6 +142,15 @@ DEFAULT_POLICY = DeliveryPolicy()
 
 
 @dataclass(frozen=True)
+class SubscriptionStats:
+    """A subscription's backlog as metrics show it (MessageLog.stats)."""
+
+    unacked: int  # messages not acknowledged: the backlog, outstanding ones included
+    outstanding: int  # of those, delivered and not acked: leased, or waiting out a backoff
+    oldest_unacked_ms: int | None  # publish time of the oldest unacked message (None: none)
+
+
+@dataclass(frozen=True)
 class RetentionRules:
     """What the sweeper enforces: retention per subscription and per topic (milliseconds)."""
 
@@ -264,6 +273,19 @@ class MessageLog(abc.ABC):
     @abc.abstractmethod
     async def backlog(self, subscription: str) -> int:
         """Unacknowledged messages of the subscription."""
+
+    async def stats(self, subscriptions: Sequence[str], now_ms: int
+                    ) -> dict[str, SubscriptionStats]:
+        """The backlog figures of the named subscriptions (those that do not exist are left
+        out), for metrics: read at each scrape, so a store answers for all of them together
+        as cheaply as it can. This default knows only the backlog; stores override it."""
+        found = {}
+        for name in subscriptions:
+            try:
+                found[name] = SubscriptionStats(await self.backlog(name), 0, None)
+            except NotFound:
+                continue
+        return found
 
     @abc.abstractmethod
     async def purge(self, subscription: str) -> None:

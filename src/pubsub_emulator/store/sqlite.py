@@ -39,6 +39,7 @@ from .base import (
     ResourceTable,
     RetentionRules,
     Store,
+    SubscriptionStats,
     stamp,
 )
 from .pages import decode_page_token, page_of
@@ -566,6 +567,31 @@ class SqliteMessages(MessageLog):
     async def backlog(self, subscription: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM deliveries WHERE sub_id=? AND next_at<?",
                                 (self._fanout.sub_id(subscription), ACKED)).fetchone()[0]
+
+    async def stats(self, subscriptions: Sequence[str], now_ms: int
+                    ) -> dict[str, SubscriptionStats]:
+        """One pass over the deliveries index for every subscription (its rows hold sub_id,
+        next_at and seq), then the publish times of each one's oldest unacked message."""
+        wanted = {self._fanout.ids[name]: name for name in subscriptions
+                  if name in self._fanout.ids}
+        found = {name: SubscriptionStats(0, 0, None) for name in wanted.values()}
+        oldest: dict[int, list[str]] = {}  # a message's seq -> whose oldest unacked it is
+        for sub_id, unacked, outstanding, low in self._db.execute(
+                "SELECT sub_id, COUNT(*), SUM(attempts>0 AND next_at>?), MIN(seq) "
+                "FROM deliveries WHERE next_at<? GROUP BY sub_id", (now_ms, ACKED)):
+            if sub_id in wanted:
+                found[wanted[sub_id]] = SubscriptionStats(unacked, outstanding, None)
+                oldest.setdefault(low, []).append(wanted[sub_id])
+        seqs = list(oldest)
+        for start in range(0, len(seqs), CHUNK):
+            chunk = seqs[start:start + CHUNK]
+            for seq, published in self._db.execute(
+                    f"SELECT seq, published_at FROM messages WHERE seq IN "
+                    f"({','.join('?' * len(chunk))})", chunk):
+                for name in oldest[seq]:
+                    found[name] = SubscriptionStats(found[name].unacked,
+                                                    found[name].outstanding, published)
+        return found
 
     async def purge(self, subscription: str) -> None:
         self._db.execute("DELETE FROM deliveries WHERE sub_id=?",

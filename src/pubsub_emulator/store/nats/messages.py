@@ -338,3 +338,10 @@ class NatsMessageLog(MessageLog):
 
     async def sweep(self, now_ms: int, rules: RetentionRules | None = None) -> int:
         return await self._retention.sweep(now_ms, rules or RetentionRules())
+
+    # --- figures for metrics (stats.py) -------------------------------------------------------
+    async def stats(self, subscriptions: Sequence[str], now_ms: int) -> dict[str, Any]:
+        """Each existing subscription's SubscriptionStats, from its consumer (stats.py)."""
+        from .stats import subscription_stats  # (metrics only: loaded at the first scrape)
+
+        return await subscription_stats(self._js, self._topics, subscriptions)
