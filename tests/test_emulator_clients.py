@@ -255,6 +255,34 @@ def test_streaming_pull_flow_control_by_bytes(emulator):
         stream.cancel()
 
 
+def test_a_backlog_of_large_messages_streams_to_the_plain_client(emulator):
+    """Under PUBSUB_EMULATOR_HOST the client's channel keeps gRPC's 4 MiB receive limit, and
+    its default flow control allows 100 MiB outstanding: responses are cut under 4 MiB (a
+    message larger than that goes alone), so a backlog of large messages arrives."""
+    publisher, subscriber = make_clients(emulator.host, "grpc")
+    topic = _topic(publisher).name
+    sub = _subscription(subscriber, topic).name
+    sizes = [900_000 + i for i in range(12)]  # 10.8 MB, each message under 4 MiB
+    for f in [publisher.publish(topic, bytes([i % 251]) * size) for i, size in enumerate(sizes)]:
+        f.result(timeout=60)
+    got: dict[int, bytes] = {}
+    lock = threading.Lock()
+
+    def callback(message) -> None:
+        with lock:
+            got[len(message.data)] = message.data[:1]
+        message.ack()
+
+    future = subscriber.subscribe(sub, callback)
+    try:
+        wait_for(lambda: len(got) == len(sizes), timeout=90,
+                 message="every large message by streaming pull")
+    finally:
+        future.cancel()
+        subscriber.close()
+    assert sorted(got) == sorted(sizes)
+
+
 def test_snapshots_and_seek(clients):
     publisher, subscriber = clients
     topic = _topic(publisher).name

@@ -35,6 +35,10 @@ SNAPSHOT_LIFETIME_S = 7 * 24 * 3600
 PULL_WAIT_S = 5.0
 # Most messages one StreamingPull response carries.
 MAX_MESSAGES_PER_STREAM_RESPONSE = 1000
+# Most message bytes one StreamingPull response carries (one larger message goes alone): under
+# 4 MiB, gRPC's default receive limit, which Google's clients keep when PUBSUB_EMULATOR_HOST
+# is set, and far under the server's send limit, whatever the client's flow control allows.
+MAX_BYTES_PER_STREAM_RESPONSE = 3 * 1024 * 1024
 # A read-modify-write of a resource (update_*, schema commits) is tried this many times when
 # other requests change the resource between its read and its write; then ABORTED, the code
 # Google answers such conflicts with.

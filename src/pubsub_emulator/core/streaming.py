@@ -85,13 +85,16 @@ class OpenPull:
         return len(gone)
 
     def window(self) -> tuple[int, int]:
-        """How many messages, and bytes (0: any), the call may receive now."""
+        """How many messages, and bytes, the call may receive now (at least one message when
+        `count` > 0, even past the bytes)."""
         count = limits.MAX_MESSAGES_PER_STREAM_RESPONSE
         if self.max_messages > 0:
             count = min(count, self.max_messages - len(self.outstanding))
-        size = self.max_bytes - self.outstanding_bytes if self.max_bytes > 0 else 0
-        if self.max_bytes > 0 and size <= 0:
-            count = 0
+        size = limits.MAX_BYTES_PER_STREAM_RESPONSE
+        if self.max_bytes > 0:
+            size = min(size, self.max_bytes - self.outstanding_bytes)
+            if size <= 0:
+                count = 0
         return count, size
 
     def soonest_expiry(self) -> int | None:
