@@ -138,6 +138,18 @@ def _rest_options(host: str) -> dict:
                 credentials=AnonymousCredentials())
 
 
+def close_streaming(future, sub) -> None:
+    """End a streaming pull of the official client and its subscriber (the last ack batch is
+    given half a second to leave first: the client sends acks in the background)."""
+    time.sleep(0.5)
+    future.cancel()
+    try:
+        future.result(timeout=20)
+    except Exception:  # noqa: BLE001
+        pass
+    sub.close()
+
+
 def _grpc_subscriber(host: str):
     from google.cloud import pubsub_v1
 
@@ -298,13 +310,7 @@ def work_receive(host: str, transport: str, n: int, size: int, timeout: float,
         elapsed = time.perf_counter() - t0
         cores = _cores(server_pid, c0, elapsed)
         client = (time.process_time() - p0) / elapsed
-        time.sleep(0.5)  # let the last ack batch leave
-        future.cancel()
-        try:
-            future.result(timeout=20)
-        except Exception:  # noqa: BLE001
-            pass
-        sub.close()
+        close_streaming(future, sub)
         label_note = "streaming pull"
     else:
         stop = threading.Event()

@@ -217,13 +217,7 @@ def stream(sub, sub_path: str, check: Check, size: int, flow_control, budget: fl
         if now > deadline or now - last_change > STALL_S:
             break
     out = meter.done(check.count(), size)
-    time.sleep(0.5)  # let the last ack batch leave
-    future.cancel()
-    try:
-        future.result(timeout=20)
-    except Exception:  # noqa: BLE001
-        pass
-    sub.close()
+    bench.close_streaming(future, sub)
     out.update(check.summary())
     if not check.done.is_set():
         out["error"] = (f"only {out['received']} of {check.n} received"
