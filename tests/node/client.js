@@ -18,6 +18,7 @@
 'use strict';
 
 const fs = require('fs');
+const {withTimeout, describe} = require('./common');
 const path = require('path');
 const {PubSub, v1} = require('@google-cloud/pubsub');
 const {PassThroughClient} = require('google-auth-library');
@@ -33,23 +34,6 @@ function pubsubFor(transport, auth) {
     ...(transport === 'rest' ? {fallback: true} : {}),
     ...auth,
   });
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function describe(err) {
-  return {
-    code: err.code ?? null, // gRPC status code (16 UNAUTHENTICATED, 14 UNAVAILABLE)
-    statusCode: err.statusCode ?? err.response?.status ?? null, // HTTP status (REST)
-    message: String(err.message ?? err).slice(0, 500),
-    cause: err.cause ? String(err.cause.code ?? err.cause.message ?? err.cause) : null,
-  };
 }
 
 // One message through a topic and a subscription; what came back and what remained.

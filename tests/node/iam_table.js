@@ -23,6 +23,7 @@
 'use strict';
 
 const fs = require('fs');
+const {withTimeout, describe} = require('./common');
 const {PubSub, v1, protos} = require('@google-cloud/pubsub');
 const {IamProtos} = require('google-gax');
 
@@ -37,23 +38,6 @@ function messageType(fullName) {
     throw new Error(`the client ships no message type ${fullName}`);
   }
   return type;
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function describe(err) {
-  return {
-    ok: false,
-    code: err.code ?? null, // gRPC status code (7 PERMISSION_DENIED)
-    statusCode: err.statusCode ?? err.response?.status ?? null, // HTTP status (REST)
-    message: String(err.message ?? err).slice(0, 500),
-  };
 }
 
 // The first response of a streaming pull: resolved if it holds a message, rejected on error.
@@ -97,7 +81,7 @@ async function attempt(clients, call) {
     }
     return {ok: true};
   } catch (err) {
-    return describe(err);
+    return {ok: false, ...describe(err)};
   }
 }
 
