@@ -778,8 +778,38 @@ def secure_cost_lines(results: Results) -> list[str]:
 
 def iam_cost_lines(results: Results) -> list[str]:
     """IAM on / auth alone: ours (TLS + auth), IAM checked on every call, against ours (TLS +
-    auth, admin), IAM not consulted, one process (goal: within 10%)."""
-    return cost_lines("IAM on / auth alone", results, SECURE, SECURE_ADMIN, IAM_GOAL)
+    auth, admin), IAM not consulted, one process (goal: within 10%): throughput, then the
+    server's CPU per message, which is what IAM adds to the server's work."""
+    lines = cost_lines("IAM on / auth alone", results, SECURE, SECURE_ADMIN, IAM_GOAL)
+    return lines + cpu_cost_lines("IAM on / auth alone, server CPU per message", results,
+                                  SECURE, SECURE_ADMIN, IAM_GOAL)
+
+
+def server_us_per_message(runs: list[dict] | None) -> float | None:
+    """Median over the runs of the server's CPU microseconds per message handled (its CPU
+    cores over the timed window / messages per second)."""
+    return median([r["server_cores"] / r["rate"] * 1e6 for r in runs or []
+                   if r.get("server_cores") and r.get("rate") and not r.get("error")])
+
+
+def cpu_cost_lines(title: str, results: Results, measured: Column, baseline: Column,
+                   goal: float) -> list[str]:
+    """`title`: the server's CPU per message of `measured` against `baseline`, per transport,
+    for publish and receive+ack. Client and server share two cores, so throughput ratios of
+    two columns swing with how the scheduler shared them in each run (either way, run to
+    run); CPU per message does not depend on who else was running (above 1 + goal: (!))."""
+    lines = []
+    for transport in TRANSPORTS:
+        parts = []
+        for label, workload in (("publish", "publish"), ("receive+ack", "receive")):
+            a = server_us_per_message(results.get((measured.key, transport, workload)))
+            b = server_us_per_message(results.get((baseline.key, transport, workload)))
+            if a and b:
+                mark = " (!)" if a / b > 1 + goal else ""
+                parts.append(f"{label} {a:.0f} / {b:.0f} us = {a / b:.2f}x{mark}")
+        if parts:
+            lines.append(f"  {transport.upper():4}: " + "; ".join(parts))
+    return [f"{title} ({measured.title} / {baseline.title}):", *lines] if lines else []
 
 
 def verdict(v: float | None, goal: float, higher: bool = True) -> str:
