@@ -133,7 +133,7 @@ class DeliveryEngine:
                                     self._clock())
         log.info("%s: message %s dead-lettered to %s after %d delivery attempts", sub.name,
                  source.message_id, topic, attempts)
-        self._events.wake_all()
+        self._events.wake_topic(topic)
         return True
 
     # --- settling ------------------------------------------------------------------------------

@@ -22,13 +22,25 @@ class Events:
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        # Watched subscriptions by topic, so that a publish wakes only the subscriptions its
+        # messages reach: waking every open stream and waiting pull on every publish made
+        # fan-out cost grow with the square of the number of subscriptions.
+        self._watched_by_topic: dict[str, set[str]] = {}
+        self._topic_of: dict[str, str] = {}
         self._listeners: list[ChangeListener] = []
 
     # --- wake-ups ------------------------------------------------------------------------------
-    def watch(self, subscription: str) -> asyncio.Event:
-        """An event set whenever the subscription may have messages to deliver."""
+    def watch(self, subscription: str, topic: str) -> asyncio.Event:
+        """An event set whenever the subscription (attached to `topic`) may have messages to
+        deliver."""
         event = asyncio.Event()
         self._waiters.setdefault(subscription, set()).add(event)
+        previous = self._topic_of.get(subscription)
+        if previous != topic:  # (a subscription whose topic was deleted is re-watched)
+            if previous is not None:
+                self._forget_topic(subscription, previous)
+            self._topic_of[subscription] = topic
+            self._watched_by_topic.setdefault(topic, set()).add(subscription)
         return event
 
     def unwatch(self, subscription: str, event: asyncio.Event) -> None:
@@ -37,15 +49,25 @@ class Events:
             waiters.discard(event)
             if not waiters:
                 self._waiters.pop(subscription, None)
+                topic = self._topic_of.pop(subscription, None)
+                if topic is not None:
+                    self._forget_topic(subscription, topic)
+
+    def _forget_topic(self, subscription: str, topic: str) -> None:
+        watched = self._watched_by_topic.get(topic)
+        if watched is not None:
+            watched.discard(subscription)
+            if not watched:
+                self._watched_by_topic.pop(topic, None)
 
     def wake(self, subscription: str) -> None:
         for event in self._waiters.get(subscription, ()):
             event.set()
 
-    def wake_all(self) -> None:
-        for waiters in self._waiters.values():
-            for event in waiters:
-                event.set()
+    def wake_topic(self, topic: str) -> None:
+        """Messages were published to `topic`: wake the subscriptions attached to it."""
+        for subscription in self._watched_by_topic.get(topic, ()):
+            self.wake(subscription)
 
     def watched(self, subscription: str) -> bool:
         """Whether anything here waits on the subscription (an open stream, a pull, a pusher)."""
@@ -66,7 +88,7 @@ class Events:
 
     # --- the store's listener: what other processes sharing the store did ----------------------
     def published(self, topic: str) -> None:
-        self.wake_all()
+        self.wake_topic(topic)
 
     def changed(self, kind: Kind, name: str) -> None:
         self.resource_changed(kind, name)

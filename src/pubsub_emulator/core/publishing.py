@@ -42,5 +42,5 @@ class Publishing:
                                       keys if any(keys) else None,
                                       retain=topic.HasField("message_retention_duration"))
         self._observer.published(request.topic, len(raws), sum(map(len, raws)))
-        self._events.wake_all()
+        self._events.wake_topic(request.topic)
         return t.PublishResponse.pb()(message_ids=ids)

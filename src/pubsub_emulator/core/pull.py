@@ -43,7 +43,7 @@ class PullRpcs:
 
     async def _wait_and_receive(self, request: Any, sub: Any, lease_ms: int) -> list[Any]:
         """Wait up to PULL_WAIT_S for messages, as Google holds a Pull open for a while."""
-        event = self._events.watch(sub.name)
+        event = self._events.watch(sub.name, sub.topic)
         deadline = time.monotonic() + limits.PULL_WAIT_S
         received: list[Any] = []
         try:

@@ -153,7 +153,7 @@ class StreamingPull:
                 f"must be between {limits.MIN_ACK_DEADLINE_S} and {limits.MAX_ACK_DEADLINE_S}.")
         call = OpenPull(sub, first.stream_ack_deadline_seconds * 1000,
                         first.max_outstanding_messages, first.max_outstanding_bytes,
-                        self._events.watch(sub.name))
+                        self._events.watch(sub.name, sub.topic))
         self._engine.hold(sub.name, call)
         return call
 

@@ -179,8 +179,7 @@ class SubscriptionPusher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        wake = self.events.watch(self.name)
-        self.wake = wake
+        wake: asyncio.Event | None = None
         try:
             while True:
                 try:
@@ -189,6 +188,8 @@ class SubscriptionPusher:
                     break  # deleted or detached
                 if not sub.push_config.push_endpoint:
                     break  # a pull subscription now
+                if wake is None:  # (publishes to its topic wake it: the topic is needed)
+                    wake = self.wake = self.events.watch(self.name, sub.topic)
                 if self.endpoint != sub.push_config.push_endpoint:
                     self.endpoint = sub.push_config.push_endpoint
                     self.noted_refusal = ""  # a new endpoint: its refusal is news
@@ -202,7 +203,8 @@ class SubscriptionPusher:
             log.exception("%s: push delivery loop failed; restarting it", self.name)
             asyncio.get_running_loop().call_later(1.0, self._on_failure, self.name)
         finally:
-            self.events.unwatch(self.name, wake)
+            if wake is not None:
+                self.events.unwatch(self.name, wake)
             self.wake = None
             self._retire(loop_ended=True)
 
