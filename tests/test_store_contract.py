@@ -574,3 +574,148 @@ def test_a_hundred_thousand_redeliveries(store):
     _in_chunks(lambda ids: store.messages.acknowledge(S, ids), [d.ack_id for d in second])
     assert store.messages.backlog(S) == 0
     assert store.messages.pull(S, 1_000, 120_000, now()) == []
+
+
+# --- peek: the unacknowledged messages, read without changing their delivery ------------------
+def _peeked(store, max_messages: int = 100) -> list[tuple[bytes, int, int | None]]:
+    """(data, delivery attempt, lease end) of what a peek shows, in its order."""
+    return [(PubsubMessage.FromString(p.message).data, p.delivery_attempt, p.leased_until_ms)
+            for p in store.messages.peek(S, max_messages, now())]
+
+
+def _peeked_datas(store, max_messages: int = 100) -> list[bytes]:
+    return [data for data, _, _ in _peeked(store, max_messages)]
+
+
+def _knows_every_lease(request) -> bool:
+    """JetStream keeps the leases of subscriptions without exactly-once delivery to itself
+    (docs/nats.md, Peek): NATS reports those messages delivered, with no lease end."""
+    return request.node.callspec.params["backend"] != "nats"
+
+
+PEEK_POLICIES = {"at-least-once": {}, "exactly-once": {"exactly_once": True},
+                 "ordered": {"ordered": True}}
+
+
+@pytest.mark.parametrize("settings", sorted(PEEK_POLICIES))
+def test_peek_shows_the_backlog_oldest_first_and_changes_nothing(store, settings):
+    from pubsub_emulator.store import DeliveryPolicy
+
+    policy = DeliveryPolicy(**PEEK_POLICIES[settings])
+    raws = [PubsubMessage(data=b"m%d" % i, attributes={"i": str(i)},
+                          ordering_key="k" if i != 2 else "").SerializeToString()
+            for i in range(4)]
+    ids = store.messages.publish(T, raws, 5_000, ordering_keys=["k", "k", "", "k"])
+    peeked = store.messages.peek(S, 10, now())
+    assert store.messages.peek(S, 10, now()) == peeked  # twice: the same answer
+    messages = [PubsubMessage.FromString(p.message) for p in peeked]
+    assert [m.message_id for m in messages] == ids
+    assert [m.data for m in messages] == [b"m0", b"m1", b"m2", b"m3"]
+    assert [dict(m.attributes) for m in messages] == [{"i": str(i)} for i in range(4)]
+    assert [m.ordering_key for m in messages] == ["k", "k", "", "k"]
+    assert {m.publish_time.ToMilliseconds() for m in messages} == {5_000}
+    assert [(p.delivery_attempt, p.leased_until_ms) for p in peeked] == [(0, None)] * 4
+    # Nothing leased, counted or held: a pull gets them all, on their first delivery.
+    got = store.messages.pull(S, 10, 60_000, now(), policy=policy)
+    assert [PubsubMessage.FromString(d.message).message_id for d in got] == ids
+    assert [d.delivery_attempt for d in got] == [1] * 4
+    assert [p.message for p in peeked] == [d.message for d in got]  # byte for byte
+
+
+@pytest.mark.parametrize("settings", ["at-least-once", "exactly-once"])
+def test_peek_shows_leases_and_what_acks_and_nacks_change(store, request, settings):
+    from pubsub_emulator.store import DeliveryPolicy
+
+    policy = DeliveryPolicy(**PEEK_POLICIES[settings])
+    known = policy.exactly_once or _knows_every_lease(request)
+    store.messages.publish(T, [msg(b"a"), msg(b"b"), msg(b"c")], now())
+    pulled_at = now()
+    first = store.messages.pull(S, 2, 60_000, pulled_at, policy=policy)
+    assert [data_of(d) for d in first] == [b"a", b"b"]
+    lease = pulled_at + 60_000 if known else None
+    assert _peeked(store) == [(b"a", 1, lease), (b"b", 1, lease), (b"c", 0, None)]
+    assert _peeked(store, 1) == [(b"a", 1, lease)]
+    assert store.messages.pull(S, 10, 60_000, now(), policy=policy)[0].delivery_attempt == 1
+    assert store.messages.acknowledge(S, [first[0].ack_id], policy, now()) == []
+    assert _peeked_datas(store) == [b"b", b"c"]  # acked (above the ack floor on NATS): gone
+    assert store.messages.modify_deadline(S, [first[1].ack_id], 0, now(), policy) == []
+    assert _peeked(store)[0] == (b"b", 1, None)  # nacked: back, not leased
+    [again] = pull_until(store, 1, policy=policy)
+    assert (data_of(again), again.delivery_attempt) == (b"b", 2)  # the peeks counted nothing
+    assert _peeked(store)[0][:2] == (b"b", 2)
+
+
+def test_peek_leaves_out_what_a_filter_rejected(store):
+    store.messages.publish(T, [msg(b"a"), msg(b"b"), msg(b"c"), msg(b"d")], 0,
+                           skip={S: {0, 2}})
+    assert _peeked_datas(store) == [b"b", b"d"]
+    assert _peeked_datas(store, 1) == [b"b"]
+    assert [data_of(d) for d in store.messages.pull(S, 10, 1_000, 0)] == [b"b", b"d"]
+
+
+def test_peek_follows_seeks_and_purges(store):
+    got = _six(store, (b"m2", b"m4"))  # m1 unacked: m2 and m4 are acked above the ack floor
+    assert _peeked_datas(store) == [b"m1", b"m3", b"m5", b"m6"]
+    store.messages.save_snapshot(SNAP, S)
+    store.messages.acknowledge(S, [got[b"m1"].ack_id, got[b"m5"].ack_id])
+    assert _peeked_datas(store) == [b"m3", b"m6"]
+    store.messages.seek_to_time(S, 500, now())  # before m1: what was acked stays acked
+    assert [(data, lease) for data, _, lease in _peeked(store)] == [(b"m3", None), (b"m6", None)]
+    store.messages.seek_to_snapshot(S, SNAP, now())
+    assert _peeked_datas(store) == [b"m1", b"m3", b"m5", b"m6"]
+    assert _peeked_datas(store) == _datas(_drain(store, now()))
+    store.messages.purge(S)
+    assert _peeked(store) == []
+    store.messages.publish(T, [msg(b"after")], now())
+    assert _peeked(store) == [(b"after", 0, None)]
+
+
+def test_peek_of_a_large_message_returns_it_whole(store):
+    data = os.urandom(3_000_000)  # (three times a NATS server's default max_payload)
+    raw = PubsubMessage(data=data, attributes={"k": "v"}).SerializeToString()
+    [message_id] = store.messages.publish(T, [raw, msg(b"small")], 1_000)[:1]
+    [large, small] = store.messages.peek(S, 10, now())
+    got = PubsubMessage.FromString(large.message)
+    assert got.data == data and dict(got.attributes) == {"k": "v"}
+    assert got.message_id == message_id and got.publish_time.ToMilliseconds() == 1_000
+    assert PubsubMessage.FromString(small.message).data == b"small"
+    [d, _] = _pull_until(store, S, 2, 60_000)
+    assert d.message == large.message and d.delivery_attempt == 1
+
+
+def test_peek_of_a_missing_or_detached_subscription(store):
+    with pytest.raises(KeyError):
+        store.messages.peek("projects/p/subscriptions/none", 10, now())
+    store.messages.publish(T, [msg(b"x")], 0)
+    store.resources.update(Kind.SUBSCRIPTION, S, b"sub", topic="")
+    store.messages.purge(S)  # (as detaching does)
+    assert _peeked(store) == []
+    assert store.resources.delete(Kind.SUBSCRIPTION, S)
+    with pytest.raises(KeyError):
+        store.messages.peek(S, 10, now())
+
+
+def test_peek_of_a_large_backlog_reads_only_its_front(store, monkeypatch):
+    from pubsub_emulator.store.nats.client import JetStream
+
+    count = 5_000
+    for start in range(0, count, 1_000):
+        store.messages.publish(T, [msg(b"%04d" % i) for i in range(start, start + 1_000)], 0)
+    got = store.messages.pull(S, 20, 600_000, now())
+    assert [data_of(d) for d in got] == [b"%04d" % i for i in range(20)]
+    store.messages.acknowledge(S, [d.ack_id for d in got[1:]])  # 0000 keeps the floor below
+    reads: list[str] = []  # (NATS: topic stream messages read one by one)
+    api = JetStream.api
+
+    async def counted(self, subject, *args, **kwargs):
+        if subject.startswith("STREAM.MSG.GET.") and "_T_" in subject:
+            reads.append(subject)
+        return await api(self, subject, *args, **kwargs)
+
+    monkeypatch.setattr(JetStream, "api", counted)
+    front = _peeked(store, 3)
+    assert [(data, attempt) for data, attempt, _ in front] == [(b"0000", 1), (b"0020", 0),
+                                                              (b"0021", 0)]
+    assert len(reads) <= 3  # the front, not the backlog (nor what was acked above 0000)
+    assert len(_peeked(store, 1_000)) == 1_000
+    assert store.messages.backlog(S) == count - 19

@@ -49,6 +49,7 @@ from .errors import ApiError, Status, invalid_argument
 from .events import Events
 from .model import now_ms
 from .observe import NO_OBSERVER, Observer
+from .peek import PeekedMessage, Peeking
 from .publishing import Publishing
 from .pull import PullRpcs
 from .push_config import ActAs, PushAccounts
@@ -86,15 +87,20 @@ def store_error(exc: StoreError) -> ApiError:
     return ApiError(Status.INTERNAL, "Internal error encountered.")
 
 
+def logged_store_error(exc: StoreError) -> ApiError:
+    """store_error(exc), with the failure logged unless it is one the store declares."""
+    if not isinstance(exc, NotFound | PayloadTooLarge | StoreUnavailable):
+        log.exception("the store failed a call")
+    return store_error(exc)
+
+
 def _store_errors_answered(handler: UnaryHandler) -> UnaryHandler:
     @functools.wraps(handler)
     async def answered(request: Any) -> Message:
         try:
             return await handler(request)
         except StoreError as exc:
-            if not isinstance(exc, NotFound | PayloadTooLarge | StoreUnavailable):
-                log.exception("the store failed a call")
-            raise store_error(exc) from None
+            raise logged_store_error(exc) from None
 
     return answered
 
@@ -166,6 +172,7 @@ class PubSubService:
         self.streaming = StreamingPull(self.engine, self.events, clock)
         self.sweeper = Sweeper(store, self.catalog, activity, self.engine, self.subscriptions,
                                clock)
+        self.peeking = Peeking(store, self.catalog, clock)  # (the console's browsing)
         handlers: list[tuple[object, tuple[str, ...]]] = [
             (self.topics, TOPIC_METHODS), (self.subscriptions, SUBSCRIPTION_METHODS),
             (self.snapshots, SNAPSHOT_METHODS), (self.pulls, PULL_METHODS),
@@ -218,9 +225,17 @@ class PubSubService:
             async for response in self.streaming(self.authorizer.guard_stream(requests)):
                 yield response
         except StoreError as exc:
-            if not isinstance(exc, NotFound | PayloadTooLarge | StoreUnavailable):
-                log.exception("the store failed a call")
-            raise store_error(exc) from None
+            raise logged_store_error(exc) from None
+
+    async def peek(self, subscription: str, max_messages: int = 10) -> list[PeekedMessage]:
+        """A subscription's unacknowledged messages, oldest first, without changing their
+        delivery (core/peek.py); store failures answered as API errors."""
+        if self._gate is not None:
+            await self._wait_until_admitted()
+        try:
+            return await self.peeking.peek(subscription, max_messages)
+        except StoreError as exc:
+            raise logged_store_error(exc) from None
 
     def _schema_changed(self, kind: Kind, name: str) -> None:
         if kind is Kind.SCHEMA:

@@ -20,6 +20,7 @@ from .base import (
     NotFound,
     Page,
     PayloadTooLarge,
+    Pending,
     Resource,
     ResourceTable,
     RetentionRules,
@@ -57,7 +58,7 @@ async def open_store(data_dir: str | Path | None, in_memory: bool = False,
 __all__ = [
     "ANNOUNCED_KINDS", "DEFAULT_POLICY", "Accepts", "Delivery", "DeliveryPolicy",
     "InvalidAckId", "InvalidPageToken", "Kind", "MessageLog", "NotFound", "Page",
-    "PayloadTooLarge", "Resource",
+    "PayloadTooLarge", "Pending", "Resource",
     "ResourceTable", "RetentionRules", "RetryPolicy", "Store", "StoreError", "StoreListener",
     "StoreUnavailable", "SubscriptionStats", "open_store",
 ]

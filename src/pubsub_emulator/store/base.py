@@ -100,6 +100,16 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Pending:
+    """An unacknowledged message of a subscription, as peek sees it."""
+
+    # serialized PubsubMessage, message_id and publish_time set (as Delivery.message)
+    message: bytes
+    delivery_attempt: int  # deliveries so far (0: never delivered)
+    leased_until_ms: int | None  # a puller holds it until then; None: not leased now
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """A subscription's retry policy: redelivery waits grow from minimum to maximum."""
 
@@ -286,6 +296,11 @@ class MessageLog(abc.ABC):
             except NotFound:
                 continue
         return found
+
+    @abc.abstractmethod
+    async def peek(self, subscription: str, max_messages: int, now_ms: int) -> list[Pending]:
+        """Up to `max_messages` unacknowledged messages of the subscription, oldest first, without
+        changing anything: no lease, no delivery count, no ordering state. Raises NotFound."""
 
     @abc.abstractmethod
     async def purge(self, subscription: str) -> None:

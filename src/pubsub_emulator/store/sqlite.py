@@ -36,6 +36,7 @@ from .base import (
     MessageLog,
     NotFound,
     Page,
+    Pending,
     ResourceTable,
     RetentionRules,
     Store,
@@ -592,6 +593,18 @@ class SqliteMessages(MessageLog):
                     found[name] = SubscriptionStats(found[name].unacked,
                                                     found[name].outstanding, published)
         return found
+
+    async def peek(self, subscription: str, max_messages: int, now_ms: int) -> list[Pending]:
+        # The deliveries' primary key is (sub_id, seq): the first rows in publish order, read
+        # without a write. A delivered message not yet due again is leased (or, under a retry
+        # policy, leased and then backing off: next_at holds both, and the store keeps no
+        # policy to tell them apart).
+        rows = self._db.execute(
+            "SELECT d.attempts, d.next_at, m.message FROM deliveries d "
+            "JOIN messages m ON m.seq = d.seq WHERE d.sub_id=? AND d.next_at<? "
+            "ORDER BY d.seq LIMIT ?", (self._fanout.sub_id(subscription), ACKED, max_messages))
+        return [Pending(message, attempts, next_at if attempts and next_at > now_ms else None)
+                for attempts, next_at, message in rows]
 
     async def purge(self, subscription: str) -> None:
         self._db.execute("DELETE FROM deliveries WHERE sub_id=?",

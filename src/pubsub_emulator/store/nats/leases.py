@@ -122,6 +122,17 @@ class Redeliveries:
         return [ack for ack in parsed if (b := bucket_of(ack)) is None
                 or ack.delivered >= latest[b].get(str(ack.sseq), 0)]
 
+    async def counts(self, consumer: str, seqs: Sequence[int]) -> dict[int, int]:
+        """The recorded delivery counts of those of a consumer's messages (stream sequences)
+        that were redelivered; read only (peek.py)."""
+        lo, hi = _range(await self._js.kv_get(self._layout.redeliveries(consumer), self._stream))
+        wanted = sorted({seq // _BUCKET for seq in seqs if lo <= seq <= hi})
+        records = await asyncio.gather(*(self._js.kv_get(self._layout.redeliveries(consumer, b),
+                                                         self._stream) for b in wanted))
+        recorded = {int(seq): int(count) for found in records if found is not None
+                    for seq, count in found.value["d"].items()}
+        return {seq: recorded[seq] for seq in seqs if seq in recorded}
+
     async def prune(self, needed: Mapping[str, int]) -> None:
         """Forget redeliveries below each consumer's ack floor (and of consumers gone)."""
         summaries = await _subjects(self._js, self._stream, self._layout.redeliveries("*"))

@@ -26,6 +26,7 @@ from ..base import (
     DeliveryPolicy,
     InvalidAckId,
     MessageLog,
+    Pending,
     RetentionRules,
     RetryPolicy,
     stamp,
@@ -36,6 +37,7 @@ from .client import JetStream, NoStream, header_bytes, nats_error
 from .layout import H_KEY, H_PIECES, H_SIZE, H_SKIP, H_TIME, Layout
 from .leases import Leases, Redeliveries
 from .ordering import KeyOrdering, Send
+from .peek import Peek
 from .pieces import STAMP_BYTES, Pieces
 from .retention import Retention
 from .topics import ACK_WAIT_MS, Topics
@@ -80,6 +82,7 @@ class NatsMessageLog(MessageLog):
         self._redeliveries = Redeliveries(js, layout)
         self._retention = Retention(js, layout, topics, self._leases, self._redeliveries,
                                     pieces, origin)
+        self._peek = Peek(js, layout, topics, pieces, self._redeliveries, _ID_SCALE)
 
     async def start(self) -> None:
         """Make sure the stream of what subscriptions acknowledged exists (acklog.py)."""
@@ -311,6 +314,9 @@ class NatsMessageLog(MessageLog):
         if not info:
             return 0
         return max(0, info.get("num_pending", 0) - skipped) + info.get("num_ack_pending", 0)
+
+    async def peek(self, subscription: str, max_messages: int, now_ms: int) -> list[Pending]:
+        return await self._peek.peek(subscription, max_messages, now_ms)  # (peek.py)
 
     async def purge(self, subscription: str) -> None:
         topic = await self._topics.topic_of(subscription, fresh=True)

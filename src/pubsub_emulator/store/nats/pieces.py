@@ -219,17 +219,21 @@ class Pieces:
                    ) -> tuple[list[Fetched], dict[int, bytes]]:
         """The whole messages of the references among `chosen`, by stream sequence; and
         `chosen` without those that cannot be read whole (terminated, with an error logged)."""
+        refs = [f for f in chosen if H_PIECES in f.headers]
+        whole = await self.whole(stream, refs)
+        for fetched in refs:
+            if fetched.ack.sseq not in whole:
+                await self._js.publish(fetched.msg.reply, TERM)
+        return [f for f in chosen if H_PIECES not in f.headers or f.ack.sseq in whole], whole
+
+    async def whole(self, stream: str, refs: Sequence[Fetched]) -> dict[int, bytes]:
+        """The whole messages of references, by stream sequence, read without changing
+        anything (one whose pieces are gone or do not match is left out, with an error
+        logged)."""
         topic_hash = self._layout.stream_hash(stream)
         gate = asyncio.Semaphore(_READS)
-        refs = [f for f in chosen if H_PIECES in f.headers]
         read = await asyncio.gather(*(self._read(topic_hash, f, gate) for f in refs))
-        whole: dict[int, bytes] = {}
-        for fetched, raw in zip(refs, read, strict=True):
-            if raw is None:
-                await self._js.publish(fetched.msg.reply, TERM)
-            else:
-                whole[fetched.ack.sseq] = raw
-        return [f for f in chosen if H_PIECES not in f.headers or f.ack.sseq in whole], whole
+        return {f.ack.sseq: raw for f, raw in zip(refs, read, strict=True) if raw is not None}
 
     async def _read(self, topic_hash: str, fetched: Fetched, gate: asyncio.Semaphore
                     ) -> bytes | None:
