@@ -20,7 +20,7 @@ SECURE ?= 0
 # The App Engine side: Python 2.7, the SDK, vendoring, the verification token, deploy.
 include mk/apps.mk
 
-.PHONY: help setup run test test-py3 test-nats nats-server prometheus lint bench emulator clean
+.PHONY: help setup run test test-py3 test-nats nats-server prometheus chromium lint bench emulator clean
 
 help:
 	@echo "make run          start emulator, sender, receiver and push worker (Ctrl-C stops all);"
@@ -42,6 +42,7 @@ help:
 	@echo "make py27         print the Python 2.7 interpreter the targets use"
 	@echo "make nats-server  install nats-server if missing (apt-get, as root)"
 	@echo "make prometheus   install Prometheus if missing (apt-get, as root; tests/test_metrics.py)"
+	@echo "make chromium     install Chromium and its driver if missing (apt-get, as root; tests/test_console.py)"
 	@echo "make deploy       deploy both apps with 'appscale deploy'"
 	@echo "make clean        remove everything the targets above created"
 
@@ -90,7 +91,20 @@ prometheus:
 	        apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; \
 	    else echo "prometheus is missing: install it (apt-get install prometheus)"; exit 1; fi; }
 
-test-py3: setup nats-server prometheus
+# tests/test_console.py drives the web console in a real headless Chromium through Selenium
+# (Debian packages chromium and chromium-driver; Selenium never downloads a browser here).
+chromium:
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "installing chromium and chromium-driver (apt-get)"; \
+	      export DEBIAN_FRONTEND=noninteractive; \
+	      apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && \
+	        apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null; }; \
+	    else echo "chromium is missing: install it (apt-get install chromium chromium-driver)"; \
+	      exit 1; fi; }
+
+test-py3: setup nats-server prometheus chromium
 	PY27="$(PY27)" SDK_DIR="$(SDK_DIR)" $(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 # The client-level suites once more, with the emulator on the NATS JetStream backend.

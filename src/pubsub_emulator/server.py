@@ -28,6 +28,7 @@ from .api.calls import CallRecorder
 from .api.front import ConnectionLimits, Front
 from .api.upstream import GrpcUpstream
 from .auth import Auth
+from .console import Console
 from .core.service import PubSubService
 from .core.streaming import FIRST_REQUEST_TIMEOUT_S
 from .metrics import Metrics
@@ -180,9 +181,9 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
     process sharing the store (one of them pushes it at a time: push/ownership.py).
     Push subscriptions are delivered by a PushDispatcher (see push/); the same port serves
     GET /debug/push, the OIDC discovery document and certificates (see push/oidc.py), the
-    token endpoint of service account keys (auth/tokens.py) and GET /metrics, GET /readyz and
-    POST /reset (ops.py). The port listens before the topology is applied; calls made
-    meanwhile wait for it.
+    token endpoint of service account keys (auth/tokens.py), GET /metrics, GET /readyz and
+    POST /reset (ops.py) and the web console at /console/ (console/). The port listens before
+    the topology is applied; calls made meanwhile wait for it.
     """
     limits, security = limits or Limits(), security or Security()
     metrics = Metrics()
@@ -206,11 +207,13 @@ async def create_server(store: Store, host: str = "127.0.0.1", port: int = 0,
     pusher = PushDispatcher(service, issuer, allow=security.push_allow,
                             auth_required=security.auth, max_outstanding=push_max_outstanding)
     ops = Ops(service, metrics)
-    public = issuer.routes() + auth.endpoint.routes()
+    console = Console(service, metrics, lambda: pusher.stats()["subscriptions"], security.auth)
+    public = issuer.routes() + auth.endpoint.routes() + console.public_routes()
     access = _access(auth, public, security.metrics_open) if security.auth else None
     try:
         front, runner, bound = await _serve_rest(call, "127.0.0.1", grpc_port, host, port,
-                                                 limits, pusher.routes() + public + ops.routes(),
+                                                 limits, pusher.routes() + public + ops.routes()
+                                                 + console.routes(),
                                                  access, _tls_context(security), metrics)
     except BaseException:
         await grpc.stop(None)
