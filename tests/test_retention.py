@@ -273,3 +273,52 @@ def test_expiration_sees_activity_through_another_process_on_the_same_store(env)
 
     name, expired_later = run(scenario())
     assert name == S and expired_later
+
+
+async def _rounds_pass(sweeper, rounds: int, deadline_s: float = 30.0) -> None:
+    """Until the background sweeper has woken `rounds` more times (swept or skipped)."""
+    target = sweeper.rounds + rounds
+    deadline = asyncio.get_running_loop().time() + deadline_s
+    while sweeper.rounds < target:
+        assert asyncio.get_running_loop().time() < deadline, "the sweeper stopped waking"
+        await asyncio.sleep(0.001)
+
+
+def test_the_background_sweeper_skips_its_rounds_while_nothing_happens(env):
+    """An idle emulator does not sweep every few seconds (on NATS each sweep costs requests per
+    subscription); a publish, pull or ack makes the next round sweep."""
+    service, _ = env
+    sweeper = service.sweeper
+    swept: list[int] = []  # the rounds that swept
+
+    async def scenario():
+        real_sweep = sweeper.sweep
+
+        async def counted_sweep() -> None:
+            swept.append(sweeper.rounds)
+            await real_sweep()
+
+        sweeper.sweep = counted_sweep
+        await service.topics.create_topic(req("Topic", name=T))
+        await service.subscriptions.create_subscription(req("Subscription", name=S, topic=T))
+        task = asyncio.ensure_future(sweeper.run_forever(every_s=0.001, idle_every_s=3600))
+        try:
+            await _rounds_pass(sweeper, 30)
+            idle = list(swept)
+            phases = []
+            for act in (lambda: publish(service, b"m"), lambda: ack_all(service)):
+                before = sweeper.rounds
+                await act()
+                await _rounds_pass(sweeper, 30)
+                phases.append(([r for r in swept if r > before], sweeper.rounds))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return idle, phases
+
+    idle, phases = run(scenario())
+    assert idle == [1]  # the first round sweeps; then nothing happened for 29 rounds
+    for sweeps, end in phases:  # the publish, then the pull and ack
+        assert sweeps, "activity did not make the sweeper sweep"
+        assert max(sweeps) <= end - 25, "the sweeper kept sweeping once things were quiet"

@@ -52,6 +52,9 @@ class DeliveryEngine:
         self._activity = activity
         self._clock = clock
         self._holders: dict[str, set[LeaseHolder]] = {}
+        # Pulls that leased something, acks and modacks so far: the sweeper's sign that
+        # messages moved (an idle stream's periodic look that finds nothing does not count).
+        self.work = 0
 
     # --- lease holders -------------------------------------------------------------------------
     def hold(self, subscription: str, holder: LeaseHolder) -> None:
@@ -104,6 +107,7 @@ class DeliveryEngine:
         if len(received) < len(deliveries):
             self.observer.dead_lettered(sub.name, len(deliveries) - len(received))
         if received:
+            self.work += 1
             self.observer.delivered(sub.name, len(received), first)
         return received, leased
 
@@ -146,6 +150,7 @@ class DeliveryEngine:
                   policy: DeliveryPolicy | None = None) -> list[str]:
         """Acknowledge; under exactly-once, returns the ids that failed (raises if `strict`)."""
         await self._activity.touch(subscription)
+        self.work += 1
         try:
             invalid = await self._log.acknowledge(subscription, ack_ids,
                                                   policy or await self.policy(subscription),
@@ -167,6 +172,7 @@ class DeliveryEngine:
                 f"Invalid ack deadline given: {seconds}. It must be between 0 and "
                 f"{limits.MAX_MODIFY_DEADLINE_S} seconds.")
         now = self._clock()
+        self.work += 1
         try:
             invalid = await self._log.modify_deadline(subscription, ack_ids, seconds * 1000, now,
                                                       policy or await self.policy(subscription))

@@ -28,6 +28,9 @@ class Events:
         self._watched_by_topic: dict[str, set[str]] = {}
         self._topic_of: dict[str, str] = {}
         self._listeners: list[ChangeListener] = []
+        # Bumped by every wake-up and change notice: the sweeper skips rounds while it stays
+        # put (nothing happened here, and nothing was heard of from other processes).
+        self.stirred = 0
 
     # --- wake-ups ------------------------------------------------------------------------------
     def watch(self, subscription: str, topic: str) -> asyncio.Event:
@@ -61,11 +64,13 @@ class Events:
                 self._watched_by_topic.pop(topic, None)
 
     def wake(self, subscription: str) -> None:
+        self.stirred += 1
         for event in self._waiters.get(subscription, ()):
             event.set()
 
     def wake_topic(self, topic: str) -> None:
         """Messages were published to `topic`: wake the subscriptions attached to it."""
+        self.stirred += 1
         for subscription in self._watched_by_topic.get(topic, ()):
             self.wake(subscription)
 
@@ -83,6 +88,7 @@ class Events:
 
     def resource_changed(self, kind: Kind, name: str) -> None:
         """A resource was created, changed or deleted (here or elsewhere)."""
+        self.stirred += 1
         for listener in list(self._listeners):
             listener(kind, name)
 

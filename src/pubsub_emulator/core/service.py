@@ -171,7 +171,7 @@ class PubSubService:
         self.snapshots = Snapshots(store, self.catalog, self.events, self.engine, clock)
         self.streaming = StreamingPull(self.engine, self.events, clock)
         self.sweeper = Sweeper(store, self.catalog, activity, self.engine, self.subscriptions,
-                               clock)
+                               clock, self.events)
         self.peeking = Peeking(store, self.catalog, clock)  # (the console's browsing)
         handlers: list[tuple[object, tuple[str, ...]]] = [
             (self.topics, TOPIC_METHODS), (self.subscriptions, SUBSCRIPTION_METHODS),

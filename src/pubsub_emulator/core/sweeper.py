@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable
 
 from google.pubsub_v1 import types as t
@@ -19,28 +21,44 @@ from ..store import Kind, RetentionRules, Store
 from .activity import Activity
 from .catalog import Catalog
 from .delivery import DeliveryEngine
+from .events import Events
 from .model import Snapshot, Subscription, Topic, duration_ms
 from .subscriptions import Subscriptions
 
 log = logging.getLogger("pubsub_emulator.service")
 
 SWEEP_EVERY_S = 5.0
+# While nothing happens (no publish, pull, ack, nack or change here, no notice from another
+# process), a round is skipped unless the last sweep is this old: what only time can change
+# (retention of at least 10 minutes, expiration after at least a day, snapshots' 7 days) does
+# not need checking every few seconds, and an idle emulator with thousands of subscriptions on
+# NATS spent a core sweeping them (a few JetStream requests each, every round).
+IDLE_SWEEP_EVERY_S = 60.0
 
 
 class Sweeper:
     def __init__(self, store: Store, catalog: Catalog, activity: Activity,
                  engine: DeliveryEngine, subscriptions: Subscriptions,
-                 clock: Callable[[], int]) -> None:
+                 clock: Callable[[], int], events: Events) -> None:
         self._store = store
+        self._events = events
+        self.rounds = 0  # rounds of run_forever so far, swept or skipped
         self._catalog = catalog
         self._activity = activity
         self._engine = engine
         self._subscriptions = subscriptions
         self._clock = clock
 
-    async def run_forever(self, every_s: float = SWEEP_EVERY_S) -> None:
+    async def run_forever(self, every_s: float = SWEEP_EVERY_S,
+                          idle_every_s: float = IDLE_SWEEP_EVERY_S) -> None:
+        swept_at, swept_mark = -math.inf, -1
         while True:
             await asyncio.sleep(every_s)
+            self.rounds += 1
+            mark = self._engine.work + self._events.stirred
+            if mark == swept_mark and time.monotonic() - swept_at < idle_every_s:
+                continue  # nothing happened since the last sweep
+            swept_at, swept_mark = time.monotonic(), mark
             try:
                 await self.sweep()
             except Exception:  # keep sweeping; the next round may succeed
