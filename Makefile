@@ -124,6 +124,7 @@ bench: setup
 	$(PY) bench/push_worker_bench.py --native
 	$(PY) bench/delete_bench.py
 	$(PY) bench/nats_bench.py
+	$(PY) bench/fanout_bench.py
 
 clean:
 	rm -rf $(VENV) .py27 $(STAMPS) logs data pubsub-sender/lib pubsub-receiver/lib
