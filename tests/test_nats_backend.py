@@ -28,10 +28,15 @@ S = "projects/p/subscriptions/s"
 
 
 @pytest.fixture
-def open_store(nats_server):
+def namespace() -> str:
+    """The test's own namespace on the session's nats-server."""
+    return "n" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def open_store(nats_server, namespace):
     from pubsub_emulator.store.nats import NatsStore
 
-    namespace = "n" + uuid.uuid4().hex[:12]
     opened = []
 
     def open_() -> SyncStore:
@@ -50,6 +55,17 @@ def store(open_store):
     s.resources.create(Kind.TOPIC, T, b"topic")
     s.resources.create(Kind.SUBSCRIPTION, S, b"sub", topic=T)
     return s
+
+
+async def _jetstream(url: str, subject: str, body: bytes) -> Any:
+    """An answer to a request (a JetStream API call, a publish), on a connection of its own."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        return json.loads((await nc.request(subject, body, timeout=5)).data)
+    finally:
+        await nc.close()
 
 
 def _pull_until(store, sub: str, count: int, lease_ms: int = 1_000, policy=None,
@@ -240,8 +256,6 @@ def test_large_messages_keep_seeks_snapshots_filters_and_ordering(store):
 def test_pieces_go_with_their_messages_and_orphans_too(nats_server, monkeypatch, caplog):
     import asyncio
 
-    import nats
-
     from pubsub_emulator.store.nats import NatsStore, pieces
     from pubsub_emulator.store.nats.layout import name_hash
 
@@ -250,11 +264,7 @@ def test_pieces_go_with_their_messages_and_orphans_too(nats_server, monkeypatch,
     prefix = f"{namespace}.blob.{name_hash(T)}"
 
     async def jetstream(subject: str, body: bytes) -> Any:
-        nc = await nats.connect(nats_server.url)
-        try:
-            return json.loads((await nc.request(subject, body, timeout=5)).data)
-        finally:
-            await nc.close()
+        return await _jetstream(nats_server.url, subject, body)
 
     def blob() -> dict[str, int]:  # T's marks and pieces in the blob stream
         info = asyncio.run(jetstream(f"$JS.API.STREAM.INFO.{namespace.upper()}_BLOB",
@@ -396,6 +406,171 @@ def test_ordering_keys_under_concurrent_pulls_on_two_processes(open_store, store
     for key in keys:
         assert acked[key] == list(range(count)), (key, acked[key])
     assert set(first_attempts.values()) == {1}, first_attempts
+
+
+# --- one ordering key past a head's inline budget: its entries in chunks ----------------------
+def _ordering_subjects(url: str, namespace: str, pattern: str) -> dict[str, int]:
+    """The subjects of the ordering stream that match a pattern (with their message counts)."""
+    import asyncio
+
+    from pubsub_emulator.store.nats.layout import Layout
+
+    info = asyncio.run(_jetstream(url, f"$JS.API.STREAM.INFO.{Layout(namespace).order_stream}",
+                                  json.dumps({"subjects_filter": pattern}).encode()))
+    return info["state"].get("subjects") or {}
+
+
+def _key_chunks(url: str, namespace: str, key: str) -> tuple[set[str], set[str]]:
+    """The chunks of S's record of an ordering key in the ordering stream, and those its head
+    names."""
+    import asyncio
+    import base64
+
+    from pubsub_emulator.store.nats.layout import Layout
+    from pubsub_emulator.store.nats.ordering_chunks import chunk_subject
+
+    layout = Layout(namespace)
+    record = layout.order_record(layout.consumer(S), key)
+    head = asyncio.run(_jetstream(url, f"$JS.API.STREAM.MSG.GET.{layout.order_stream}",
+                                  json.dumps({"last_by_subj": record}).encode()))
+    refs = json.loads(base64.b64decode(head["message"]["data"])).get("x", []) \
+        if "message" in head else []
+    return (set(_ordering_subjects(url, namespace, f"{record}.*")),
+            {chunk_subject(record, ref[0]) for ref in refs})
+
+
+def test_two_processes_share_one_ordering_key_past_the_inline_budget(
+        open_store, store, nats_server, namespace):
+    """Two processes on one key whose record outgrows its head: each writes on top of the
+    other's chunks (reading them), a stale copy loses its compare-and-set and leaves no chunk
+    behind, and order holds through acks and a nack on either process."""
+    from pubsub_emulator.store import DeliveryPolicy
+
+    ordered = DeliveryPolicy(ordered=True)
+    other = open_store()
+    count = 3_000  # (some 400 KB of entries: the head holds 64 KiB)
+    store.messages.publish(T, [msg(b"%d" % i) for i in range(count)], 0,
+                           ordering_keys=["k"] * count)
+    first = store.messages.pull(S, 1_000, 60_000, 0, policy=ordered)
+    assert [int(data_of(d)) for d in first] == list(range(1_000))
+    stored, named = _key_chunks(nats_server.url, namespace, "k")
+    assert named and stored == named
+    # The other process holds the rest back behind them: it reads the chunks, adds its own.
+    assert other.messages.pull(S, count, 60_000, 0, policy=ordered) == []
+    stored, later = _key_chunks(nats_server.url, namespace, "k")
+    assert named < later and stored == later
+    # `store` still has the record it wrote: its ack loses the compare-and-set, reads the
+    # record again and writes it; the chunks of the write that lost are gone.
+    store.messages.acknowledge(S, [d.ack_id for d in first[:500]], ordered)
+    stored, named = _key_chunks(nats_server.url, namespace, "k")
+    assert stored == named
+    other.messages.modify_deadline(S, [first[500].ack_id], 0, 0, ordered)  # the rest follow
+    expected, turn = 500, 0
+    stores = (store, other)
+    deadline = time.monotonic() + 60
+    while expected < count:
+        assert time.monotonic() < deadline, f"only up to {expected} came again"
+        got = stores[turn % 2].messages.pull(S, 500, 60_000, 0, policy=ordered)
+        assert [int(data_of(d)) for d in got] == list(range(expected, expected + len(got)))
+        assert [d.delivery_attempt for d in got] == [2 if i < 1_000 else 1 for i in
+                                                     range(expected, expected + len(got))]
+        expected += len(got)
+        turn += 1
+        stores[turn % 2].messages.acknowledge(S, [d.ack_id for d in got], ordered)
+        stored, named = _key_chunks(nats_server.url, namespace, "k")
+        assert stored == named
+        if not got:
+            time.sleep(0.05)
+    assert _key_chunks(nats_server.url, namespace, "k") == (set(), set())  # (all acked)
+
+
+def test_ordering_in_small_chunks_under_concurrent_pulls_on_two_processes(
+        open_store, store, nats_server, namespace, monkeypatch):
+    """Heads of a few entries and chunks of some eight: concurrent pulls, acks and nacks on two
+    processes keep every key in order and leave no chunk behind."""
+    import random
+
+    from pubsub_emulator.store import DeliveryPolicy
+    from pubsub_emulator.store.nats import ordering_chunks
+
+    monkeypatch.setattr(ordering_chunks, "INLINE_BYTES", 600)
+    monkeypatch.setattr(ordering_chunks, "CHUNK_BYTES", 1_200)
+    ordered = DeliveryPolicy(ordered=True)
+    keys, count = ("k1", "k2"), 40
+    store.messages.publish(T, [msg(f"{k}:{i}".encode()) for i in range(count) for k in keys], 0,
+                           ordering_keys=[k for _ in range(count) for k in keys])
+    first = store.messages.pull(S, 40, 30_000, 0, policy=ordered)  # (20 of each key)
+    for key in keys:
+        stored, named = _key_chunks(nats_server.url, namespace, key)
+        assert len(named) > 1 and stored == named
+    store.messages.modify_deadline(S, [d.ack_id for d in first], 0, 0, ordered)
+    acked: dict[str, list[int]] = {k: [] for k in keys}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    stop = time.monotonic() + 60
+
+    def work(s: SyncStore, seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            while time.monotonic() < stop and sum(map(len, acked.values())) < len(keys) * count:
+                batch = s.messages.pull(S, rnd.randint(5, 40), 30_000, 0, policy=ordered)
+                nacked: set[str] = set()
+                for d in batch:
+                    key, index = data_of(d).decode().split(":")
+                    if key in nacked:
+                        continue  # comes again after the nacked one
+                    if rnd.random() < 0.1:
+                        nacked.add(key)
+                        s.messages.modify_deadline(S, [d.ack_id], 0, 0, ordered)
+                        continue
+                    with lock:
+                        acked[key].append(int(index))
+                    s.messages.acknowledge(S, [d.ack_id], ordered)
+                time.sleep(0.01 if batch else 0.05)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s, n))
+               for n, s in enumerate((store, open_store()))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert not errors, errors
+    for key in keys:
+        assert acked[key] == list(range(count)), (key, acked[key])
+        assert _key_chunks(nats_server.url, namespace, key) == (set(), set())
+
+
+def test_a_seek_a_purge_and_a_deletion_leave_no_ordering_chunk_behind(store, nats_server,
+                                                                       namespace):
+    from pubsub_emulator.store import DeliveryPolicy
+    from pubsub_emulator.store.nats.layout import Layout
+
+    ordered = DeliveryPolicy(ordered=True)
+    layout = Layout(namespace)
+    everything = layout.order_key(layout.consumer(S))  # the subscription's ordering records
+    store.messages.publish(T, [msg(b"%d" % i) for i in range(2_000)], 0,
+                           ordering_keys=["k"] * 2_000)
+
+    def recorded() -> None:  # the first 1,000 pulled, the rest held back: all in chunks
+        got = store.messages.pull(S, 1_000, 60_000, 0, policy=ordered)
+        assert [int(data_of(d)) for d in got] == list(range(1_000))
+        assert store.messages.pull(S, 1_000, 60_000, 0, policy=ordered) == []
+        stored, named = _key_chunks(nats_server.url, namespace, "k")
+        assert len(named) > 1 and stored == named
+
+    recorded()
+    store.messages.seek_to_time(S, 0, 0)
+    assert _ordering_subjects(nats_server.url, namespace, everything) == {}
+    recorded()  # (after the seek, everything comes again from the start)
+    store.messages.purge(S)
+    assert _ordering_subjects(nats_server.url, namespace, everything) == {}
+    store.messages.publish(T, [msg(b"%d" % i) for i in range(2_000)], 0,
+                           ordering_keys=["k"] * 2_000)
+    recorded()
+    store.resources.delete(Kind.SUBSCRIPTION, S)
+    assert _ordering_subjects(nats_server.url, namespace, everything) == {}
 
 
 # --- the emulator on NATS ----------------------------------------------------------------------

@@ -555,6 +555,55 @@ def test_a_hundred_thousand_unacked_keyed_messages_keep_their_order(store):
     assert store.messages.pull(S, batch, 120_000, now(), policy=ordered) == []
 
 
+def test_a_hundred_thousand_unacked_messages_of_one_ordering_key(store):
+    """100,000 fetched, unacknowledged messages of ONE ordering key: a big pull hands out the
+    first 5,000 in order and nothing more comes while they are leased (NATS fetches, records
+    and holds back all the others); the first half is acked, a few of the second half are
+    nacked, and the rest of the key comes again in order, acked as it comes, but for one batch
+    in the middle that is nacked (its first and last message) and comes again, in order,
+    before anything after it."""
+    from pubsub_emulator.store import DeliveryPolicy
+
+    ordered = DeliveryPolicy(ordered=True)
+    count, batch, acked = 100_000, 5_000, 2_500
+    for start in range(0, count, 10_000):
+        store.messages.publish(T, [msg(b"%d" % i) for i in range(start, start + 10_000)],
+                               now(), ordering_keys=["one key"] * 10_000)
+    first = _pull_all(store, batch, ordered)
+    assert [data_of(d) for d in first] == [b"%d" % i for i in range(batch)]
+    for _ in range(count // batch + 1):
+        assert store.messages.pull(S, batch, 120_000, now(), policy=ordered) == []
+    _in_chunks(lambda ids: store.messages.acknowledge(S, ids, ordered),
+               [d.ack_id for d in first[:acked]])
+    # A nack takes the key's later messages back with it: they all come after it, in order.
+    store.messages.modify_deadline(S, [d.ack_id for d in first[acked::500]], 0, now(), ordered)
+    attempts = {i: 2 if i < batch else 1 for i in range(acked, count)}
+    expected, nacked_once = acked, False
+    deadline = time.monotonic() + 120
+    while expected < count:
+        assert time.monotonic() < deadline, f"only up to {expected} came again"
+        got = store.messages.pull(S, batch, 120_000, now(), policy=ordered)
+        for d in got:
+            assert int(data_of(d)) == expected, (int(data_of(d)), expected)  # in key order
+            assert d.delivery_attempt == attempts[expected], expected
+            expected += 1
+        if got and not nacked_once and expected > count * 3 // 4:
+            nacked_once = True  # (first, NATS fetches and holds back the rest again)
+            for _ in range((count - expected) // batch + 1):
+                assert store.messages.pull(S, batch, 120_000, now(), policy=ordered) == []
+            expected = int(data_of(got[0]))  # this batch comes again, before the next ones
+            attempts.update({int(data_of(d)): d.delivery_attempt + 1 for d in got})
+            store.messages.modify_deadline(S, [got[0].ack_id, got[-1].ack_id], 0, now(),
+                                           ordered)
+        elif got:
+            store.messages.acknowledge(S, [d.ack_id for d in got], ordered)
+        else:
+            time.sleep(0.05)
+    assert nacked_once
+    assert store.messages.backlog(S) == 0
+    assert store.messages.pull(S, batch, 120_000, now(), policy=ordered) == []
+
+
 def test_a_hundred_thousand_redeliveries(store):
     """100,000 messages pulled, nacked and pulled again: the second delivery is the current
     one, a stale nack (with a first delivery's ack id) leaves its lease alone, acks hold."""

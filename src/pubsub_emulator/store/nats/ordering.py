@@ -5,13 +5,20 @@ compare-and-set on its own subject (so every process sees one history of each):
 - `<ns>.okey.<consumer>.k.<hash of the key>`, the record of one ordering key:
   {"c": the consumer's creation time (a record of an older consumer is void),
    "hi": every message of the key up to this stream sequence that is not acked has an entry,
-   "e": [[sseq, reply subject, holds, state, delivered, due], ...] by sseq}.
+   "e": [[sseq, reply subject, holds, state, delivered, due], ...] by sseq,
+   "x": the chunks holding the entries before those of "e", if any}.
+  A record has no ceiling: past an inline budget (64 KiB of entries) its entries move to
+  immutable chunks `<record subject>.<chunk id>`, written before the compare-and-set of the
+  head that names them, and named again unchanged by later writes that do not change them
+  (copy-on-write, ordering_chunks.py), so a write stores what it changes, not the record.
+  The record is read and changed whole (its head and chunks).
   An entry is a fetched (or seen) message of the key that is not acked; state is L leased,
   W waiting for its redelivery (due then, ms: nacked, released, over a byte budget), P parked
   (held back behind an earlier leased message of its key, sent back with a long delay), G seen
   by another process's pull that has not recorded it yet. A record left without entries is
   deleted once the ack floor passes its "hi" and it was not changed since (a purge bounded by
-  its sequence), by the process that emptied it, on its next pull of the subscription.
+  its sequence), by the process that emptied it, on its next pull of the subscription (it
+  names no chunk: a write deletes the chunks it no longer names).
 - `<ns>.okey.<consumer>.hi`, the consumer's high mark {"c", "hi"}: every keyed message up to
   "hi" is recorded in its key's record (or acked). A pull raises it, after writing its key
   records and before handing anything out; it may lag behind (the next pull reads more).
@@ -34,7 +41,9 @@ below the consumer's ack floor are acked: a pull rewriting a record drops them.
 An ack or nack finds its message's key by the ack id: in the keys of the deliveries this
 process handed out, else from the message's headers in its stream. A process keeps the key
 records it last read or wrote and writes from them without reading first (a stale one loses
-its compare-and-set, and is read again). See docs/nats.md.
+its compare-and-set, and is read again). A call goes over a key's entries once at most
+(bisection finds one), however many of its messages it places, acks or nacks. See
+docs/nats.md.
 """
 
 from __future__ import annotations
@@ -51,8 +60,9 @@ from typing import Any, NamedTuple, TypeVar
 from ..base import Accepts
 from .acklog import ack_floor
 from .acks import ACK, NAK, AckId, DeliveredKeys, Fetched, nak
-from .client import WRONG_LAST_SEQ, JetStream, NatsError, Record, parse_headers
+from .client import JetStream, NatsError, Record, parse_headers
 from .layout import H_KEY, H_SIZE, H_SKIP, Layout
+from .ordering_chunks import ChunkedRecords
 
 _PARK_MS = 30_000  # how long a message held back behind its ordering key waits at most
 _BEHIND_MS = 200  # how much later than the waiting messages before it a held message comes
@@ -99,7 +109,12 @@ class _Plan(NamedTuple):
 
 def entry_of(entries: list[Entry], seq: int, create: bool = True) -> Entry | None:
     """The ordering entry of `seq` in a key's entries (sorted by sseq), added if `create`."""
-    at = bisect.bisect_left(entries, seq, key=lambda entry: entry[0])
+    if not entries or entries[-1][0] < seq:  # (most often: a message fetched the first time)
+        if not create:
+            return None
+        entries.append([seq, "", 0, "G", 0])
+        return entries[-1]
+    at = bisect.bisect_left(entries, seq, key=_seq)
     if at < len(entries) and entries[at][0] == seq:
         return entries[at]
     if not create:
@@ -107,6 +122,10 @@ def entry_of(entries: list[Entry], seq: int, create: bool = True) -> Entry | Non
     entry = [seq, "", 0, "G", 0]
     entries.insert(at, entry)
     return entry
+
+
+def _seq(entry: Entry) -> int:
+    return int(entry[0])
 
 
 def _mark(found: Record | None, created: str) -> int:
@@ -180,6 +199,7 @@ class KeyOrdering:
         self._stream = layout.order_stream
         self._keys = DeliveredKeys()
         self._records = _Records()
+        self._stored = ChunkedRecords(js, self._stream)  # (records inline or in chunks)
         # Per consumer, the key records this process left empty: subject -> (seq, hi, when).
         self._emptied: dict[str, OrderedDict[str, tuple[int, int, float]]] = {}
 
@@ -260,7 +280,7 @@ class KeyOrdering:
             tried = [_plan(record, pull, latest, keyed.get(key, []), gaps.get(key, []))
                      for key, record in zip(pending, found, strict=True)]
             written = await self._put_many([
-                (subject, plan.value, record.seq if record else 0)
+                (subject, plan.value, record)
                 for subject, plan, record in zip(subjects, tried, found, strict=True)])
             emptied = self._emptied.setdefault(pull.consumer, OrderedDict())
             for key, subject, plan, seq in zip(pending, subjects, tried, written, strict=True):
@@ -276,27 +296,23 @@ class KeyOrdering:
         """Key records to change: as this process last knew them, else read."""
         unknown = [at for at, subject in enumerate(subjects) if not self._records.known(subject)]
         found = [self._records.take(subject) for subject in subjects]
-        read = await _chunked(lambda at: self._js.kv_get(subjects[at], self._stream), unknown)
+        read = await _chunked(lambda at: self._stored.read(subjects[at]), unknown)
         for at, record in zip(unknown, read, strict=True):
             found[at] = record
         return found
 
-    async def _put_many(self, writes: Sequence[tuple[str, dict[str, Any], int]]) -> list[int]:
-        """Compare-and-set writes (value if the subject's sequence is still the one given);
+    async def _put_many(self, writes: Sequence[tuple[str, dict[str, Any], Record | None]]
+                        ) -> list[int]:
+        """Compare-and-set writes (value if the subject's record is still the one given);
         the new sequence of each, 0 for those that lost (read again when next needed)."""
         written: list[int] = []
         for start in range(0, len(writes), _IN_FLIGHT):
             chunk = writes[start:start + _IN_FLIGHT]
-            acks = await self._js.publish_many([
-                (subject, json.dumps(value).encode(),
-                 {"Nats-Expected-Last-Subject-Sequence": str(last)})
-                for subject, value, last in chunk])
-            for (subject, value, _), ack in zip(chunk, acks, strict=True):
-                if "error" in ack and ack["error"].get("err_code") != WRONG_LAST_SEQ:
-                    raise NatsError(ack["error"])
-                written.append(0 if "error" in ack else int(ack["seq"]))
-                if written[-1]:
-                    self._records.put(subject, Record(value, written[-1]))
+            for (subject, _, _), record in zip(chunk, await self._stored.write_many(chunk),
+                                               strict=True):
+                written.append(record.seq if record else 0)
+                if record:
+                    self._records.put(subject, record)
                 else:
                     self._records.forget(subject)
         return written
@@ -377,7 +393,7 @@ class KeyOrdering:
         if (now.seq if now else 0) == released:
             return
         subjects = [self._layout.order_record(consumer, key) for key in keys]
-        found = await _chunked(lambda subject: self._js.kv_get(subject, self._stream), subjects)
+        found = await _chunked(self._stored.read, subjects)
         for subject, record in zip(subjects, found, strict=True):
             self._records.put(subject, record)
         again = [(e[1], NAK) for key, record in zip(keys, found, strict=True) if record
@@ -432,7 +448,7 @@ class KeyOrdering:
             key_sends: dict[int, list[Send]] = {}
             if _settle_entries(entries, acks[key], nack, key_sends):
                 assert record is not None  # (entries changed: there is a record)
-                writes.append((subject, {**record.value, "e": entries}, record.seq))
+                writes.append((subject, {**record.value, "e": entries}, record))
                 settled.append((key, key_sends))
             elif was_kept:  # (nothing to change in what this process knew: read it to be sure)
                 again.append(key)
@@ -558,6 +574,7 @@ def _place(entries: list[Entry], covered: int, items: list[_Pending], in_batch: 
     attempts: dict[int, int] = {}
     now_ms = int(time.time() * 1000)
     behind = _Behind(entries, in_batch)  # what holds the next message back
+    recalled = 1 << 62  # the key's later leased messages (not the pull's) were called back
     for fetched, is_over in items:
         seq, reply = fetched.ack.sseq, fetched.msg.reply
         behind.upto(seq)
@@ -577,42 +594,76 @@ def _place(entries: list[Entry], covered: int, items: list[_Pending], in_batch: 
         entry[3] = "L"
         attempts[seq] = max(1, fetched.ack.delivered - entry[2])
         deliver.append(fetched)
-        if previous == "L":
-            # Its lease ran out: the key's later leased messages come again after it.
-            for later in entries:
-                if later[0] > seq and later[3] == "L" and later[0] not in in_batch:
+        if previous == "L" and seq < recalled:
+            # Its lease ran out: the key's later leased messages come again after it (those
+            # after an earlier one of the pull already were).
+            for later in entries[bisect.bisect_right(entries, seq, key=_seq):
+                                 bisect.bisect_left(entries, recalled, key=_seq)]:
+                if later[3] == "L" and later[0] not in in_batch:
                     later[3] = "P"
                     sends.append((later[0], (later[1], PARK)))
+            recalled = seq
     return deliver, attempts
 
 
 def _settle_entries(entries: list[Entry], acks: Sequence[AckId], nack: Nack | None,
                     sends: dict[int, list[Send]]) -> bool:
     """Apply acks or nacks to a key's entries, noting the sends; True if any changed."""
+    if nack is None:
+        return _ack_entries(entries, acks, sends)
+    return _nack_entries(entries, acks, nack, sends)
+
+
+def _ack_entries(entries: list[Entry], acks: Sequence[AckId], sends: dict[int, list[Send]]
+                 ) -> bool:
+    """Drop the acked entries: each ack sends back the parked messages then at the front of
+    the key. True if any entry was dropped."""
+    now_ms = int(time.time() * 1000)
+    acked: set[int] = set()  # (dropped at the end: one pass, however many acks)
+    front = 0  # every entry before it is acked
+    for ack in acks:
+        sends.setdefault(ack.sseq, []).append((ack.subject, ACK))
+        if ack.sseq in acked or entry_of(entries, ack.sseq, create=False) is None:
+            continue
+        acked.add(ack.sseq)
+        while front < len(entries) and entries[front][0] in acked:
+            front += 1
+        at = front
+        while at < len(entries):  # (the key's parked messages now at its front go back)
+            later = entries[at]
+            at += 1
+            if later[0] in acked:
+                continue
+            if later[3] != "P":
+                break
+            _wait(later, 0, now_ms)
+            sends.setdefault(later[0], [(later[1], NAK)])
+    if acked:
+        entries[:] = [entry for entry in entries if entry[0] not in acked]
+    return bool(acked)
+
+
+def _nack_entries(entries: list[Entry], acks: Sequence[AckId], nack: Nack,
+                  sends: dict[int, list[Send]]) -> bool:
+    """Mark nacked entries waiting, each with the key's later leased and parked messages (to
+    come again after it, with the same nack body). True if any entry changed."""
     changed = False
     now_ms = int(time.time() * 1000)
+    seqs = [entry[0] for entry in entries]
+    swept = len(entries)  # no entry from here on is leased or parked any more
     for ack in acks:
-        entry = entry_of(entries, ack.sseq, create=False)
-        if nack is None:
-            sends.setdefault(ack.sseq, []).append((ack.subject, ACK))
-            if entry is None:
-                continue
-            entries.remove(entry)
-            changed = True
-            for later in entries:
-                if later[3] != "P":
-                    break
-                _wait(later, 0, now_ms)
-                sends.setdefault(later[0], [(later[1], NAK)])
-            continue
+        at = bisect.bisect_left(seqs, ack.sseq)
+        entry = entries[at] if at < len(seqs) and seqs[at] == ack.sseq else None
         body = nack(ack, ack.delivered - (entry[2] if entry else 0))
         sends[ack.sseq] = [(ack.subject, body)]
         if entry is None:
             continue
-        _wait(entry, _delay_ms(body), now_ms)
+        delay = _delay_ms(body)
+        _wait(entry, delay, now_ms)
         changed = True
-        for later in entries:
-            if later[0] > ack.sseq and later[3] in ("L", "P"):
-                _wait(later, _delay_ms(body), now_ms)
+        for later in entries[at + 1:swept]:
+            if later[3] in ("L", "P"):
+                _wait(later, delay, now_ms)
                 sends.setdefault(later[0], [(later[1], body)])
+        swept = min(swept, at + 1)
     return changed
