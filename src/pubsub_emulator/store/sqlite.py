@@ -75,6 +75,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (sub_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sub_id, next_at);
+-- A key's messages of a subscription, in order (an ordered nack takes the later ones back).
+CREATE INDEX IF NOT EXISTS deliveries_by_key ON deliveries (sub_id, okey, seq)
+    WHERE okey!='';
 CREATE TABLE IF NOT EXISTS snapshot_state (
     name TEXT PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -552,12 +555,18 @@ class SqliteMessages(MessageLog):
                   attempt, ACKED) for seq, attempt in parsed])
             if policy.ordered and deadline_ms == 0:
                 # A nacked keyed message takes its key's later leased messages back with it,
-                # so they are redelivered after it, in order.
+                # so they are redelivered after it, in order: one update per key, from its
+                # first nacked message (one per message rewrote a key's later rows each time).
+                first_nacked: dict[str, int] = {}
                 for seq, _ in parsed:
-                    db.execute(
-                        "UPDATE deliveries SET next_at=MIN(next_at, ?) WHERE sub_id=? AND seq>? "
-                        "AND okey!='' AND okey=(SELECT okey FROM deliveries "
-                        "WHERE sub_id=? AND seq=?)", (now_ms, sub_id, seq, sub_id, seq))
+                    row = db.execute("SELECT okey FROM deliveries WHERE sub_id=? AND seq=?",
+                                     (sub_id, seq)).fetchone()
+                    if row is not None and row[0]:
+                        first_nacked[row[0]] = min(seq, first_nacked.get(row[0], seq))
+                db.executemany(
+                    "UPDATE deliveries SET next_at=MIN(next_at, ?) WHERE sub_id=? AND okey!='' "
+                    "AND okey=? AND seq>?",
+                    [(now_ms, sub_id, key, seq) for key, seq in first_nacked.items()])
         return stale
 
     async def next_due_ms(self, subscription: str) -> int | None:
