@@ -253,7 +253,7 @@ async def run_one(server: Server, n: int, args: argparse.Namespace) -> Figures |
             return await measure(started[-1].host, [p.proc.pid for p in started], n,
                                  args.idle_seconds, args.timeout)
         except Exception as exc:  # noqa: BLE001 - reported in the table
-            return f"error: {type(exc).__name__}: {str(exc)[:160]}"
+            return f"error: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
         finally:
             for process in reversed(started):
                 process.stop()
