@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from ..store import InvalidPageToken, Kind, Page, ResourceTable, Store
+from ..store import ANNOUNCED_KINDS, InvalidPageToken, Kind, Page, ResourceTable, Store
 from . import limits, names
 from .errors import aborted, failed_precondition, invalid_argument, not_found
 from .events import Events
@@ -17,6 +17,14 @@ from .policy import attribute_filter
 
 Change = Callable[[Any], Awaitable[None] | None]
 T = TypeVar("T")
+# What the store keeps under a resource's own name, by the resource's kind: deleted with it.
+ATTACHED: Mapping[Kind, tuple[Kind, ...]] = {
+    Kind.TOPIC: (Kind.IAM_POLICY,),
+    Kind.SUBSCRIPTION: (Kind.IAM_POLICY, Kind.PUSH_OWNER),  # (push/ownership.py)
+    Kind.SNAPSHOT: (Kind.IAM_POLICY,),
+    Kind.SCHEMA: (Kind.IAM_POLICY,),
+}
+
 # The first wait after a compare-and-set collision (at most; it doubles with each one).
 REWRITE_BACKOFF_S = 0.001
 
@@ -66,14 +74,14 @@ class Catalog:
         if kind in (Kind.SUBSCRIPTION, Kind.TOPIC):
             self._filters.clear()
 
-    async def drop_attached(self, name: str) -> None:
-        """What is attached to a deleted resource goes with it: its IAM policy (one made again
-        under the same name starts with none, here and, the kind being announced, on every
-        process) and a subscription's push ownership record (push/ownership.py)."""
-        await self.table.delete(Kind.IAM_POLICY, name)
-        self._events.resource_changed(Kind.IAM_POLICY, name)
-        if "/subscriptions/" in name:
-            await self.table.delete(Kind.PUSH_OWNER, name)
+    async def drop_attached(self, kind: Kind, name: str) -> None:
+        """What is attached to a deleted resource of `kind` goes with it (ATTACHED): its IAM
+        policy (one made again under the same name starts with none, here and, the kind being
+        announced, on every process) and a subscription's push ownership record."""
+        for attached in ATTACHED[kind]:
+            await self.table.delete(attached, name)
+            if attached in ANNOUNCED_KINDS:
+                self._events.resource_changed(attached, name)
 
     async def load(self, kind: Kind, name: str, message_type: Any, resource_id: str) -> Any:
         raw = await self.table.get(kind, name)

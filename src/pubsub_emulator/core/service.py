@@ -150,7 +150,8 @@ class PubSubService:
         store.set_listener(self.events)
         self.catalog = Catalog(store, self.events)
         activity = Activity(store.resources, clock)
-        self.schemas = SchemaRegistry(store.resources, clock, self.catalog.drop_attached)
+        self.schemas = SchemaRegistry(store.resources, clock,
+                                      functools.partial(self.catalog.drop_attached, Kind.SCHEMA))
         self.events.on_change(self._schema_changed)
         self.policies = PolicyBook(store.resources)
         self.events.on_change(self.policies.changed)

@@ -70,7 +70,7 @@ class Snapshots:
         rn = names.snapshot(request.snapshot)
         if not await self._table.delete(Kind.SNAPSHOT, request.snapshot):
             raise not_found(rn.id)
-        await self._catalog.drop_attached(request.snapshot)
+        await self._catalog.drop_attached(Kind.SNAPSHOT, request.snapshot)
         return empty_pb2.Empty()
 
     async def seek(self, request: Any) -> Any:

@@ -102,7 +102,7 @@ class Subscriptions:
         rn = names.subscription(request.subscription)
         if not await self._table.delete(Kind.SUBSCRIPTION, request.subscription):
             raise not_found(rn.id)
-        await self._catalog.drop_attached(request.subscription)
+        await self._catalog.drop_attached(Kind.SUBSCRIPTION, request.subscription)
         await self._activity.forget(request.subscription)
         self._events.wake(request.subscription)
         self._changed(request.subscription)

@@ -77,7 +77,7 @@ class Sweeper:
             if Snapshot.FromString(item.data).expire_time.ToMilliseconds() <= now:
                 log.info("snapshot %s expired", item.name)
                 await self._store.resources.delete(Kind.SNAPSHOT, item.name)
-                await self._catalog.drop_attached(item.name)
+                await self._catalog.drop_attached(Kind.SNAPSHOT, item.name)
         for name in expired:
             log.info("subscription %s expired (inactive beyond its expiration policy)", name)
             await self._subscriptions.delete_subscription(

@@ -105,7 +105,7 @@ class Topics:
                 continue  # deleted meanwhile
             self._events.resource_changed(Kind.SUBSCRIPTION, item.name)
         await self._table.delete(Kind.TOPIC, request.topic)
-        await self._catalog.drop_attached(request.topic)
+        await self._catalog.drop_attached(Kind.TOPIC, request.topic)
         self._events.resource_changed(Kind.TOPIC, request.topic)
         log.info("deleted topic %s (%d subscriptions detached)", request.topic, len(page.items))
         return empty_pb2.Empty()
