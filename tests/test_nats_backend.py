@@ -97,6 +97,32 @@ def test_stale_ack_still_acks_and_nack_redelivers_now(store):
     assert store.messages.pull(S, 10, 1_000, 0) == []
 
 
+def test_an_ack_jetstream_lost_does_not_bring_the_message_back(store, monkeypatch):
+    """JetStream can lose an ack whose call was answered (a consumer leader changing on a
+    cluster as it applies it). The ack log, written before the call answers, keeps such a
+    message from coming back to a client told its ack succeeded. Here the acks of x never
+    reach JetStream: x comes due again with y, whose lease simply ran out; only y comes."""
+    from pubsub_emulator.store.nats.acks import ACK
+    from pubsub_emulator.store.nats.client import JetStream
+
+    store.messages.publish(T, [msg(b"x"), msg(b"y")], 0)
+    x, y = store.messages.pull(S, 10, 1_000, 0)
+    real_send = JetStream.send
+
+    async def losing_acks(self, sends):
+        await real_send(self, [(subject, body) for subject, body in sends if body != ACK])
+
+    monkeypatch.setattr(JetStream, "send", losing_acks)
+    store.messages.acknowledge(S, [x.ack_id])  # logged, answered; JetStream never hears it
+    monkeypatch.setattr(JetStream, "send", real_send)
+    again = _pull_until(store, S, 1)  # y, once its lease ran out (x's ran out with it)
+    assert [data_of(d) for d in again] == [b"y"]
+    store.messages.acknowledge(S, [again[0].ack_id])
+    wait_for(lambda: store.messages.backlog(S) == 0, timeout=10,
+             message="x acked again when it came back, y acked")
+    assert store.messages.pull(S, 10, 1_000, 0) == []
+
+
 def test_modify_deadline_extends_the_lease(store):
     store.messages.publish(T, [msg(b"x")], 0)
     [d] = store.messages.pull(S, 1, 1_000, 0)

@@ -160,6 +160,9 @@ class NatsMessageLog(MessageLog):
         """Hand out fetched messages; ack those of the skip set (`skipped`) silently."""
         prefix = await self._topics.id_prefix(stream)
         chosen, over = await self._choose(consumer, msgs, max_bytes, policy)
+        if any(f.ack.delivered > 1 for f in chosen):
+            chosen, acked = await self._acked_before(consumer, chosen)
+            skipped = skipped + acked
         whole: dict[int, bytes] = {}  # stream sequence -> a message read from its pieces
         if any(H_PIECES in f.headers for f in chosen):
             chosen, whole = await self._pieces.load(stream, chosen)
@@ -183,6 +186,19 @@ class NatsMessageLog(MessageLog):
         return [await self._hand_out(f, prefix, attempts.get(f.ack.sseq, f.ack.delivered),
                                      lease_ms, policy.retry, whole.get(f.ack.sseq))
                 for f in chosen]
+
+    async def _acked_before(self, consumer: str, chosen: list[Fetched]
+                            ) -> tuple[list[Fetched], list[Fetched]]:
+        """Of redelivered messages, those the ack log says were acknowledged: JetStream can
+        lose an ack whose call was answered (the consumer's leader changed as it was applied,
+        on a cluster), and a client told its ack succeeded must not get the message again.
+        The ack log (written before every ack call answers) is read only when something comes
+        again. Returns (still to hand out, acked already: to be acked again silently)."""
+        logged = set((await self._topics.acklog.read(consumer))[0])
+        if not logged:
+            return chosen, []
+        return ([f for f in chosen if f.ack.sseq not in logged],
+                [f for f in chosen if f.ack.sseq in logged])
 
     async def _choose(self, consumer: str, msgs: list[Any], max_bytes: int,
                       policy: DeliveryPolicy) -> tuple[list[Fetched], list[Fetched]]:
