@@ -125,6 +125,7 @@ bench: setup
 	$(PY) bench/delete_bench.py
 	$(PY) bench/nats_bench.py
 	$(PY) bench/fanout_bench.py
+	$(PY) bench/cpu_bench.py $(filter --quick --skip-reference --skip-nats --skip-in-memory,$(BENCH_ARGS))
 
 clean:
 	rm -rf $(VENV) .py27 $(STAMPS) logs data pubsub-sender/lib pubsub-receiver/lib
