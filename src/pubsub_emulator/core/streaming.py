@@ -44,6 +44,9 @@ class OpenPull:
         self.wakeup = wakeup
         self.outstanding: dict[str, tuple[int, int]] = {}  # ack_id -> (until, size)
         self.outstanding_bytes = 0
+        # No held lease runs out before this (a lower bound, None: none held). Every turn of
+        # the call's loop asks; scanning thousands of leases each time cost more than the rest.
+        self._next_expiry: int | None = None
         self.confirmations: list[Any] = []  # responses owed to the client
         # The subscription's delivery policy as of the call's last look at it (every turn of
         # its loop): acks and modacks on the call use it rather than reading it again.
@@ -60,6 +63,8 @@ class OpenPull:
             held = self.outstanding.pop(ack_id, None)
             if held is not None:
                 self.outstanding_bytes -= held[1]
+        if not self.outstanding:
+            self._next_expiry = None
         self.wakeup.set()
 
     def release_all(self) -> None:
@@ -70,18 +75,28 @@ class OpenPull:
             held = self.outstanding.get(ack_id)
             if held is not None:
                 self.outstanding[ack_id] = (until_ms, held[1])
+                self._lower_next_expiry(until_ms)
 
     def hold(self, leased: list[tuple[str, int]], until_ms: int) -> None:
         for ack_id, size in leased:
             self.outstanding[ack_id] = (until_ms, size)
             self.outstanding_bytes += size
+        if leased:
+            self._lower_next_expiry(until_ms)
+
+    def _lower_next_expiry(self, until_ms: int) -> None:
+        if self._next_expiry is None or until_ms < self._next_expiry:
+            self._next_expiry = until_ms
 
     def expire(self, now: int) -> int:
         """A lease that ran out is no longer held by this call: the message is redelivered.
         How many ran out."""
+        if self._next_expiry is None or now < self._next_expiry:
+            return 0
         gone = [ack_id for ack_id, (until, _) in self.outstanding.items() if until <= now]
         if gone:
             self.release(gone)
+        self._next_expiry = min((until for until, _ in self.outstanding.values()), default=None)
         return len(gone)
 
     def window(self) -> tuple[int, int]:
@@ -98,7 +113,9 @@ class OpenPull:
         return count, size
 
     def soonest_expiry(self) -> int | None:
-        return min((until for until, _ in self.outstanding.values()), default=None)
+        """When the call should look at its leases next (at or before the first to run out;
+        a look that finds none run out moves it to the true first)."""
+        return self._next_expiry
 
 
 class StreamingPull:
