@@ -212,18 +212,25 @@ class StreamingPull:
             await self._sleep(call, count > 0)
 
     async def _sleep(self, call: OpenPull, has_room: bool) -> None:
-        """Until woken, the next message is due, or a held lease runs out."""
-        timeout = IDLE_LOOK_S
-        due = await self._engine.next_due_ms(call.subscription)
-        if due is not None and has_room:
-            timeout = min(timeout, max(0.001, (due - self._clock()) / 1000))
-        soonest = call.soonest_expiry()
-        if soonest is not None:
-            timeout = min(timeout, max(0.001, (soonest - self._clock()) / 1000))
-        try:
-            await asyncio.wait_for(call.wakeup.wait(), timeout)
-        except TimeoutError:
-            pass
+        """Until woken, the next message is due, or a held lease runs out. With none of
+        these, the call looks at its subscription every IDLE_LOOK_S (a backstop for what no
+        wake-up tells, such as a lease another puller let run out): a look that finds nothing
+        due sleeps again without a turn of the call's loop (thousands of idle streams cost
+        one store read each per IDLE_LOOK_S)."""
+        while True:
+            timeout, idle = IDLE_LOOK_S, True
+            due = await self._engine.next_due_ms(call.subscription)
+            if due is not None and has_room:
+                timeout, idle = min(timeout, max(0.001, (due - self._clock()) / 1000)), False
+            soonest = call.soonest_expiry()
+            if soonest is not None:
+                timeout, idle = min(timeout, max(0.001, (soonest - self._clock()) / 1000)), False
+            try:
+                await asyncio.wait_for(call.wakeup.wait(), timeout)
+                return
+            except TimeoutError:
+                if not idle:
+                    return
 
     async def _settle(self, call: OpenPull, request: Any) -> None:
         """Acks and modacks on the call; with exactly-once, queue their confirmations."""
