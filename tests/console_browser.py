@@ -97,13 +97,26 @@ class Browser:
         found = self.driver.find_elements(By.ID, "banner")
         return found[0].text if found and found[0].is_displayed() else ""
 
+    # The page redraws itself every 2 s: an element found may be replaced before it is used.
+    # Each action finds and acts in one attempt, tried again if what it found went stale.
     def type(self, css: str, text: str) -> None:
-        field = self.find(css)
-        field.clear()
-        field.send_keys(text)
+        def typed() -> bool:
+            field = self.driver.find_element(By.CSS_SELECTOR, css)
+            field.clear()
+            field.send_keys(text)
+            return True
+
+        self.until(typed, f"{css} to take {text!r}")
 
     def click(self, css: str) -> None:
-        self.until(lambda: self._clickable(css), f"{css} to be clickable").click()
+        def clicked() -> bool:
+            element = self._clickable(css)
+            if element is None:
+                return False
+            element.click()
+            return True
+
+        self.until(clicked, f"{css} to be clicked")
 
     def _clickable(self, css: str) -> WebElement | None:
         element = self.driver.find_element(By.CSS_SELECTOR, css)
@@ -111,8 +124,12 @@ class Browser:
 
     def submit(self, field_css: str) -> None:
         """Submit the form holding `field_css` through its submit button."""
-        self.find(field_css).find_element(By.XPATH, "ancestor::form//button[@type='submit']"
-                                          ).click()
+        def submitted() -> bool:
+            self.driver.find_element(By.CSS_SELECTOR, field_css).find_element(
+                By.XPATH, "ancestor::form//button[@type='submit']").click()
+            return True
+
+        self.until(submitted, f"the form of {field_css} to be submitted")
 
     def cell(self, name: str, column: str) -> str:
         """The text of the cell `column` (a class) in the row of resource `name`."""
