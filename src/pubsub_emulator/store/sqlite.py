@@ -327,6 +327,13 @@ class Fanout:
             if topic:
                 self.by_topic.setdefault(topic, []).append(sub_id)
 
+    def add(self, sub_id: int, name: str, topic: str) -> None:
+        """A subscription just created (a reload per creation made creating N of them cost
+        N^2)."""
+        self.ids[name] = sub_id
+        if topic:
+            self.by_topic.setdefault(topic, []).append(sub_id)
+
     def sub_id(self, subscription: str) -> int:
         try:
             return self.ids[subscription]
@@ -342,12 +349,13 @@ class SqliteResources(ResourceTable):
 
     async def create(self, kind: Kind, name: str, data: bytes, topic: str = "") -> bool:
         try:
-            self._db.execute("INSERT INTO resources (kind, name, topic, proto) VALUES (?,?,?,?)",
-                             (kind.value, name, topic, data))
+            row = self._db.execute(
+                "INSERT INTO resources (kind, name, topic, proto) VALUES (?,?,?,?)",
+                (kind.value, name, topic, data)).lastrowid
         except sqlite3.IntegrityError:
             return False
-        if kind is Kind.SUBSCRIPTION:
-            self._fanout.reload()
+        if kind is Kind.SUBSCRIPTION and row is not None:
+            self._fanout.add(row, name, topic)
         return True
 
     async def update(self, kind: Kind, name: str, data: bytes, topic: str | None = None,
