@@ -383,52 +383,63 @@ def test_ordering_keys_hold_across_two_processes(open_store, store):
     store.messages.acknowledge(S, [a3.ack_id], ordered)
 
 
-def test_ordering_keys_under_concurrent_pulls_on_two_processes(open_store, store):
+def _pull_ack_and_nack_on_each(stores, keys, count: int, batch: tuple[int, int],
+                               nack_rate: float) -> tuple[dict[str, list[int]], dict[bytes, int]]:
+    """Every store ("process") pulls batches of random size from the ordered subscription S
+    at once, nacks a message now and then (the rest of its key in that batch comes again
+    after it) and acks the others, until every one of `count` messages per key ("key:i") was
+    acked or a minute passed. Returns the indexes acked per key, in the order acked, and each
+    message's first delivery attempt."""
     import random
 
     from pubsub_emulator.store import DeliveryPolicy
 
     ordered = DeliveryPolicy(ordered=True)
-    keys, count = ("k1", "k2", "k3"), 15
-    for i in range(count):  # (several publishes: pulls race with them too)
-        store.messages.publish(T, [msg(f"{k}:{i}".encode()) for k in keys], 0,
-                               ordering_keys=list(keys))
     acked: dict[str, list[int]] = {k: [] for k in keys}
     first_attempts: dict[bytes, int] = {}
     lock = threading.Lock()
     errors: list[BaseException] = []
     stop = time.monotonic() + 60
 
-    def work(s, seed: int) -> None:
+    def work(s: SyncStore, seed: int) -> None:
         rnd = random.Random(seed)
         try:
             while time.monotonic() < stop and sum(map(len, acked.values())) < len(keys) * count:
-                batch = s.messages.pull(S, rnd.randint(1, 4), 30_000, 0, policy=ordered)
+                got = s.messages.pull(S, rnd.randint(*batch), 30_000, 0, policy=ordered)
                 nacked: set[str] = set()
-                for d in batch:
+                for d in got:
                     key, index = data_of(d).decode().split(":")
                     with lock:
                         first_attempts.setdefault(data_of(d), d.delivery_attempt)
                     if key in nacked:
                         continue  # comes again after the nacked one
-                    if rnd.random() < 0.2:
+                    if rnd.random() < nack_rate:
                         nacked.add(key)
                         s.messages.modify_deadline(S, [d.ack_id], 0, 0, ordered)
                         continue
                     with lock:  # (noted before the ack: the next one can follow at once)
                         acked[key].append(int(index))
                     s.messages.acknowledge(S, [d.ack_id], ordered)
-                time.sleep(0.01 if batch else 0.05)
+                time.sleep(0.01 if got else 0.05)  # (a pace: the loop's end is a deadline)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(s, n))
-               for n, s in enumerate((store, open_store(), open_store(), open_store()))]
+    threads = [threading.Thread(target=work, args=(s, n)) for n, s in enumerate(stores)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(90)
     assert not errors, errors
+    return acked, first_attempts
+
+
+def test_ordering_keys_under_concurrent_pulls_on_two_processes(open_store, store):
+    keys, count = ("k1", "k2", "k3"), 15
+    for i in range(count):  # (several publishes: pulls race with them too)
+        store.messages.publish(T, [msg(f"{k}:{i}".encode()) for k in keys], 0,
+                               ordering_keys=list(keys))
+    acked, first_attempts = _pull_ack_and_nack_on_each(
+        (store, open_store(), open_store(), open_store()), keys, count, (1, 4), 0.2)
     for key in keys:
         assert acked[key] == list(range(count)), (key, acked[key])
     assert set(first_attempts.values()) == {1}, first_attempts
@@ -514,8 +525,6 @@ def test_ordering_in_small_chunks_under_concurrent_pulls_on_two_processes(
         open_store, store, nats_server, namespace, monkeypatch):
     """Heads of a few entries and chunks of some eight: concurrent pulls, acks and nacks on two
     processes keep every key in order and leave no chunk behind."""
-    import random
-
     from pubsub_emulator.store import DeliveryPolicy
     from pubsub_emulator.store.nats import ordering_chunks
 
@@ -530,39 +539,7 @@ def test_ordering_in_small_chunks_under_concurrent_pulls_on_two_processes(
         stored, named = _key_chunks(nats_server.url, namespace, key)
         assert len(named) > 1 and stored == named
     store.messages.modify_deadline(S, [d.ack_id for d in first], 0, 0, ordered)
-    acked: dict[str, list[int]] = {k: [] for k in keys}
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-    stop = time.monotonic() + 60
-
-    def work(s: SyncStore, seed: int) -> None:
-        rnd = random.Random(seed)
-        try:
-            while time.monotonic() < stop and sum(map(len, acked.values())) < len(keys) * count:
-                batch = s.messages.pull(S, rnd.randint(5, 40), 30_000, 0, policy=ordered)
-                nacked: set[str] = set()
-                for d in batch:
-                    key, index = data_of(d).decode().split(":")
-                    if key in nacked:
-                        continue  # comes again after the nacked one
-                    if rnd.random() < 0.1:
-                        nacked.add(key)
-                        s.messages.modify_deadline(S, [d.ack_id], 0, 0, ordered)
-                        continue
-                    with lock:
-                        acked[key].append(int(index))
-                    s.messages.acknowledge(S, [d.ack_id], ordered)
-                time.sleep(0.01 if batch else 0.05)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(s, n))
-               for n, s in enumerate((store, open_store()))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(90)
-    assert not errors, errors
+    acked, _ = _pull_ack_and_nack_on_each((store, open_store()), keys, count, (5, 40), 0.1)
     for key in keys:
         assert acked[key] == list(range(count)), (key, acked[key])
         assert _key_chunks(nats_server.url, namespace, key) == (set(), set())
