@@ -87,3 +87,29 @@ def gapic_clients(host: str, transport: str) -> tuple[Any, Any]:
         return gapic.PublisherClient(**kwargs), gapic.SubscriberClient(**kwargs)
     finally:
         os.environ.update(saved)
+
+
+def create_key(data_dir: Path, email: str, *extra: str) -> Path:
+    """`pubsub-emulator keys create EMAIL` on the store in `data_dir` (`extra`: --admin, --role
+    R...), the key file written beside the data directory; its path."""
+    import subprocess
+
+    from processes import VENV_BIN
+
+    out = data_dir.parent / f"{email.partition('@')[0]}.json"
+    subprocess.run([str(VENV_BIN / "pubsub-emulator"), "keys", "create", email, "--out",
+                    str(out), "--data-dir", str(data_dir), *extra],
+                   check=True, capture_output=True, timeout=60)
+    return out
+
+
+def self_signed_token(key_file: Path) -> str:
+    """A bearer token the key signs itself (JWT access, as Google's clients send), no request
+    made."""
+    from google.oauth2 import service_account
+
+    creds = service_account.Credentials.from_service_account_file(
+        str(key_file), scopes=["https://www.googleapis.com/auth/pubsub"])
+    creds = creds.with_always_use_jwt_access(True)
+    creds.refresh(None)
+    return creds.token

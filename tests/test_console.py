@@ -19,20 +19,17 @@ from __future__ import annotations
 import base64
 import os
 import re
-import subprocess
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from google.oauth2 import service_account
 
-from clients import make_clients, unique
+from clients import create_key, make_clients, self_signed_token, unique
 from console_browser import CHROMIUM_MISSING, Browser, chromium_installed
 from pubsub_emulator.console.rates import WINDOW_S, RateMeter
 from push_endpoint import Receiver, statuses
-from support import REPO, VENV_BIN, EmulatorProcess, wait_for
+from support import REPO, EmulatorProcess, wait_for
 
 STATIC = REPO / "src" / "pubsub_emulator" / "console" / "static"
 # Run by hand without Chromium, the browser tests say why they skip; under CI (which runs
@@ -360,29 +357,13 @@ ADMIN = f"admin@{PROJECT}.iam.gserviceaccount.com"
 ONE = f"one@{PROJECT}.iam.gserviceaccount.com"  # holds roles on one topic only
 
 
-def make_key(data_dir: Path, email: str, *extra: str) -> Path:
-    out = data_dir.parent / f"{email.partition('@')[0]}.json"
-    subprocess.run([str(VENV_BIN / "pubsub-emulator"), "keys", "create", email, "--out",
-                    str(out), "--data-dir", str(data_dir), *extra],
-                   check=True, capture_output=True, timeout=60)
-    return out
-
-
-def self_signed_token(key_file: Path) -> str:
-    creds = service_account.Credentials.from_service_account_file(
-        str(key_file), scopes=["https://www.googleapis.com/auth/pubsub"])
-    creds = creds.with_always_use_jwt_access(True)
-    creds.refresh(None)  # self-signed: no request is made
-    return creds.token
-
-
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory) -> Iterator[Any]:
     """An emulator under --auth: topics `seen` and `unseen` with a subscription each, and a
     second project; ONE may view `seen` only (roles/pubsub.viewer on that topic)."""
     data = tmp_path_factory.mktemp("console-auth") / "data"
     data.mkdir()
-    admin_key, one_key = make_key(data, ADMIN, "--admin"), make_key(data, ONE)
+    admin_key, one_key = create_key(data, ADMIN, "--admin"), create_key(data, ONE)
     with EmulatorProcess(data_dir=data, extra_args=["--auth"]) as emu:
         emu.admin, emu.one = self_signed_token(admin_key), self_signed_token(one_key)
         emu.one_key = one_key

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,13 @@ import aiohttp
 import pytest
 import requests
 from google.api_core import exceptions
-from google.oauth2 import service_account
 
-from clients import make_clients, unique
+from clients import create_key, make_clients, self_signed_token, unique
 from processes import nats_server_path
 from pubsub_emulator.server import create_server
 from pubsub_emulator.store import Kind
 from pubsub_emulator.store.sqlite import SqliteStore
-from support import NATS_MISSING, VENV_BIN, EmulatorProcess, NatsServer, free_port, wait_for
+from support import NATS_MISSING, EmulatorProcess, NatsServer, free_port, wait_for
 
 TOPOLOGY = {"projects": {"ready-proj": {"topics": {"ready-topic": {
     "subscriptions": {"ready-sub": {"ackDeadlineSeconds": 20}}}}}}}
@@ -184,30 +182,15 @@ def test_reset_through_one_process_empties_the_others_on_nats(tmp_path):
         nats.stop()
 
 
-def _token(key_file: Path) -> str:
-    creds = service_account.Credentials.from_service_account_file(
-        str(key_file), scopes=["https://www.googleapis.com/auth/pubsub"])
-    creds = creds.with_always_use_jwt_access(True)
-    creds.refresh(None)  # self-signed: no request is made
-    return creds.token
-
-
-def _key(data_dir: Path, email: str, *extra: str) -> Path:
-    out = data_dir.parent / f"{email.partition('@')[0]}.json"
-    subprocess.run([str(VENV_BIN / "pubsub-emulator"), "keys", "create", email, "--out",
-                    str(out), "--data-dir", str(data_dir), *extra],
-                   check=True, capture_output=True, timeout=60)
-    return out
-
-
 @pytest.fixture(scope="module")
 def keyed_data_dir(tmp_path_factory) -> tuple[Path, str, str]:
     """A data dir whose store holds an administrator's key and an editor's; their tokens."""
     data = tmp_path_factory.mktemp("auth") / "data"
     data.mkdir()
-    admin = _token(_key(data, "admin@auth-proj.iam.gserviceaccount.com", "--admin"))
-    user = _token(_key(data, "user@auth-proj.iam.gserviceaccount.com",
-                       "--role", "roles/pubsub.editor"))
+    admin = self_signed_token(create_key(data, "admin@auth-proj.iam.gserviceaccount.com",
+                                         "--admin"))
+    user = self_signed_token(create_key(data, "user@auth-proj.iam.gserviceaccount.com",
+                                        "--role", "roles/pubsub.editor"))
     return data, admin, user
 
 
