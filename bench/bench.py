@@ -452,12 +452,7 @@ def work_latency(host: str, transport: str, rate: float, seconds: float, size: i
         time.sleep(0.05)
     stop.set()
     if transport == "grpc":
-        future.cancel()
-        try:
-            future.result(timeout=20)
-        except Exception:  # noqa: BLE001
-            pass
-        sub.close()
+        close_streaming(future, sub)
     for t in threads:
         t.join(10)
     pub.stop()
