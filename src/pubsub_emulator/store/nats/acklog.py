@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .acks import ACK_PREFIX, AckId
-from .client import NO_MESSAGE, JetStream, NatsError, NoStream, nats_error
+from .client import JetStream, NatsError, NoStream, nats_error
 from .layout import Layout
 
 log = logging.getLogger("pubsub_emulator.nats")
@@ -187,13 +187,9 @@ class Sets:
 
     async def last(self, subject: str) -> tuple[int, bytes] | None:
         """The last message of a subject (its sequence and payload), None if it has none."""
-        try:
-            resp = await self.js.api(f"STREAM.MSG.GET.{self.stream}", {"last_by_subj": subject})
-        except NatsError as exc:
-            if exc.err_code == NO_MESSAGE or exc.code == 404:
-                return None
-            raise
-        message = resp["message"]
+        message = await self.js.msg_get(self.stream, {"last_by_subj": subject})
+        if message is None:
+            return None
         return int(message["seq"]), base64.b64decode(message.get("data") or b"")
 
     async def delete(self, seq: int) -> None:
@@ -222,15 +218,10 @@ class Sets:
         if count <= _FEW:
             found: list[tuple[int, bytes]] = []
             while len(found) < count:
-                try:
-                    resp = await self.js.api(f"STREAM.MSG.GET.{self.stream}",
-                                              {"seq": found[-1][0] + 1 if found else 1,
-                                               "next_by_subj": subject})
-                except NatsError as exc:
-                    if exc.err_code == NO_MESSAGE or exc.code == 404:
-                        break
-                    raise
-                message = resp["message"]
+                message = await self.js.msg_get(self.stream, {
+                    "seq": found[-1][0] + 1 if found else 1, "next_by_subj": subject})
+                if message is None:
+                    break
                 found.append((int(message["seq"]),
                               base64.b64decode(message.get("data") or b"")))
             return found

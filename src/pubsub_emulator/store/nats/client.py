@@ -338,16 +338,24 @@ class JetStream:
             self._waiting.pop(token, None)
 
     # --- a key-value table over a stream (one message per subject) ---------------------------
-    async def kv_get(self, subject: str, stream: str = "") -> Record | None:
-        """The entry of a subject (in the resource stream unless told), None if there is none."""
+    async def msg_get(self, stream: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A stored message through the stream's leader (`STREAM.MSG.GET`: by "seq", with
+        "next_by_subj", or "last_by_subj"), as JetStream gives it (seq, subject, time, base64
+        data and hdrs); None if there is no such message."""
         try:
-            resp = await self.api(f"STREAM.MSG.GET.{stream or self._resource_stream}",
-                                  {"last_by_subj": subject})
+            resp = await self.api(f"STREAM.MSG.GET.{stream}", request)
         except NatsError as exc:
             if exc.err_code == NO_MESSAGE or exc.code == 404:
                 return None
             raise
-        message = resp["message"]
+        message: dict[str, Any] = resp["message"]
+        return message
+
+    async def kv_get(self, subject: str, stream: str = "") -> Record | None:
+        """The entry of a subject (in the resource stream unless told), None if there is none."""
+        message = await self.msg_get(stream or self._resource_stream, {"last_by_subj": subject})
+        if message is None:
+            return None
         return Record(json.loads(base64.b64decode(message.get("data") or b"")), message["seq"])
 
     async def kv_put(self, subject: str, value: Mapping[str, Any], last: int | None) -> bool:

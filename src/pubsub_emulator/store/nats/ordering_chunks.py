@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from ..base import StoreError
-from .client import NO_MESSAGE, WRONG_LAST_SEQ, JetStream, NatsError, Record
+from .client import WRONG_LAST_SEQ, JetStream, NatsError, Record
 
 INLINE_BYTES = 64 * 1024  # a head's entries at most (JSON), before they move to chunks
 CHUNK_BYTES = 128 * 1024  # a chunk at most (JSON)
@@ -205,14 +205,10 @@ class ChunkedRecords:
             missing_at = head.seq  # (its writer dropped it: the head changed meanwhile)
 
     async def _get_chunk(self, subject: str) -> Snapshot | None:
-        try:
-            resp = await self._js.api(f"STREAM.MSG.GET.{self._stream}",
-                                      {"last_by_subj": subject})
-        except NatsError as exc:
-            if exc.err_code == NO_MESSAGE or exc.code == 404:
-                return None
-            raise
-        entries: Snapshot = json.loads(base64.b64decode(resp["message"].get("data") or b""))
+        message = await self._js.msg_get(self._stream, {"last_by_subj": subject})
+        if message is None:
+            return None
+        entries: Snapshot = json.loads(base64.b64decode(message.get("data") or b""))
         return entries
 
     # --- writing ----------------------------------------------------------------------------

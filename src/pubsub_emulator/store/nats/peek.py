@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from ..base import Pending, stamp
 from .acklog import ack_floor
 from .acks import AckId, Fetched
-from .client import NO_MESSAGE, JetStream, NatsError, parse_headers
+from .client import JetStream, parse_headers
 from .layout import H_PIECES, H_SIZE, H_SKIP, H_TIME, Layout
 from .leases import Redeliveries
 from .pieces import Pieces
@@ -131,13 +131,9 @@ class Peek:
 
     async def _read(self, stream: str, seq: int) -> Stored | None:
         """A topic stream's message by sequence (None if there is none)."""
-        try:
-            resp = await self._js.api(f"STREAM.MSG.GET.{stream}", {"seq": seq})
-        except NatsError as exc:
-            if exc.err_code == NO_MESSAGE or exc.code == 404:
-                return None
-            raise
-        message = resp["message"]
+        message = await self._js.msg_get(stream, {"seq": seq})
+        if message is None:
+            return None
         return Stored(base64.b64decode(message.get("data") or b""),
                       parse_headers(base64.b64decode(message.get("hdrs") or b"")))
 

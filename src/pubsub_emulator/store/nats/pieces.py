@@ -45,7 +45,6 @@ from typing import NamedTuple
 from ..base import PayloadTooLarge, StoreUnavailable
 from .acks import TERM, Fetched
 from .client import (
-    NO_MESSAGE,
     STREAM_NOT_FOUND,
     JetStream,
     NatsError,
@@ -255,13 +254,10 @@ class Pieces:
             found = await self._js.direct_get(self._stream, seq)
             if found is not None:
                 return found[0].get("Nats-Subject", ""), found[1]
-            try:  # a replica that has not stored it yet answered: ask the stream's leader
-                resp = await self._js.api(f"STREAM.MSG.GET.{self._stream}", {"seq": seq})
-            except NatsError as exc:
-                if exc.err_code == NO_MESSAGE or exc.code == 404:
-                    return None
-                raise
-            message = resp["message"]
+            # a replica that has not stored it yet answered: ask the stream's leader
+            message = await self._js.msg_get(self._stream, {"seq": seq})
+            if message is None:
+                return None
             return message["subject"], base64.b64decode(message.get("data") or b"")
 
     # --- reclaiming (the sweeper) -----------------------------------------------------------
@@ -310,12 +306,8 @@ class Pieces:
 
     async def _next_mark(self, topic_hash: str, seq: int) -> tuple[int, int] | None:
         """(sequence, server time) of the topic's first mark at or after `seq`."""
-        try:
-            resp = await self._js.api(f"STREAM.MSG.GET.{self._stream}",
-                                      {"seq": seq, "next_by_subj":
-                                       self._layout.blob_mark(topic_hash)})
-        except NatsError as exc:
-            if exc.err_code == NO_MESSAGE or exc.code == 404:
-                return None
-            raise
-        return int(resp["message"]["seq"]), time_ns(resp["message"]["time"])
+        message = await self._js.msg_get(self._stream, {
+            "seq": seq, "next_by_subj": self._layout.blob_mark(topic_hash)})
+        if message is None:
+            return None
+        return int(message["seq"]), time_ns(message["time"])
