@@ -19,8 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from google.protobuf import timestamp_pb2
-from google.pubsub_v1 import types as pubsub_types
+from .. import protowire
 
 
 class Kind(enum.Enum):
@@ -89,14 +88,16 @@ class Page:
     next_token: str  # "" when this is the last page
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """One message leased to a puller."""
+class Delivery(NamedTuple):
+    """One message leased to a puller (a tuple: thousands are made per pull)."""
 
     ack_id: str
     message: bytes  # a serialized google.pubsub.v1.PubsubMessage, message_id and publish_time set
     delivery_attempt: int  # 1 on first delivery
     size: int  # bytes of the message as published, for flow control
+    # The message's publish time in ms when the store has it at hand (None: read it from
+    # `message`); the delivery latency metric needs it on first deliveries.
+    published_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -170,19 +171,13 @@ class RetentionRules:
     retain_acked: frozenset[str] = frozenset()
 
 
-_PubsubMessage = pubsub_types.PubsubMessage.pb()
-
-
 def stamp(message: bytes, message_id: str, publish_ms: int) -> bytes:
     """The published message with the id and publish time the store assigned it.
 
     Protobuf encodings concatenate as a merge, so this appends the two fields to the bytes as
-    published without decoding them.
+    published without decoding them (protowire.py).
     """
-    time = timestamp_pb2.Timestamp(seconds=publish_ms // 1000,
-                                   nanos=(publish_ms % 1000) * 1_000_000)
-    return message + _PubsubMessage(message_id=message_id,
-                                    publish_time=time).SerializeToString()
+    return protowire.stamped(message, message_id, protowire.publish_stamp(publish_ms))
 
 
 # --- the interface -----------------------------------------------------------------------------
