@@ -59,7 +59,7 @@ def test_an_idle_stream_looks_without_turning_and_still_finds_what_no_wake_up_to
         store = SqliteStore(tmp_path / "store.sqlite3")
         service = PubSubService(store)
         receives, looks = 0, 0
-        real_receive, real_due = service.engine.receive, service.engine.next_due_ms
+        real_receive, real_due = service.engine.receive_encoded, service.engine.next_due_ms
 
         async def counted_receive(*args, **kwargs):
             nonlocal receives
@@ -71,7 +71,7 @@ def test_an_idle_stream_looks_without_turning_and_still_finds_what_no_wake_up_to
             looks += 1
             return await real_due(*args, **kwargs)
 
-        service.engine.receive, service.engine.next_due_ms = counted_receive, counted_due
+        service.engine.receive_encoded, service.engine.next_due_ms = counted_receive, counted_due
         await service.topics.create_topic(t.Topic.pb()(name=topic))
         await service.subscriptions.create_subscription(t.Subscription.pb()(name=sub,
                                                                             topic=topic))
@@ -95,7 +95,8 @@ def test_an_idle_stream_looks_without_turning_and_still_finds_what_no_wake_up_to
         response = await asyncio.wait_for(first, 30)
         await responses.aclose()
         await store.close()
-        return idle_receives, receives, response.received_messages[0].message.data
+        received = t.StreamingPullResponse.pb().FromString(response).received_messages
+        return idle_receives, receives, received[0].message.data
 
     idle_receives, receives, data = asyncio.run(scenario())
     assert idle_receives == 1  # the call's first turn; idle looks did not turn the loop

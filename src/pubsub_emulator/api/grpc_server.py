@@ -193,6 +193,16 @@ def _streaming_pull(service: PubSubService, authenticate: Authenticate | None,
     return handler
 
 
+def _encoded_or(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A response serializer that sends a response the core already encoded (bytes: the
+    StreamingPull's messages, core/streaming.py) as it is."""
+
+    def encode(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return encode
+
+
 def generic_handlers(service: PubSubService, authenticate: Authenticate | None = None,
                      recorder: CallRecorder | None = None) -> list[grpc.GenericRpcHandler]:
     """Every method's handler; with `authenticate` (--auth) each call must be authenticated;
@@ -205,7 +215,7 @@ def generic_handlers(service: PubSubService, authenticate: Authenticate | None =
         if method.client_streaming and method.server_streaming:
             handler = grpc.stream_stream_rpc_method_handler(
                 _streaming_pull(service, authenticate, calls), request_deserializer=decode,
-                response_serializer=encode)
+                response_serializer=_encoded_or(encode))
         else:
             handler = grpc.unary_unary_rpc_method_handler(
                 _unary(service, method, authenticate, calls), request_deserializer=decode,

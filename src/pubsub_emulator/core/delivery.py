@@ -16,7 +16,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ..store import DeliveryPolicy, InvalidAckId, Kind, Store
+from .. import protowire
+from ..store import Delivery, DeliveryPolicy, InvalidAckId, Kind, Store
 from . import limits, names
 from .activity import Activity
 from .catalog import Catalog
@@ -29,6 +30,14 @@ from .policy import delivery_policy
 log = logging.getLogger("pubsub_emulator.service")
 
 Leased = list[tuple[str, int]]  # (ack id, size) of each message leased
+
+
+def publish_ms(delivery: Delivery) -> int:
+    """When the delivered message was published (ms), from the store or from the message."""
+    if delivery.published_ms is not None:
+        return delivery.published_ms
+    published = PubsubMessage.FromString(delivery.message).publish_time
+    return published.seconds * 1000 + published.nanos // 1_000_000
 
 
 class LeaseHolder(Protocol):
@@ -84,45 +93,65 @@ class DeliveryEngine:
 
     async def receive(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int = 0,
                       ) -> tuple[list[Any], Leased]:
-        """Lease up to `max_messages` (within `max_bytes`) of `sub`'s available messages."""
+        """Lease up to `max_messages` (within `max_bytes`) of `sub`'s available messages, as
+        ReceivedMessage protos."""
+        handed, leased = await self._lease(sub, max_messages, lease_ms, max_bytes)
+        received = []
+        for d, attempt in handed:
+            rm = ReceivedMessage(ack_id=d.ack_id, delivery_attempt=attempt)
+            rm.message.MergeFromString(d.message)
+            received.append(rm)
+        return received, leased
+
+    async def receive_encoded(self, sub: Any, max_messages: int, lease_ms: int,
+                              max_bytes: int = 0) -> tuple[list[bytes], Leased]:
+        """As `receive`, each ReceivedMessage already encoded (protowire.py): StreamingPull
+        sends them as they are, without building and serializing a proto per message."""
+        handed, leased = await self._lease(sub, max_messages, lease_ms, max_bytes)
+        return [protowire.received_message(d.ack_id, d.message, attempt)
+                for d, attempt in handed], leased
+
+    async def _lease(self, sub: Any, max_messages: int, lease_ms: int, max_bytes: int
+                     ) -> tuple[list[tuple[Delivery, int]], Leased]:
+        """The deliveries to hand out, each with the delivery_attempt to show (0: not shown,
+        the subscription has no dead-letter policy), and what they lease; those past their
+        dead-letter policy's attempts are forwarded instead."""
         await self._activity.touch(sub.name)
         deliveries = await self._log.pull(sub.name, max_messages, lease_ms, self._clock(),
                                           max_bytes, delivery_policy(sub))
         dead_letter = sub.dead_letter_policy if sub.HasField("dead_letter_policy") else None
-        received, leased, first = [], [], []
+        handed, leased, first = [], [], []
         now = self._clock()
         for d in deliveries:
-            rm = ReceivedMessage(ack_id=d.ack_id)
-            rm.message.MergeFromString(d.message)
+            attempt = 0
             if dead_letter is not None:
                 if (d.delivery_attempt > dead_letter.max_delivery_attempts
-                        and await self._dead_letter(sub, rm, d.delivery_attempt - 1)):
+                        and await self._dead_letter(sub, d, d.delivery_attempt - 1)):
                     continue
-                rm.delivery_attempt = d.delivery_attempt
+                attempt = d.delivery_attempt
             if d.delivery_attempt == 1:
-                published = rm.message.publish_time
-                first.append(now - published.seconds * 1000 - published.nanos // 1_000_000)
-            received.append(rm)
+                first.append(now - publish_ms(d))
+            handed.append((d, attempt))
             leased.append((d.ack_id, d.size))
-        if len(received) < len(deliveries):
-            self.observer.dead_lettered(sub.name, len(deliveries) - len(received))
-        if received:
+        if len(handed) < len(deliveries):
+            self.observer.dead_lettered(sub.name, len(deliveries) - len(handed))
+        if handed:
             self.work += 1
-            self.observer.delivered(sub.name, len(received), first)
-        return received, leased
+            self.observer.delivered(sub.name, len(handed), first)
+        return handed, leased
 
     async def next_due_ms(self, subscription: str) -> int | None:
         """When the subscription's next message becomes available (None: none stored)."""
         return await self._log.next_due_ms(subscription)
 
-    async def _dead_letter(self, sub: Any, received: Any, attempts: int) -> bool:
+    async def _dead_letter(self, sub: Any, delivery: Delivery, attempts: int) -> bool:
         """Forward a message that ran out of delivery attempts; ack it on `sub`."""
         topic = sub.dead_letter_policy.dead_letter_topic
         if await self._table.get(Kind.TOPIC, topic) is None:
             log.warning("%s: dead-letter topic %s does not exist; delivering again",
                         sub.name, topic)
             return False
-        source = received.message
+        source = PubsubMessage.FromString(delivery.message)
         forwarded = PubsubMessage(data=source.data, attributes=source.attributes,
                                   ordering_key=source.ordering_key)
         sub_name = names.subscription(sub.name)
@@ -133,7 +162,7 @@ class DeliveryEngine:
             "CloudPubSubDeadLetterSourceTopicPublishTime": source.publish_time.ToJsonString(),
         })
         await self._log.publish(topic, [forwarded.SerializeToString()], self._clock())
-        await self._log.acknowledge(sub.name, [received.ack_id], delivery_policy(sub),
+        await self._log.acknowledge(sub.name, [delivery.ack_id], delivery_policy(sub),
                                     self._clock())
         log.info("%s: message %s dead-lettered to %s after %d delivery attempts", sub.name,
                  source.message_id, topic, attempts)

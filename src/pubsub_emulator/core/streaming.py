@@ -14,6 +14,7 @@ from typing import Any
 
 from google.pubsub_v1 import types as t
 
+from .. import protowire
 from ..store import DeliveryPolicy
 from . import limits
 from .delivery import DeliveryEngine
@@ -53,9 +54,9 @@ class OpenPull:
         self.policy: DeliveryPolicy = delivery_policy(sub)
         # What the subscription was when the call opened: the client reads these once.
         self.exactly_once: bool = sub.enable_exactly_once_delivery
-        self.properties = StreamingPullResponse.SubscriptionProperties(
+        self.properties: bytes = StreamingPullResponse.SubscriptionProperties(
             exactly_once_delivery_enabled=sub.enable_exactly_once_delivery,
-            message_ordering_enabled=sub.enable_message_ordering)
+            message_ordering_enabled=sub.enable_message_ordering).SerializeToString()
 
     # LeaseHolder
     def release(self, ack_ids: Sequence[str]) -> None:
@@ -203,11 +204,11 @@ class StreamingPull:
             call.policy = delivery_policy(sub)
             count, size = call.window()
             if count > 0:
-                received, leased = await self._engine.receive(sub, count, call.lease_ms, size)
+                received, leased = await self._engine.receive_encoded(sub, count, call.lease_ms,
+                                                                      size)
                 call.hold(leased, now + call.lease_ms)
                 if received:
-                    yield StreamingPullResponse(received_messages=received,
-                                                subscription_properties=call.properties)
+                    yield protowire.streaming_pull_response(received, call.properties)
                     continue
             await self._sleep(call, count > 0)
 
