@@ -54,6 +54,8 @@ class DeliveryEngine:
     def __init__(self, store: Store, catalog: Catalog, events: Events, activity: Activity,
                  clock: Callable[[], int], observer: Observer = NO_OBSERVER) -> None:
         self._log = store.messages
+        # A pull that came back short left nothing available (store/base.py MessageLog).
+        self.short_pull_drains: bool = store.messages.short_pull_drains
         self.observer = observer  # metrics: what was delivered, acked, nacked... (observe.py)
         self._table = store.resources
         self._catalog = catalog

@@ -209,7 +209,12 @@ class StreamingPull:
                 call.hold(leased, now + call.lease_ms)
                 if received:
                     yield protowire.streaming_pull_response(received, call.properties)
-                    continue
+                    if len(received) == count or not self._engine.short_pull_drains:
+                        continue  # there may be more: look again at once
+                    # Fewer than asked: none was left at `now`, so a turn that would find
+                    # nothing is skipped (a publish meanwhile has set the wake-up; one message
+                    # per publish cost two turns). Messages that only the byte limit left
+                    # behind are due now: the sleep ends at once.
             await self._sleep(call, count > 0)
 
     async def _sleep(self, call: OpenPull, has_room: bool) -> None:
@@ -227,7 +232,10 @@ class StreamingPull:
             if soonest is not None:
                 timeout, idle = min(timeout, max(0.001, (soonest - self._clock()) / 1000)), False
             try:
-                await asyncio.wait_for(call.wakeup.wait(), timeout)
+                # (asyncio.timeout rather than wait_for, which makes a task per wait: ~20 us
+                # of a message's delivery at one message per publish)
+                async with asyncio.timeout(timeout):
+                    await call.wakeup.wait()
                 return
             except TimeoutError:
                 if not idle:

@@ -228,6 +228,11 @@ class MessageLog(abc.ABC):
     Calls naming a subscription or snapshot that does not exist raise NotFound.
     """
 
+    # True when a pull that returns fewer messages than asked (within the byte limit) left
+    # none available at its `now_ms`: a StreamingPull then sleeps instead of pulling again at
+    # once. A store whose pulls may come back short with more available leaves it False.
+    short_pull_drains = False
+
     @abc.abstractmethod
     async def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
                       skip: Mapping[str, set[int]] | None = None,

@@ -426,6 +426,8 @@ class SqliteResources(ResourceTable):
 
 
 class SqliteMessages(MessageLog):
+    short_pull_drains = True  # (a pull reads every available row up to its limits)
+
     def __init__(self, db: sqlite3.Connection, fanout: Fanout, reclaimer: Reclaimer) -> None:
         self._db = db
         self._fanout = fanout
