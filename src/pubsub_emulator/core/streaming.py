@@ -60,13 +60,23 @@ class OpenPull:
 
     # LeaseHolder
     def release(self, ack_ids: Sequence[str]) -> None:
+        was_full = self.window_full()
         for ack_id in ack_ids:
             held = self.outstanding.pop(ack_id, None)
             if held is not None:
                 self.outstanding_bytes -= held[1]
         if not self.outstanding:
             self._next_expiry = None
-        self.wakeup.set()
+        # Only a full window kept the call from delivering: otherwise an ack opens nothing
+        # new, and waking the call for it cost a turn that found nothing (per ack: per
+        # message, when messages come one at a time). Seeks and nacks wake it themselves.
+        if was_full:
+            self.wakeup.set()
+
+    def window_full(self) -> bool:
+        """Whether flow control holds the call back (no more messages, or no more bytes)."""
+        return ((0 < self.max_messages <= len(self.outstanding))
+                or (0 < self.max_bytes <= self.outstanding_bytes))
 
     def release_all(self) -> None:
         self.release(list(self.outstanding))
