@@ -3,7 +3,7 @@
 generator pinned to the other, server CPU per message read from /proc, ours beside Google's.
 
 Run:  .venv/bin/python bench/cpu_bench.py [--messages N] [--quick] [--skip-reference]
-          [--skip-nats] [--skip-in-memory] [--timeout S] [--profile-dir DIR]
+          [--skip-nats] [--skip-in-memory] [--skip-floor] [--timeout S] [--profile-dir DIR]
           [--acks unary|stream] [--receipt-modacks] [--skip-profile]
 
 Pinning (a 2-core machine: one core each, so that server and load never fight):
@@ -19,7 +19,12 @@ Pinning (a 2-core machine: one core each, so that server and load never fight):
 
 Servers: ours on the durable store (`pubsub-emulator start`), ours `--in-memory`, ours on NATS
   JetStream (`--store nats://...`, a nats-server -js of its own), Google's emulator (gcloud's
-  cloud-pubsub-emulator, when installed). Started by bench.py's / tests/processes.py's helpers.
+  cloud-pubsub-emulator, when installed), and "bare grpc.aio (floor)": bench/grpc_floor.py,
+  the least a Python grpc.aio server can do for these workloads (bytes in and out, messages
+  in deques, no persistence, validation or metrics; ours' channel options), so that what
+  gRPC-Python costs by itself per call (an echo server here: some 260-380 µs of CPU per unary
+  call) is seen beside what ours adds to it; it does not push (its push cells are "–").
+  Started by bench.py's / tests/processes.py's helpers (the floor by FloorServer here).
 
 The load generator: grpc.aio with the protos' upb classes (google.pubsub_v1.types X.pb()),
   every request serialized by this script (the channel sends bytes as they are), 4 channels,
@@ -108,8 +113,10 @@ from processes import (  # noqa: E402
     VENV_BIN,
     ReferenceEmulator,
     ServerProcess,
+    free_port,
     nats_server_path,
     reference_emulator_path,
+    tcp_open,
     wait_for,
 )
 
@@ -685,6 +692,42 @@ def tree_affinity(root: int) -> str:
     return ", ".join(f"{count} threads on CPU {cpus}" for cpus, count in lists.items())
 
 
+class FloorServer(ServerProcess):
+    """bench/grpc_floor.py on a free loopback port, logging to work_dir/server.log; ready
+    once its port accepts a TCP connection (grpc.aio listens only once started)."""
+
+    name = "grpc-floor"
+
+    def __init__(self, work_dir: Path) -> None:
+        self.port = free_port()
+        self.work_dir = work_dir
+        self.log_path = work_dir / "server.log"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def cmd(self) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve().parent / "grpc_floor.py"),
+                "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def start(self) -> FloorServer:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._launch()
+        return self
+
+    def _ready(self) -> bool:
+        return tcp_open(self.port)
+
+
+FLOOR_TITLE = "bare grpc.aio (floor)"
+FLOOR_NOTE = (f"{FLOOR_TITLE}: bench/grpc_floor.py, a grpc.aio server that only keeps messages "
+              "in memory and hands them out (no persistence, validation or metrics; no push). "
+              "Its CPU per message is what gRPC-Python itself costs for the same calls on this "
+              "machine: the floor under ours' figures, not a competitor.")
+
+
 @dataclass
 class Column:
     key: str
@@ -692,6 +735,7 @@ class Column:
     # The processes to start, in order; the last one is the Pub/Sub server, any before it its
     # store (nats-server), whose CPU is reported apart.
     processes: Callable[[Path], list[ServerProcess]]
+    workloads: tuple[str, ...] = WORKLOADS  # those run; the others' cells are "–"
 
 
 def columns_for(args: argparse.Namespace) -> tuple[list[Column], list[str]]:
@@ -718,6 +762,11 @@ def columns_for(args: argparse.Namespace) -> tuple[list[Column], list[str]]:
     else:
         notes.append("Google's emulator: " + ("skipped (--skip-reference)" if args.skip_reference
                                               else "not installed (gcloud's pubsub-emulator)"))
+    if args.skip_floor:
+        notes.append(f"{FLOOR_TITLE}: skipped (--skip-floor)")
+    else:
+        columns.append(Column("floor", FLOOR_TITLE, lambda d: [FloorServer(d / "floor")],
+                              tuple(w for w in WORKLOADS if w != "push")))
     return columns, notes
 
 
@@ -783,7 +832,7 @@ def run_column(column: Column, args: argparse.Namespace, profile_dir: Path) -> d
             groups = {"server": [server.proc.pid], "store": [p.proc.pid for p in started[:-1]]}
             for process in started:
                 print(f"  pinned: {process.name}: {tree_affinity(process.proc.pid)}", flush=True)
-            for workload in WORKLOADS:
+            for workload in column.workloads:
                 spec = load_spec(workload, server.host, groups, args)
                 results[workload] = run_load_process(spec, args.timeout)
                 print(f"  {workload}: {summary(results[workload])}", flush=True)
@@ -991,6 +1040,8 @@ def print_report(columns: list[Column], results: dict[str, dict[str, dict]],
                  f"CPU other processes took on core {SERVER_CORE} meanwhile. The official "
                  "Python client's figures (what users see) are bench.py's, the first step of "
                  "`make bench`: not repeated here.")
+    if any(column.key == "floor" for column in columns):
+        notes.append(f"- {FLOOR_NOTE}")
     print("\n".join(notes))
     durable = results.get("durable", {})
     for workload in PROFILED if not args.skip_profile else ():
@@ -1012,6 +1063,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-reference", action="store_true", help="no Google's emulator column")
     ap.add_argument("--skip-nats", action="store_true", help="no column for ours on NATS")
     ap.add_argument("--skip-in-memory", action="store_true", help="no --in-memory column")
+    ap.add_argument("--skip-floor", action="store_true",
+                    help="no bare grpc.aio (floor) column (bench/grpc_floor.py)")
     ap.add_argument("--skip-profile", action="store_true", help="no py-spy runs")
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds one workload may take, its backlog included (default 300)")
