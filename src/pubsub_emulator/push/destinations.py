@@ -16,14 +16,14 @@ themselves: cloud metadata servers, admin consoles, the host's other services.
   IPv4-mapped IPv6 addresses (::ffff:10.1.2.3) are judged as the IPv4 address they carry.
 
 DNS rebinding: a name may resolve to an allowed address when checked and to another when
-connected. So the check is made where the connection is made: the pusher's aiohttp connector
+connected. So the check is made where the connection is made: the pusher's client (client.py)
 gets `AllowedResolver`, which resolves (loop.getaddrinfo, through aiohttp's ThreadedResolver)
-and hands aiohttp only the allowed addresses; aiohttp connects to exactly the addresses its
-resolver returned (numerically, no second lookup), and caches only those. aiohttp bypasses the
-resolver for hosts that look like addresses (a ":" or only digits and dots), so the pusher asks
-`refusal(url)` before each POST, which judges those hosts itself (and refuses what looks like
-an address but is none, e.g. `127.1`). Redirects are not followed and the session ignores
-proxy settings of the environment, so no other route leads elsewhere.
+and hands the client only the allowed addresses; the client connects to exactly the addresses
+its resolver returned (numerically, no second lookup), and caches only those. The client does
+not resolve hosts that look like addresses (a ":" or only digits and dots, aiohttp's test,
+which the client keeps), so the pusher asks `refusal(url)` before each POST, which judges those
+hosts itself (and refuses what looks like an address but is none, e.g. `127.1`). Redirects are
+not followed and the client uses no proxy, so no other route leads elsewhere.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ DEFAULT_DESCRIPTION = "loopback and private ranges, the default under --auth"
 
 
 class PushRefused(OSError):
-    """A push destination outside the allowed set. An OSError, so that raised by the resolver
-    aiohttp passes it on (as the `os_error` of a ClientConnectorError)."""
+    """A push destination outside the allowed set (raised by the resolver, it reaches the
+    pusher as it is: the client passes it on)."""
 
 
 def parse_push_allow(value: str) -> list[str]:
@@ -66,15 +66,16 @@ def _parse_entry(entry: str) -> Network | str:
         pass
     name = text.lower().rstrip(".")
     labels = name.split(".")
-    if not name or _looks_like_address(name) or not all(
+    if not name or looks_like_address(name) or not all(
             label and len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum()
             and label.isascii() for label in labels):
         raise ValueError(f"--push-allow: {entry!r} is neither a CIDR, an address nor a host name")
     return name
 
 
-def _looks_like_address(host: str) -> bool:
-    # aiohttp's own test for "do not resolve this host": the two must agree (see above).
+def looks_like_address(host: str) -> bool:
+    """Whether the push client connects to `host` as written rather than resolving it
+    (aiohttp's test, kept by the client: the two checks must agree, see above)."""
     return ":" in host or host.replace(".", "").isdigit()
 
 
@@ -128,13 +129,14 @@ class Destinations:
         if self.unrestricted:
             return ""
         try:
-            host = URL(url).raw_host or ""  # the host as aiohttp reads it (not urllib's view)
+            host = URL(url).raw_host or ""  # as the push client reads it (yarl)
         except ValueError:
-            return ""  # aiohttp refuses the URL itself: a failed POST like any other
-        if self.allows_host(host) or not _looks_like_address(host):
+            return ""  # the client refuses the URL itself: a failed POST like any other
+        if self.allows_host(host) or not looks_like_address(host):
             return ""
         if _address(host) is None:
-            return f"push refused: {host} is not an address aiohttp connects to as written"
+            return (f"push refused: {host} is not an address the push client connects "
+                    "to as written")
         if self.allows_address(host):
             return ""
         return self.outside(host, host)
@@ -144,12 +146,13 @@ class Destinations:
         return f"push refused: {shown} is outside the allowed destinations ({self.description})"
 
     def resolver(self) -> AllowedResolver | None:
-        """The resolver for a pusher's connector (None: aiohttp's default, nothing to check)."""
+        """The resolver for a pusher's client (None: the default, nothing to check)."""
         return None if self.unrestricted else AllowedResolver(self)
 
 
 class AllowedResolver(AbstractResolver):
-    """Resolves as aiohttp does and returns only allowed addresses (PushRefused if none)."""
+    """Resolves as aiohttp's resolver does and returns only allowed addresses (PushRefused if
+    none)."""
 
     def __init__(self, destinations: Destinations,
                  inner: AbstractResolver | None = None) -> None:
