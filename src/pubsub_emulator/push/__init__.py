@@ -2,6 +2,9 @@
 
 dispatcher  follows push configs, one SubscriptionPusher per push subscription, /debug/push
 pusher      one subscription's delivery loop, POSTs, slow start and backoff
+request     the body and headers of a POST (push_contract's envelope, written faster)
+client      the HTTP/1.1 keep-alive client of the POSTs, a connection pool per subscription
+settle      acks and nacks written to the store in batches
 ownership   which process pushes a subscription (one at a time), and the state handed over
 oidc        the emulator's OIDC signing key, tokens and certificate endpoints
 destinations where push may go (--push-allow), checked at each connection

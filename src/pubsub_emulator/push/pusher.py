@@ -2,8 +2,9 @@
 
 One task per push subscription leases messages through the delivery engine (so dead-letter
 forwarding, delivery attempts and the retry policy apply as for pull) and POSTs each one to the
-endpoint with its own connection pool and its own limits, so a slow or dead endpoint never holds
-up another subscription.
+endpoint with its own connection pool and its own limits (client.py: HTTP/1.1 keep-alive, at
+most `max_window` connections), so a slow or dead endpoint never holds up another subscription.
+Acks and nacks are written to the store in batches (settle.py).
 
 - Body: Google's wrapped JSON envelope (see docs/push-worker.md), or with
   `pushConfig.noWrapper` the raw data, plus with `noWrapper.writeMetadata` the metadata in
@@ -40,30 +41,24 @@ up another subscription.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
-from push_contract import (
-    ACK_STATUSES,
-    BackoffPolicy,
-    BackoffState,
-    MessageFields,
-    build_request,
-    record_ack,
-    record_nack,
-)
+from push_contract import ACK_STATUSES, BackoffPolicy, BackoffState, record_ack, record_nack
 
 from ..core.delivery import DeliveryEngine
 from ..core.errors import ApiError
 from ..core.events import Events
 from ..core.push_config import redact_text, redact_url
+from .client import PushClient
 from .destinations import Destinations, PushRefused
 from .oidc import SigningRefused, TokenIssuer
 from .ownership import Handover, Ownership, wall_ms
+from .request import push_request
+from .settle import Outcome, Settlements
 
 log = logging.getLogger("pubsub_emulator.push")
 
@@ -73,34 +68,17 @@ BACKOFF = BackoffPolicy(initial=0.1, multiplier=2.0, maximum=60.0)
 # The lease outlives the POST's timeout (the ack deadline), so the outcome of a POST, ack or
 # nack, always lands on a lease we still hold.
 LEASE_MARGIN_MS = 5_000
-USER_AGENT = "CloudPubSub-Google"  # as in Google's push examples (docs/payload-unwrapping)
-
-
-def push_request(sub: Any, received: Any) -> tuple[bytes, dict[str, str]]:
-    """Body and headers (without Authorization) of the POST for one received message.
-
-    The envelope is Google's push contract, shared with the push worker; `deliveryAttempt`
-    only when the subscription has a dead-letter policy (the core sets it only then).
-    """
-    config = sub.push_config
-    message = received.message
-    fields = MessageFields(
-        data=bytes(message.data), message_id=message.message_id,
-        publish_seconds=message.publish_time.seconds, publish_nanos=message.publish_time.nanos,
-        attributes=dict(message.attributes), ordering_key=message.ordering_key,
-        delivery_attempt=received.delivery_attempt or None)
-    if config.HasField("no_wrapper"):
-        request = build_request(fields, sub.name, "unwrapped", config.no_wrapper.write_metadata)
-    else:
-        request = build_request(fields, sub.name)
-    return request.body, {**request.headers, "User-Agent": USER_AGENT}
+STATUS_CLASSES: dict[int, tuple[str, str]] = {}  # response_class of each status seen
 
 
 def response_class(status: int | None, error: str) -> tuple[str, str]:
     """A push attempt's response class and code, for metrics: `2xx`, `4xx`, `5xx`... and the
     HTTP status; or `error` and what went wrong when no HTTP answer came."""
     if status is not None:
-        return f"{status // 100}xx", str(status)
+        known = STATUS_CLASSES.get(status)
+        if known is None:
+            known = STATUS_CLASSES[status] = (f"{status // 100}xx", str(status))
+        return known
     if error.startswith("no answer within"):
         return "error", "deadline_exceeded"
     return "error", "unreachable"
@@ -126,8 +104,11 @@ class SubscriptionPusher:
         self.name = name
         self.task: asyncio.Task[None] | None = None
         self.wake: asyncio.Event | None = None
-        self.session: aiohttp.ClientSession | None = None
-        self.in_flight: dict[str, asyncio.Task[None]] = {}
+        self.client: PushClient | None = None
+        self.settlements = Settlements(engine, name, self._settled)
+        # POSTs under way (or settling), by ack id: their task, or their answer when sent
+        # without one (_post_now); cancelling either nacks the message (_answered).
+        self.in_flight: dict[str, asyncio.Future[Any]] = {}
         self.window = INITIAL_WINDOW
         self.backoff = BackoffState()  # not_before: loop.time()
         self.epoch = 0  # bumped by each backoff step; a POST started earlier does not step again
@@ -139,6 +120,7 @@ class SubscriptionPusher:
         self.last_error = ""
         self.last_attempt = 0.0
         self.noted_refusal = ""  # the refusal last logged: logged again only when it changes
+        self.judged = ("", "")  # an endpoint and Destinations.refusal's verdict on it
         self.releasing: asyncio.Future[None] | None = None
 
     @property
@@ -249,80 +231,98 @@ class SubscriptionPusher:
         self.epoch += 1
 
     def _spawn(self, sub: Any, received: Any) -> None:
-        ack_id = received.ack_id
-        task = asyncio.ensure_future(self._deliver(sub, received, self.epoch))
-        self.in_flight[ack_id] = task
+        """POST a message; its answer (a status, or why none came) is settled by _answered."""
+        started = time.monotonic()
+        answer = self._post_now(sub, received)
+        if answer is None:
+            answer = asyncio.ensure_future(self._post(sub, received))
+        answer.add_done_callback(functools.partial(self._answered, sub, received, self.epoch,
+                                                   started))
+        self.in_flight[received.ack_id] = answer
+
+    def _post_now(self, sub: Any, received: Any) -> asyncio.Future[int] | None:
+        """POST without a task of its own when nothing needs waiting for (a connection is
+        idle, no token to sign). A task per POST cost about as much as the POST's own
+        Python. None: a task (_post) it is."""
+        config = sub.push_config
+        url = config.push_endpoint
+        if (self.client is None or not self.client.has_idle(url)
+                or config.HasField("oidc_token") or self._refusal(url)):
+            return None
+        try:
+            body, headers = push_request(sub, received)
+            return self.client.post_now(url, headers, body, sub.ack_deadline_seconds)
+        except Exception:  # (a header with a line break...: _post says what went wrong)
+            return None
+
+    def _answered(self, sub: Any, received: Any, epoch: int, started: float,
+                  answer: asyncio.Future[int]) -> None:
+        # (a callback, not an await in the task: a task cancelled before it ran is settled too)
+        if answer.cancelled():  # shutting down: nacked, the message goes out again later
+            self.settlements.settle(Outcome(received, epoch, started, None, "", False))
+            return
+        failure = answer.exception()
+        if failure is not None:
+            self.settlements.settle(Outcome(received, epoch, started, None,
+                                            self._failure(sub, failure), False))
+            return
+        status = answer.result()
+        self.settlements.settle(Outcome(received, epoch, started, status, "",
+                                        status in ACK_STATUSES))
 
     def _retire(self, loop_ended: bool = False) -> None:
         """Close the connection pool once nothing uses it (a new loop opens another)."""
         idle = loop_ended or not self.running
         if not idle or self.in_flight:
             return
-        if self.session is not None:
-            session, self.session = self.session, None
-            asyncio.ensure_future(session.close())
+        if self.client is not None:
+            client, self.client = self.client, None
+            asyncio.ensure_future(client.close())
         # Nothing in flight: another process may take over (unless this loop started again).
         self.releasing = asyncio.ensure_future(
             self.ownership.release(self._handover(), unless=lambda: self.running))
         self._on_idle(self)
 
-    def _session(self) -> aiohttp.ClientSession:
-        if self.session is None or self.session.closed:
-            # The resolver checks every address connected to (destinations.py); the session
-            # ignores proxy variables (trust_env=False), which would route around that check.
-            connector = aiohttp.TCPConnector(limit=self.max_window, force_close=False,
-                                             resolver=self.destinations.resolver())
-            self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                                 skip_auto_headers=("Content-Type",),
-                                                 trust_env=False)
-        return self.session
+    def _client(self) -> PushClient:
+        if self.client is None or self.client.closed:
+            # The resolver checks every address connected to (destinations.py); the client
+            # uses no proxy, which would route around that check.
+            self.client = PushClient(self.destinations.resolver(), self.max_window)
+        return self.client
 
-    async def _deliver(self, sub: Any, received: Any, epoch: int) -> None:
-        ack_id = received.ack_id
-        status: int | None = None
-        error = ""
-        started = time.monotonic()
-        acked = False
-        try:
-            try:
-                status = await self._post(sub, received)
-            except (PushRefused, SigningRefused) as exc:
-                error = self._refused(str(exc))
-            except asyncio.TimeoutError:
-                error = f"no answer within the ack deadline ({sub.ack_deadline_seconds} s)"
-            except aiohttp.ClientConnectorError as exc:
-                # The resolver's refusal reaches us wrapped, as any failed name lookup does.
-                refused = exc.os_error if isinstance(exc.os_error, PushRefused) else None
-                error = (self._refused(str(refused)) if refused is not None
-                         else redact_text(f"{type(exc).__name__}: {exc}"))
-            except Exception as exc:  # refused, reset, TLS, bad URL...: all nacks
-                # (an exception's text may quote the URL, query string and all)
-                error = redact_text(f"{type(exc).__name__}: {exc}")
-            acked = status in ACK_STATUSES
-            await self._settle(ack_id, acked)
-        except asyncio.CancelledError:
-            await self._settle(ack_id, False)  # shutting down: the message goes out again later
-            raise
-        finally:
-            self.in_flight.pop(ack_id, None)
-            elapsed_ms = (time.monotonic() - started) * 1000
-            self._account(acked, status, error, epoch)
-            if status is not None or error:  # (not when cancelled: no attempt to count)
+    def _settled(self, outcomes: list[Outcome]) -> None:
+        """Acks or nacks written to the store: their POSTs leave the window, and count."""
+        now, wall = time.monotonic(), time.time()
+        for outcome in outcomes:
+            received, _, started, status, error, acked = outcome
+            self.in_flight.pop(received.ack_id, None)
+            self._account(acked, status, error, outcome.epoch, wall)
+            if status is not None or error:  # (not when abandoned: no attempt to count)
                 self.engine.observer.pushed(self.name, *response_class(status, error),
-                                            elapsed_ms / 1000)
+                                            now - started)
             log.debug("push %s message %s attempt %s -> %s in %.1f ms (%s)", self.name,
                       received.message.message_id, received.delivery_attempt or "-",
-                      status if status is not None else error or "cancelled", elapsed_ms,
-                      "ack" if acked else "nack")
-            self.poke()
-            self._retire()
+                      status if status is not None else error or "cancelled",
+                      (now - started) * 1000, "ack" if acked else "nack")
+        self.poke()
+        self._retire()
+
+    def _failure(self, sub: Any, exc: BaseException) -> str:
+        """Why a POST got no HTTP answer (refused, reset, TLS, bad URL...: all nacks), as
+        `last_error` shows it."""
+        if isinstance(exc, (PushRefused, SigningRefused)):
+            return self._refused(str(exc))
+        if isinstance(exc, asyncio.TimeoutError):
+            return f"no answer within the ack deadline ({sub.ack_deadline_seconds} s)"
+        # (an exception's text may quote the URL, query string and all)
+        return redact_text(f"{type(exc).__name__}: {exc}")
 
     async def _post(self, sub: Any, received: Any) -> int:
         """POST one message; its HTTP status. PushRefused or SigningRefused before any byte
         is sent if the destination or the token is refused."""
         config = sub.push_config
         url = config.push_endpoint
-        refusal = self.destinations.refusal(url)
+        refusal = self._refusal(url)
         if refusal:
             raise PushRefused(refusal)
         body, headers = push_request(sub, received)
@@ -331,10 +331,13 @@ class SubscriptionPusher:
             token = await self.issuer.token(oidc.service_account_email, oidc.audience or url,
                                             require_key=self.auth_required)
             headers["Authorization"] = f"Bearer {token}"
-        timeout = aiohttp.ClientTimeout(total=sub.ack_deadline_seconds)
-        async with self._session().post(url, data=body, headers=headers, timeout=timeout,
-                                        allow_redirects=False) as resp:
-            return resp.status
+        return await self._client().post(url, headers, body, sub.ack_deadline_seconds)
+
+    def _refusal(self, url: str) -> str:
+        """Destinations.refusal(url), judged once per endpoint (it parses the URL)."""
+        if url != self.judged[0]:
+            self.judged = (url, self.destinations.refusal(url))
+        return self.judged[1]
 
     def _refused(self, reason: str) -> str:
         """A refusal is logged when it is news, not for each of the messages it nacks."""
@@ -343,24 +346,17 @@ class SubscriptionPusher:
             log.warning("%s: %s; its messages are nacked until that changes", self.name, reason)
         return reason
 
-    async def _settle(self, ack_id: str, acked: bool) -> None:
-        try:
-            if acked:
-                await self.engine.ack(self.name, [ack_id])
-            else:
-                await self.engine.modify(self.name, [ack_id], 0)
-        except Exception as exc:  # the subscription went away meanwhile, or the store closed
-            log.debug("%s: could not settle a push delivery: %s", self.name, exc)
-
-    def _account(self, acked: bool, status: int | None, error: str, epoch: int) -> None:
+    def _account(self, acked: bool, status: int | None, error: str, epoch: int,
+                 wall: float) -> None:
         self.attempts += 1
         self.last_status = status
         self.last_error = error
-        self.last_attempt = time.time()
+        self.last_attempt = wall
         if acked:
             self.noted_refusal = ""  # delivering again: a later refusal is news
             self.delivered += 1
-            self.backoff = record_ack(self.backoff)
+            if self.backoff.failures:  # (no failures: record_ack would change nothing)
+                self.backoff = record_ack(self.backoff)
             self.window = min(self.max_window, self.window + 1)
             return
         self.nacked += 1
@@ -376,16 +372,21 @@ class SubscriptionPusher:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        await self.settlements.drain()
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
         if self.releasing is not None:
             await asyncio.gather(self.releasing, return_exceptions=True)
         await self.ownership.release(self._handover())  # another process takes over now
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+    # arrives as the event is set (an answer settled as the dispatcher stops), and the loop
+    # then went on, holding up the stop for good.
     try:
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
     except TimeoutError:
         pass
