@@ -251,11 +251,12 @@ async def _expire_a_streaming_lease(service: PubSubService, topic: str, now: lis
         await opened.wait()
 
     stream = service.streaming_pull(requests())
-    first = await anext(stream)
+    decode = types.StreamingPullResponse.pb().FromString  # (messages come encoded)
+    first = decode(await anext(stream))
     assert len(first.received_messages) == 1
     now[0] += 11_000
     service.events.wake(sub)  # the stream looks again: its lease ran out
-    again = await anext(stream)  # redelivered to the same stream
+    again = decode(await anext(stream))  # redelivered to the same stream
     assert again.received_messages[0].delivery_attempt in (0, 2)
     opened.set()
     await stream.aclose()

@@ -56,7 +56,10 @@ class PullRpcs:
                     remaining = min(remaining, max(0.0, (due - self._clock()) / 1000))
                 event.clear()
                 try:
-                    await asyncio.wait_for(event.wait(), remaining)
+                    # (not wait_for: on 3.11 it can swallow a cancellation that comes as the
+                    # event is set, and a stopping server then waits on this call for good)
+                    async with asyncio.timeout(remaining):
+                        await event.wait()
                 except TimeoutError:
                     pass
                 sub = await self._engine.deliverable(request.subscription)
