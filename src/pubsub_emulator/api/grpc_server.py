@@ -50,6 +50,14 @@ CHANNEL_OPTIONS = [
     # client that vanished without closing does not hold a StreamingPull open forever.
     ("grpc.keepalive_time_ms", 120_000),
     ("grpc.keepalive_timeout_ms", 20_000),
+    # Calls gRPC holds until the application takes them: past 1,000 it cancels new ones at
+    # random, past 3,000 all (CANCELLED, or INTERNAL "Internal error from Core" on the client's
+    # first write), before any handler runs. The asyncio server takes one call per turn of the
+    # event loop, so thousands of StreamingPulls opened at once queue behind a busy loop (on
+    # NATS from ~2,000). Let them queue: gRPC still cancels a call not taken within 30 s
+    # (grpc.server_max_unrequested_time_in_server), and --max-connections bounds the clients.
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 100_000),
 ]
 
 
