@@ -212,9 +212,12 @@ class Sets:
             if not page or len(found) >= int(resp.get("total", 0)):
                 return found
 
-    async def messages(self, subject: str) -> list[tuple[int, bytes]]:
-        """Every message of a subject, in order: (sequence, payload)."""
-        count = (await self.subjects(subject)).get(subject, 0)
+    async def messages(self, subject: str, count: int | None = None
+                       ) -> list[tuple[int, bytes]]:
+        """Every message of a subject, in order: (sequence, payload); the first `count` of
+        them when the caller knows how many it holds (from `subjects`)."""
+        if count is None:
+            count = (await self.subjects(subject)).get(subject, 0)
         if count <= _FEW:
             found: list[tuple[int, bytes]] = []
             while len(found) < count:
@@ -269,21 +272,23 @@ class AckLog:
         found = await self._sets.messages(self._layout.ack_log(consumer))
         return [seq for _, item in found for seq in decode(item)], (found[-1][0] if found else 0)
 
-    async def trim(self, consumer: str, created: str, info_of: Info) -> None:
+    async def trim(self, consumer: str, created: str, info_of: Info,
+                   listed: Mapping[str, Any], count: int) -> None:
         """Drop what a consumer's log holds at or below its ack floor.
 
-        `created` is the consumer's creation time when it was listed; `info_of()` reads its
-        info again (None if it is gone). Entries above the floor, if some messages go or they
-        are spread over many, are written again as one set (after the others: acks logged
-        meanwhile stay); that is undone if the consumer was recreated meanwhile (a seek purged
-        the log, and what was read is not the new consumer's).
+        `created` is the consumer's creation time and `listed` its info when it was listed,
+        `count` how many messages its log held then; `info_of()` reads its info again (None if
+        it is gone). Entries above the floor, if some messages go or they are spread over
+        many, are written again as one set (after the others: acks logged meanwhile stay);
+        that is undone if the consumer was recreated meanwhile (a seek purged the log, and
+        what was read is not the new consumer's). (The listed floor is no higher than the
+        floor now: what it passed is acknowledged.)
         """
         subject = self._layout.ack_log(consumer)
-        found = [(seq, decode(item)) for seq, item in await self._sets.messages(subject)]
-        info = await info_of()
-        if not found or info is None or info.get("created") != created:
+        found = [(seq, decode(item)) for seq, item in await self._sets.messages(subject, count)]
+        if not found:
             return
-        floor, last = ack_floor(info), found[-1][0]
+        floor, last = ack_floor(listed), found[-1][0]
         above = sum(1 for _, seqs in found if seqs and seqs[-1] > floor)  # (sorted records)
         if above == len(found) and above < _CONSOLIDATE_AT:
             return  # nothing to drop, not worth rewriting

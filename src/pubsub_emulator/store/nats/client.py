@@ -28,6 +28,8 @@ from ..base import PayloadTooLarge, StoreError, StoreUnavailable
 
 log = logging.getLogger("pubsub_emulator.nats")
 
+_BULK_BATCH = 1000  # messages per fetch when reading many subjects' last messages
+
 # JetStream API error codes (err_code)
 STREAM_NOT_FOUND, CONSUMER_NOT_FOUND, NO_MESSAGE, WRONG_LAST_SEQ = 10059, 10014, 10037, 10071
 
@@ -86,6 +88,17 @@ _UNREACHABLE = (nats_errors.ConnectionClosedError, nats_errors.NoServersError,
                 nats_errors.StaleConnectionError, nats_errors.OutboundBufferLimitError,
                 nats_errors.ConnectionDrainingError, nats_errors.TimeoutError,
                 nats_errors.NoRespondersError, asyncio.TimeoutError)
+
+
+async def _take(queue: asyncio.Queue[Any], timeout: float) -> Any:
+    """The next item of a reply queue, waiting up to `timeout` (TimeoutError). One already
+    there (most of a fetch's 1,000 deliveries, of a batch's PubAcks) is taken without waiting.
+    asyncio.timeout, not wait_for: wait_for makes a task of every wait, and on 3.11 can swallow
+    a cancellation that comes as the item does."""
+    if not queue.empty():
+        return queue.get_nowait()
+    async with asyncio.timeout(timeout):
+        return await queue.get()
 
 
 @contextlib.contextmanager
@@ -246,7 +259,7 @@ class JetStream:
                                    headers=headers)
         acks = []
         for _, queue in tokens:
-            msg = await asyncio.wait_for(queue.get(), 10.0)
+            msg = await _take(queue, 10.0)
             resp = json.loads(msg.data) if msg.data else {}
             if not msg.data:
                 raise NoStream("no JetStream stream answered a publish")
@@ -292,7 +305,7 @@ class JetStream:
                                    reply=inbox)
             got = []
             while len(got) < batch:
-                msg = await asyncio.wait_for(queue.get(), 5.0)
+                msg = await _take(queue, 5.0)
                 status = (msg.headers or {}).get("Status")
                 if status == "100":
                     continue  # flow control / heartbeat
@@ -333,9 +346,34 @@ class JetStream:
                     await self._nc.publish(subject, body)
                 subject, body = sends[-1]
                 await self._nc.publish(subject, body, reply=f"{self._inbox}.{token}")
-                await asyncio.wait_for(queue.get(), 10.0)
+                await _take(queue, 10.0)
         finally:
             self._waiting.pop(token, None)
+
+    async def last_per_subject(self, stream: str, pattern: str) -> dict[str, bytes]:
+        """The last message of every subject of a stream that matches a pattern (subject ->
+        payload), read through an ephemeral consumer: a few fetches where reading subject by
+        subject costs a request each (thousands of resources, every sweep)."""
+        resp = await self.api(f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": {
+            "deliver_policy": "last_per_subject", "ack_policy": "none",
+            "filter_subject": pattern, "inactive_threshold": 60 * 10**9, "mem_storage": True,
+            "replay_policy": "instant"}})
+        name, count = resp["name"], int(resp.get("num_pending", 0))
+        found: dict[str, bytes] = {}
+        try:
+            got = 0
+            while got < count:
+                msgs = await self.fetch(stream, name, min(_BULK_BATCH, count - got))
+                if not msgs:
+                    break
+                got += len(msgs)
+                found.update((msg.subject, msg.data) for msg in msgs)
+        finally:
+            try:
+                await self.api(f"CONSUMER.DELETE.{stream}.{name}")
+            except NatsError:
+                pass  # (it goes by itself once inactive)
+        return found
 
     # --- a key-value table over a stream (one message per subject) ---------------------------
     async def msg_get(self, stream: str, request: Mapping[str, Any]) -> dict[str, Any] | None:

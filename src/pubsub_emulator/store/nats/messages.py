@@ -309,6 +309,10 @@ class NatsMessageLog(MessageLog):
         """The consumer's info and how many of its pending messages are in its skip set."""
         async def info(stream: str, consumer: str) -> tuple[dict[str, Any] | None, int]:
             found = await self._js.consumer_info(stream, consumer)
+            if not found.get("num_pending"):
+                # Nothing to skip among nothing: no read of the skip set (every idle look of
+                # every open stream asks this).
+                return found, 0
             skip = await self._topics.skips.of(stream, consumer)
             return found, skip.count_above(int(found["delivered"]["stream_seq"])) if skip else 0
 

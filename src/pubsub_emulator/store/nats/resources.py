@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 
 from ..base import ANNOUNCED_KINDS, Kind, Page, ResourceTable
@@ -136,6 +137,10 @@ class NatsResourceTable(ResourceTable):
         raw = base64.b64decode(found.value["p"])
         if cacheable and generation == self._generation:
             self._cache[(kind, name)] = (raw, time.monotonic() + _CACHE_S)
+            if kind is Kind.SUBSCRIPTION:
+                # The same record holds its topic link: the subscription's pulls need not read
+                # it again (opening thousands of streams read each twice).
+                self._topics.learn(name, found.value.get("t", ""))
         return raw
 
     async def delete(self, kind: Kind, name: str) -> bool:
@@ -163,8 +168,20 @@ class NatsResourceTable(ResourceTable):
     # --- listing --------------------------------------------------------------------------
     async def list_prefixed(self, kind: Kind, prefix: str, page_size: int,
                             page_token: str) -> Page:
-        return await self._list(self._layout.keys(kind.value), prefix,
-                                decode_page_token(page_token), kind, page_size)
+        pattern = self._layout.keys(kind.value)
+        if not page_size:
+            # Every resource of the kind (the sweeper lists them all every round): read
+            # through one consumer rather than one request each.
+            return await self._list_all(pattern, prefix, decode_page_token(page_token))
+        return await self._list(pattern, prefix, decode_page_token(page_token), kind, page_size)
+
+    async def _list_all(self, pattern: str, prefix: str, after: str) -> Page:
+        found = await self._js.last_per_subject(self._layout.resource_stream, pattern)
+        items = sorted((name, base64.b64decode(json.loads(data)["p"]))
+                       for name, data in ((unb64(subject.rpartition(".")[2]), data)
+                                          for subject, data in found.items())
+                       if name.startswith(prefix) and name > after)
+        return page_of(items, 0)
 
     async def list_by_topic(self, kind: Kind, topic: str, page_size: int,
                             page_token: str) -> Page:

@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import Kind, NotFound, RetentionRules
+from ..base import NotFound, RetentionRules
 from .acklog import ack_floor
 from .client import CONSUMER_NOT_FOUND, STREAM_NOT_FOUND, JetStream, NatsError, parse_headers
-from .layout import DETACHED, H_TIME, SNAPSHOT_STATE, SUB_START, Layout
+from .layout import H_TIME, SNAPSHOT_STATE, SUB_START, Layout
 from .leases import Leases, Redeliveries
 from .pieces import Pieces
 from .topics import Topics
@@ -32,6 +32,8 @@ log = logging.getLogger("pubsub_emulator.nats")
 
 _NEVER = 1 << 62  # a stream sequence beyond any
 _GONE_S = 60.0  # how long a set stays unclaimed (its consumer or snapshot gone) before it goes
+# A consumer as the sweeper listed it: its stream, creation time and info.
+Listed = tuple[str, str, Mapping[str, Any]]
 
 
 def needed_from(info: Mapping[str, Any]) -> int:
@@ -140,23 +142,31 @@ class Retention:
     async def sweep(self, now_ms: int, rules: RetentionRules) -> int:
         tokens: set[str] = set()  # of the snapshots' acked sets
         floors = await self._snapshot_floors(tokens)  # topic stream -> first sequence to keep
-        gone = await self._subscription_retention(now_ms, rules, floors)
+        await self._retained_acked(now_ms, rules, floors)
+        # Subscriptions whose unacked messages expire, by consumer: their backlogs are looked
+        # at from the listing of their stream's consumers (no request per subscription).
+        expiring = {self._layout.consumer(name): (name, now_ms - ms)
+                    for name, ms in rules.subscription_ms.items()
+                    if name not in rules.retain_acked}
         retained = {self._layout.topic_stream(t): ms for t, ms in rules.topic_ms.items()}
         needed: dict[str, int] = {}  # consumer -> first stream sequence it may deliver
-        listed: dict[str, tuple[str, str]] = {}  # consumer -> (its stream, its creation time)
+        listed: dict[str, Listed] = {}  # consumer -> its stream, creation time and info
         blob = await self._pieces.state()  # (before any topic stream's: see pieces.py)
-        offset = 0
+        gone, offset = 0, 0
         while True:
-            resp = await self._js.api("STREAM.NAMES", {"offset": offset,
-                                                       "subject": self._layout.message_subjects})
-            names = resp.get("streams") or []
-            for stream in names:
-                gone += await self._sweep_stream(stream, floors.get(stream, _NEVER),
-                                                 retained.get(stream), now_ms, needed, listed)
+            # Every topic stream's info, a page at a time (not a request per stream).
+            resp = await self._js.api("STREAM.LIST", {"offset": offset,
+                                                      "subject": self._layout.message_subjects})
+            infos = resp.get("streams") or []
+            for info in infos:
+                stream = info["config"]["name"]
+                gone += await self._sweep_stream(stream, info, floors.get(stream, _NEVER),
+                                                 retained.get(stream), now_ms, expiring,
+                                                 needed, listed)
                 if self._layout.stream_hash(stream) in blob.topics:
                     await self._pieces.reclaim(stream, blob)  # large messages' pieces
-            offset += len(names)
-            if not names or offset >= resp.get("total", 0):
+            offset += len(infos)
+            if not infos or offset >= resp.get("total", 0):
                 break
         await self._redeliveries.prune(needed)
         await self._leases.prune(needed)
@@ -176,7 +186,7 @@ class Retention:
         del self._unclaimed[key]
         return True
 
-    async def _trim_acked(self, listed: Mapping[str, tuple[str, str]]) -> None:
+    async def _trim_acked(self, listed: Mapping[str, Listed]) -> None:
         """Trim the ack logs and skip sets below their consumers' ack floors; drop those of
         consumers gone."""
         sets = self._topics.sets
@@ -188,7 +198,7 @@ class Retention:
                     await sets.purge(self._layout.acked_all(consumer))
                 continue
             self._unclaimed_long(consumer, True)
-            stream, created = listed[consumer]
+            stream, created, info = listed[consumer]
 
             async def info_of(stream: str = stream, consumer: str = consumer
                               ) -> dict[str, Any] | None:
@@ -200,7 +210,8 @@ class Retention:
                     raise
 
             if self._layout.ack_log(consumer) in logs:
-                await self._topics.acklog.trim(consumer, created, info_of)
+                await self._topics.acklog.trim(consumer, created, info_of, info,
+                                               logs[self._layout.ack_log(consumer)])
             if self._layout.skip_mark(consumer) in marks:
                 await self._topics.skips.prune(consumer, info_of)
 
@@ -226,20 +237,19 @@ class Retention:
                 floors[stream] = min(floors.get(stream, _NEVER), found.value["floor"] + 1)
         return floors
 
-    async def _subscription_retention(self, now_ms: int, rules: RetentionRules,
-                                      floors: dict[str, int]) -> int:
-        """Drop unacked messages past their subscription's retention; note in `floors` what
-        subscriptions that keep acked messages (retain_acked_messages) still need."""
-        gone = 0
+    async def _retained_acked(self, now_ms: int, rules: RetentionRules,
+                              floors: dict[str, int]) -> None:
+        """Note in `floors` what subscriptions that keep acked messages
+        (retain_acked_messages) still need: acked messages stay for their retention."""
         for name, retention_ms in rules.subscription_ms.items():
-            found = await self._js.kv_get(self._layout.key(Kind.SUBSCRIPTION.value, name))
-            if not found or found.value.get("t", "") in DETACHED:
-                continue
-            topic = found.value["t"]
             if name not in rules.retain_acked:
-                gone += await self._expire_backlog(name, topic, now_ms - retention_ms)
                 continue
-            # retain_acked_messages: acked messages stay for the subscription's retention.
+            try:
+                topic = await self._topics.topic_of(name)
+            except NotFound:
+                continue
+            if not topic:
+                continue
             stream = self._layout.topic_stream(topic)
             try:
                 keep = max(await self.seq_at(stream, now_ms - retention_ms),
@@ -247,53 +257,62 @@ class Retention:
             except NatsError:
                 continue
             floors[stream] = min(floors.get(stream, _NEVER), keep)
-        return gone
 
-    async def _expire_backlog(self, subscription: str, topic: str, cutoff_ms: int) -> int:
-        """Drop the subscription's unacked messages published before the cutoff."""
-        stream, consumer = self._layout.topic_stream(topic), self._layout.consumer(subscription)
+    async def _expire_backlog(self, subscription: str, stream: str, subject: str,
+                              info: Mapping[str, Any], cutoff_ms: int) -> None:
+        """Drop the subscription's unacked messages published before the cutoff (`info`: its
+        consumer as listed; `subject`: its topic stream's)."""
+        if info.get("num_pending", 0) + info.get("num_ack_pending", 0) == 0:
+            return
         try:
-            info = await self._js.consumer_info(stream, consumer)
-            if info.get("num_pending", 0) + info.get("num_ack_pending", 0) == 0:
-                return 0
             oldest = needed_from(info)
             resp = await self._js.api(f"STREAM.MSG.GET.{stream}",
-                                      {"seq": oldest,
-                                       "next_by_subj": self._layout.topic_subject(topic)})
+                                      {"seq": oldest, "next_by_subj": subject})
             hdrs = parse_headers(base64.b64decode(resp["message"].get("hdrs") or b""))
             if int(hdrs.get(H_TIME, cutoff_ms)) >= cutoff_ms:
-                return 0
-            start = max(oldest, await self.seq_at(stream, cutoff_ms))
-            _, acked = await self.acked_above(stream, subscription)
+                return
+            floor, acked = await self.acked_above(stream, subscription)
+            # (past the ack floor read now: the listing's may be older)
+            start = max(oldest, floor + 1, await self.seq_at(stream, cutoff_ms))
         except NatsError:
-            return 0
+            return
         # Restart the consumer past them (what it acknowledged later stays acknowledged).
         log.info("%s: dropping unacked messages older than its retention", subscription)
         await self._topics.restart(subscription, {"deliver_policy": "by_start_sequence",
                                                   "opt_start_seq": start},
                                    [seq for seq in acked if seq >= start], self._origin)
-        return 0
 
-    async def _sweep_stream(self, stream: str, low: int, retention_ms: int | None,
-                            now_ms: int, needed: dict[str, int],
-                            listed: dict[str, tuple[str, str]]) -> int:
-        """Purge what the stream's consumers, snapshots (`low`) and retention do not need;
-        note each consumer's first needed sequence in `needed`, its stream and creation time
-        in `listed`."""
-        info = await self._js.api(f"STREAM.INFO.{stream}")
+    async def _sweep_stream(self, stream: str, info: Mapping[str, Any], low: int,
+                            retention_ms: int | None, now_ms: int,
+                            expiring: Mapping[str, tuple[str, int]], needed: dict[str, int],
+                            listed: dict[str, Listed]) -> int:
+        """Expire the backlogs of the stream's consumers (`expiring`: consumer ->
+        subscription and cutoff) and purge what its consumers, snapshots (`low`) and
+        retention do not need; note each consumer's first needed sequence in `needed`, its
+        stream, creation time and info in `listed`."""
         state = info["state"]
         low = min(low, state["last_seq"] + 1)
         offset = 0
+        listing: list[Mapping[str, Any]] = []
         while True:
             resp = await self._js.api(f"CONSUMER.LIST.{stream}", {"offset": offset})
             consumers = resp.get("consumers") or []
             for consumer in consumers:
-                needed[consumer["name"]] = needed_from(consumer)
-                listed[consumer["name"]] = (stream, str(consumer.get("created", "")))
+                name = consumer["name"]
+                needed[name] = needed_from(consumer)
+                listed[name] = (stream, str(consumer.get("created", "")), consumer)
                 low = min(low, needed_from(consumer))
+            listing += consumers
             offset += len(consumers)
             if not consumers or offset >= resp.get("total", 0):
                 break
+        # Once listed (a consumer restarted while the pages are read could move between
+        # them): a restarted consumer starts later, so it needs no less than it did as listed.
+        for consumer in listing:
+            if consumer["name"] in expiring:
+                subscription, cutoff_ms = expiring[consumer["name"]]
+                await self._expire_backlog(subscription, stream, info["config"]["subjects"][0],
+                                           consumer, cutoff_ms)
         if state.get("messages", 0) == 0:
             return 0
         if retention_ms is not None:  # the topic keeps what is younger than its retention
@@ -302,4 +321,3 @@ class Retention:
             return 0
         resp = await self._js.api(f"STREAM.PURGE.{stream}", {"seq": low})
         return int(resp.get("purged", 0))
-

@@ -136,6 +136,11 @@ class Topics:
             self._links[subscription] = "" if topic in DETACHED else topic
         return self._links[subscription]
 
+    def learn(self, subscription: str, topic: str) -> None:
+        """The subscription's topic link, as read with the subscription by the resource table
+        (no change dropped meanwhile)."""
+        self._links[subscription] = "" if topic in DETACHED else topic
+
     def forget(self, subscription: str) -> None:
         """The subscription changed: read its topic link (and skip set) again when next
         needed."""
