@@ -23,6 +23,7 @@ from .envelope import (
     build_request,
     fields_from_message,
     format_timestamp,
+    fraction_z,
     header_allowed,
     metadata_headers,
     wrapped_envelope,
@@ -31,6 +32,6 @@ from .envelope import (
 __all__ = [
     "ACK_STATUSES", "CONTENT_TYPE_JSON", "BackoffPolicy", "BackoffState", "MessageFields",
     "PushRequest", "build_request", "failures_at_maximum", "fields_from_message",
-    "format_timestamp", "header_allowed", "metadata_headers", "record_ack", "record_failure",
-    "record_nack", "record_success", "wait_time", "wrapped_envelope",
+    "format_timestamp", "fraction_z", "header_allowed", "metadata_headers", "record_ack",
+    "record_failure", "record_nack", "record_success", "wait_time", "wrapped_envelope",
 ]

@@ -48,13 +48,18 @@ def format_timestamp(seconds: int, nanos: int = 0) -> str:
     0, 3, 6 or 9 digits: ``2021-02-26T19:13:55.749Z``, ``2021-02-26T19:13:55Z``.
     """
     base = dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return base + fraction_z(nanos)
+
+
+def fraction_z(nanos: int) -> str:
+    """The end of a timestamp after its seconds: ``Z``, ``.749Z``, ``.749001Z``..."""
     if nanos == 0:
-        return base + "Z"
+        return "Z"
     if nanos % 1_000_000 == 0:
-        return f"{base}.{nanos // 1_000_000:03d}Z"
+        return f".{nanos // 1_000_000:03d}Z"
     if nanos % 1_000 == 0:
-        return f"{base}.{nanos // 1_000:06d}Z"
-    return f"{base}.{nanos:09d}Z"
+        return f".{nanos // 1_000:06d}Z"
+    return f".{nanos:09d}Z"
 
 
 def wrapped_envelope(msg: MessageFields, subscription: str) -> dict[str, Any]:

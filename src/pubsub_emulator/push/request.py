@@ -16,7 +16,13 @@ import json
 from json.encoder import encode_basestring_ascii as quoted
 from typing import Any
 
-from push_contract import CONTENT_TYPE_JSON, MessageFields, build_request, format_timestamp
+from push_contract import (
+    CONTENT_TYPE_JSON,
+    MessageFields,
+    build_request,
+    format_timestamp,
+    fraction_z,
+)
 
 USER_AGENT = "CloudPubSub-Google"  # as in Google's push examples (docs/payload-unwrapping)
 ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps' output with these separators
@@ -33,14 +39,7 @@ class PublishTimes:
         if seconds != last_seconds:
             base = format_timestamp(seconds)[:-1]  # without its "Z"
             self._last = (seconds, base)
-        # The fraction as protobuf's JSON mapping writes it: 0, 3, 6 or 9 digits.
-        if nanos == 0:
-            return base + "Z"
-        if nanos % 1_000_000 == 0:
-            return f"{base}.{nanos // 1_000_000:03d}Z"
-        if nanos % 1_000 == 0:
-            return f"{base}.{nanos // 1_000:06d}Z"
-        return f"{base}.{nanos:09d}Z"
+        return base + fraction_z(nanos)
 
 
 PUBLISH_TIMES = PublishTimes()
