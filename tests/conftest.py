@@ -9,7 +9,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from push_endpoint import Receiver  # noqa: E402
 from support import EmulatorProcess  # noqa: E402
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A push endpoint (push_endpoint.py) on a free loopback port, acking with 204."""
+    r = Receiver().start()
+    yield r
+    r.stop()
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ from pubsub_emulator.push.client import (
 )
 from pubsub_emulator.push.destinations import AllowedResolver
 from pubsub_emulator.tls import self_signed, server_context
+from support import until
 
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
 HEADERS = {"Content-Type": "application/json", "User-Agent": "CloudPubSub-Google"}
@@ -100,14 +101,6 @@ async def serve(script: Script, tls: ssl.SSLContext | None = None) -> tuple[asyn
     server = await asyncio.get_running_loop().create_server(
         lambda: ScriptedConnection(script), "127.0.0.1", 0, ssl=tls)
     return server, server.sockets[0].getsockname()[1]
-
-
-async def until(done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:

@@ -35,7 +35,6 @@ from pubsub_emulator.push import (
 )
 from pubsub_emulator.push.destinations import AllowedResolver
 from pubsub_emulator.store.sqlite import SqliteStore
-from push_endpoint import Receiver
 
 T = "projects/p/topics/topic"
 S = "projects/p/subscriptions/sub"
@@ -46,13 +45,6 @@ NOT_AUTHORIZED = "User not authorized to perform this action."
 
 def req(type_name: str, **fields: Any) -> Any:
     return getattr(t, type_name).pb()(**fields)
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 # --- redaction ------------------------------------------------------------------------------

@@ -8,11 +8,8 @@ In-process: a SubscriptionPusher over an in-memory store, against a recording en
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
-import pytest
 from google.pubsub_v1 import types as t
 
 from pubsub_emulator.core.service import PubSubService
@@ -20,7 +17,7 @@ from pubsub_emulator.push import TokenIssuer
 from pubsub_emulator.push.ownership import Ownership
 from pubsub_emulator.push.pusher import SubscriptionPusher
 from pubsub_emulator.store.sqlite import SqliteStore
-from push_endpoint import Receiver
+from support import until
 
 T = "projects/p/topics/topic"
 S = "projects/p/subscriptions/sub"
@@ -28,21 +25,6 @@ S = "projects/p/subscriptions/sub"
 
 def req(type_name: str, **fields: Any) -> Any:
     return getattr(t, type_name).pb()(**fields)
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
-
-
-async def until(done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def setup(endpoint: str) -> tuple[SqliteStore, PubSubService]:
