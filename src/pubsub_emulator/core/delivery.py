@@ -32,13 +32,6 @@ log = logging.getLogger("pubsub_emulator.service")
 Leased = list[tuple[str, int]]  # (ack id, size) of each message leased
 
 
-def publish_ms(delivery: Delivery) -> int:
-    """When the delivered message was published (ms), from the store or from the message."""
-    if delivery.published_ms is not None:
-        return delivery.published_ms
-    published = PubsubMessage.FromString(delivery.message).publish_time
-    return published.seconds * 1000 + published.nanos // 1_000_000
-
 
 class LeaseHolder(Protocol):
     """Something that counts the leases it holds (an open StreamingPull's flow control)."""
@@ -132,7 +125,7 @@ class DeliveryEngine:
                     continue
                 attempt = d.delivery_attempt
             if d.delivery_attempt == 1:
-                first.append(now - publish_ms(d))
+                first.append(now - d.published_ms)
             handed.append((d, attempt))
             leased.append((d.ack_id, d.size))
         if len(handed) < len(deliveries):

@@ -236,7 +236,8 @@ class NatsMessageLog(MessageLog):
         published = int(fetched.headers.get(H_TIME, 0))
         message = stamp(fetched.msg.data[:fetched.size] if whole is None else whole,
                         message_id, published)
-        return Delivery(fetched.msg.reply[len(ACK_PREFIX):], message, attempt, fetched.size)
+        return Delivery(fetched.msg.reply[len(ACK_PREFIX):], message, attempt, fetched.size,
+                        published)
 
     # --- ack and modack ---------------------------------------------------------------------
     def _targets(self, subscription: str, ack_ids: Sequence[str], policy: DeliveryPolicy
