@@ -139,9 +139,9 @@ def check(served: list[int], before: int, full: int, after: int) -> None:
     assert max(steps) <= 2 * CHUNK, max(steps)
     assert served[-1] == 0
     # The space came back: the backlog made the directory many times larger; afterwards it
-    # holds the live data again, within 2x of its size before the backlog. The slack is what
-    # SQLite keeps on purpose: up to max(256 pages, a quarter of the file) of free pages left
-    # for reuse, and the few pages the other client's publishes and the counters took.
+    # holds the live data again, within 2x of its size before the backlog. (Once due, a
+    # compaction gives back every free page; the slack is the few pages the other client's
+    # publishes and the counters took.)
     assert full > 5 * before, (before, full)
     assert after <= 2 * before, (before, full, after)
 

@@ -1,0 +1,122 @@
+"""The embedded store keeps WAL checkpoints and long sweeps off the event loop.
+
+- Checkpoints run in the checkpointer's thread: the committing connection's own automatic
+  checkpoint is only a backstop, and with the thread keeping up the WAL starts over long
+  before it would (so it stays small) and the committing thread never copies pages.
+- A retention sweep of a subscription whose messages are all within retention reads one chunk,
+  not the whole backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from contextlib import closing
+from pathlib import Path
+
+from pubsub_emulator.store import Kind, RetentionRules
+from pubsub_emulator.store.checkpoints import BACKSTOP_PAGES
+from pubsub_emulator.store.sqlite import CHUNK, SqliteStore
+from store_helpers import msg, now
+from support import until
+
+T = "projects/p/topics/t"
+S = "projects/p/subscriptions/s"
+PAGE = 4096
+
+
+def checkpointer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sqlite-wal-checkpoint"]
+
+
+def wal_frames(path: Path) -> int:
+    """Frames in the WAL now (PRAGMA wal_checkpoint with nothing to copy reports them)."""
+    wal = Path(f"{path}-wal")
+    return (wal.stat().st_size - 32) // (PAGE + 24) if wal.exists() else 0
+
+
+def test_checkpoints_run_in_their_thread_and_the_wal_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    before = len(checkpointer_threads())
+
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        checkpointer = store.checkpointer
+        assert checkpointer is not None
+        assert len(checkpointer_threads()) == before + 1
+        # No backstop: only the thread checkpoints. (The store's connection keeps one.)
+        store._db.execute("PRAGMA wal_autocheckpoint=0")  # noqa: SLF001
+        await store.resources.create(Kind.TOPIC, T, b"topic")
+        await store.resources.create(Kind.SUBSCRIPTION, S, b"sub", topic=T)
+        # One message per commit, as one-message Publishes, a few pages each: some 15,000
+        # pages go through the WAL, which starts over after each checkpoint the thread ran.
+        largest = 0
+        for i in range(3000):
+            await store.messages.publish(T, [msg(b"%06d" % i + b"x" * 1018)], now())
+            largest = max(largest, wal_frames(path))
+            if i % 100 == 99:
+                ran = checkpointer.checkpoints
+                await until(lambda ran=ran: checkpointer.checkpoints > ran, "a checkpoint")
+        assert largest < BACKSTOP_PAGES, largest
+        await store.close()
+        assert len(checkpointer_threads()) == before  # close() stopped it
+
+    asyncio.run(scenario())
+    with closing(sqlite3.connect(path)) as db:  # every commit is in the file
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 3000
+
+
+def test_an_in_memory_store_has_no_checkpointer() -> None:
+    async def scenario() -> None:
+        store = SqliteStore(None)
+        assert store.checkpointer is None
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_sweep_reads_one_chunk_of_a_backlog_within_retention(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    backlog = 10 * CHUNK
+    statements: list[str] = []
+
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        await store.resources.create(Kind.TOPIC, T, b"topic")
+        await store.resources.create(Kind.SUBSCRIPTION, S, b"sub", topic=T)
+        old = now() - 3_600_000
+        await store.messages.publish(T, [msg(b"old")] * 10, old)  # an hour ago
+        await store.messages.publish(T, [msg(b"new")] * backlog, now())
+        db = sqlite3.connect(path)
+        try:
+            store._db.set_trace_callback(statements.append)  # noqa: SLF001 - the store's reads
+            # Ten minutes of retention: the ten old messages go, the backlog stays.
+            await store.messages.sweep(now(), RetentionRules({S: 600_000}))
+            store._db.set_trace_callback(None)  # noqa: SLF001
+            left = db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
+        finally:
+            db.close()
+        assert left == backlog
+        scans = [s for s in statements if "FROM deliveries d LEFT JOIN messages" in s]
+        assert len(scans) == 1, len(scans)  # not backlog / CHUNK of them
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_store_runs_no_checkpoints(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        checkpointer = store.checkpointer
+        assert checkpointer is not None
+        await store.resources.create(Kind.TOPIC, T, b"topic")
+        await until(lambda: checkpointer.checkpoints > 0, "the first checkpoint")
+        ran = checkpointer.checkpoints
+        await asyncio.sleep(1.0)  # nothing written meanwhile: the thread only looked
+        assert checkpointer.checkpoints == ran
+        await store.close()
+
+    asyncio.run(scenario())
