@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import logging
 import resource
 import signal
@@ -198,6 +199,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settle_heap() -> None:
+    """Move what start-up made (modules, protos, the server) out of the garbage collector's
+    sight. A full collection walks every tracked object: with the ~80,000 start-up left it took
+    30-45 ms on the 2-core test machine, a pause in every call then; they live until the
+    process ends, so walking them finds nothing."""
+    gc.collect()
+    gc.freeze()
+
+
 class _StoreUnavailable(RuntimeError):
     """The store could not be opened (NATS unreachable, JetStream disabled, bad data dir)."""
 
@@ -209,6 +219,7 @@ async def _run(start: Callable[[], Awaitable[RunningServer]], what: str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await start()
+    settle_heap()
     mode = "gRPC and REST"
     if security is not None and security.tls:
         mode += " over TLS"
