@@ -3,6 +3,7 @@
 - Checkpoints run in the checkpointer's thread: the committing connection's own automatic
   checkpoint is only a backstop, and with the thread keeping up the WAL starts over long
   before it would (so it stays small) and the committing thread never copies pages.
+- Background steps rest REST_RATIO times their length, more while calls keep coming.
 - A retention sweep of a subscription whose messages are all within retention reads one chunk,
   not the whole backlog.
 """
@@ -17,7 +18,13 @@ from pathlib import Path
 
 from pubsub_emulator.store import Kind, RetentionRules
 from pubsub_emulator.store.checkpoints import BACKSTOP_PAGES
-from pubsub_emulator.store.sqlite import CHUNK, SqliteStore
+from pubsub_emulator.store.sqlite import (
+    BUSY_REST_RATIO,
+    CHUNK,
+    REST_RATIO,
+    SqliteStore,
+    next_rest_ratio,
+)
 from store_helpers import msg, now
 from support import until
 
@@ -120,3 +127,14 @@ def test_an_idle_store_runs_no_checkpoints(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_background_steps_rest_longer_while_calls_keep_coming() -> None:
+    assert next_rest_ratio(REST_RATIO, busy=False) == REST_RATIO
+    ratio, seen = REST_RATIO, []
+    for _ in range(8):
+        ratio = next_rest_ratio(ratio, busy=True)
+        seen.append(ratio)
+    assert seen[0] == 2 * REST_RATIO
+    assert seen == sorted(seen) and seen[-1] == BUSY_REST_RATIO
+    assert next_rest_ratio(BUSY_REST_RATIO, busy=False) == REST_RATIO  # quiet again: back
