@@ -12,6 +12,7 @@ from google.pubsub_v1 import types as t
 
 from pubsub_emulator.core.errors import ApiError, Status
 from pubsub_emulator.core.service import PubSubService
+from pubsub_emulator.store import Kind
 from pubsub_emulator.store.sqlite import SqliteStore
 
 T = "projects/p/topics/topic"
@@ -322,3 +323,40 @@ def test_the_background_sweeper_skips_its_rounds_while_nothing_happens(env):
     for sweeps, end in phases:  # the publish, then the pull and ack
         assert sweeps, "activity did not make the sweeper sweep"
         assert max(sweeps) <= end - 25, "the sweeper kept sweeping once things were quiet"
+
+
+def test_a_sweep_reads_no_activity_records_of_subscriptions_used_within_their_ttl(env,
+                                                                               monkeypatch):
+    """Whether a subscription expired is settled by this process's own record while that is
+    within the TTL: a sweep of many subscriptions costs no store reads (on NATS each was a
+    JetStream request, every round). Past it, the store is asked (another process may have
+    used it: the test above)."""
+    service, clock = env
+    reads: list[str] = []
+    real_get = service.store.resources.get
+
+    async def counted_get(kind, name):
+        if kind is Kind.ACTIVITY:
+            reads.append(name)
+        return await real_get(kind, name)
+
+    monkeypatch.setattr(service.store.resources, "get", counted_get)
+    names = [f"{S}-{i}" for i in range(20)]
+
+    async def scenario():
+        await service.topics.create_topic(req("Topic", name=T))
+        for name in names:
+            await service.subscriptions.create_subscription(req(
+                "Subscription", name=name, topic=T,
+                expiration_policy={"ttl": {"seconds": 86400}}))
+        await service.sweeper.sweep()
+        clock.now += DAY // 2
+        await service.sweeper.sweep()
+        within = list(reads)
+        clock.now += DAY
+        await service.sweeper.sweep()  # idle beyond the TTL here: the store has the last word
+        return within
+
+    within = run(scenario())
+    assert within == []
+    assert sorted(reads) == sorted(names)

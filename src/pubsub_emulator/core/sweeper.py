@@ -99,7 +99,7 @@ class Sweeper:
                 retain_acked.add(item.name)
             if sub.expiration_policy.HasField("ttl"):
                 ttl_ms = duration_ms(sub.expiration_policy.ttl)
-                last = await self._activity.last_used(item.name, now)
-                if now - last > ttl_ms and not self._engine.has_holders(item.name):
+                if (await self._activity.idle_beyond(item.name, ttl_ms, now)
+                        and not self._engine.has_holders(item.name)):
                     expired.append(item.name)
         return RetentionRules(retention, {}, frozenset(retain_acked)), expired
