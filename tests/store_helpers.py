@@ -100,12 +100,16 @@ class RecordingListener:
     def __init__(self) -> None:
         self.published_topics: list[str] = []
         self.changes: list[tuple[Kind, str]] = []
+        self.missed_reports = 0
 
     def published(self, topic: str) -> None:
         self.published_topics.append(topic)
 
     def changed(self, kind: Kind, name: str) -> None:
         self.changes.append((kind, name))
+
+    def missed(self) -> None:
+        self.missed_reports += 1
 
 
 def pull_until(store: SyncStore, subscription: str, count: int, lease_ms: int,

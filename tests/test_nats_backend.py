@@ -1050,3 +1050,68 @@ def _try_start(emu: EmulatorProcess) -> EmulatorProcess | None:
     except RuntimeError:
         emu.close()
         return None
+
+
+def test_a_reconnection_tells_the_listener_that_wake_ups_may_have_been_lost(tmp_path):
+    """Wake-ups between processes are core NATS: those sent while the connection was down are
+    gone. After a reconnection the store says so, and the service wakes everything waiting
+    (open streams no longer look on their own for minutes)."""
+    import asyncio
+
+    from pubsub_emulator.store.nats import NatsStore
+
+    port = free_port()
+    nats = NatsServer(tmp_path / "js", port=port).start()
+    store = SyncStore(lambda: NatsStore.open([nats.url], namespace="reconnect"))
+    try:
+        heard = RecordingListener()
+        store.set_listener(heard)
+        nats.stop()
+        nats = NatsServer(tmp_path / "js", port=port).start()  # the same server, back
+
+        def told() -> bool:
+            store.run(asyncio.sleep(0.05))  # (the client reconnects while its loop runs)
+            return heard.missed_reports > 0
+
+        wait_for(told, timeout=20, message="a missed-reports notice after reconnecting")
+        assert heard.missed_reports == 1
+    finally:
+        store.close()
+        nats.stop()
+
+
+def test_a_seek_on_one_process_reaches_a_stream_open_on_another_at_once(nats_server):
+    """The seek recreates the subscription's consumer and tells the other processes (before,
+    so they drop what they cached of it, and after the new consumer exists, so a stream woken
+    in between looks again): the other process's open stream redelivers now, not at its next
+    idle look (IDLE_LOOK_S, minutes)."""
+    from google.pubsub_v1 import types as gapic
+
+    with _two_processes(nats_server.url) as (pub1, sub1, sub2, topic):
+        sub = sub1.subscription_path("p", unique("s"))
+        sub1.create_subscription(request={  # retaining acked messages: a seek replays them
+            "name": sub, "topic": topic, "ack_deadline_seconds": 60,
+            "retain_acked_messages": True})
+        received: list[bytes] = []
+        lock = threading.Lock()
+
+        def callback(message: Any) -> None:
+            with lock:
+                received.append(message.data)
+            message.ack()
+
+        future = sub2.subscribe(sub, callback)
+        try:
+            pub1.publish(topic, b"once").result()
+            wait_for(lambda: received == [b"once"], timeout=20, message="the first delivery")
+            # Acked on process two (or its ack still on the way: either way a seek to before
+            # its publish makes it due again); the seek is made on process one.
+            sub1.seek(request=gapic.SeekRequest(
+                subscription=sub, time={"seconds": int(time.time()) - 3600}))
+            wait_for(lambda: len(received) >= 2, timeout=20,
+                     message="the replay on process two's open stream")
+            assert received[1] == b"once"
+        finally:
+            future.cancel()
+            with contextlib.suppress(Exception):
+                future.result(timeout=10)

@@ -47,3 +47,15 @@ def test_a_subscription_rewatched_under_a_new_topic_leaves_the_old_one() -> None
     events.wake(sub)  # a change of the subscription still wakes every watcher of it
     assert old.is_set() and new.is_set()
 
+
+
+def test_reports_lost_by_the_store_wake_everything_waiting() -> None:
+    """A store that lost its connection (NATS) may have missed other processes' wake-ups."""
+    events = Events()
+    waiting = [events.watch(f"projects/p/subscriptions/s{i}", f"projects/p/topics/t{i % 7}")
+               for i in range(50)]
+    left = events.watch("projects/p/subscriptions/gone", "projects/p/topics/t0")
+    events.unwatch("projects/p/subscriptions/gone", left)
+    events.missed()
+    assert all(event.is_set() for event in waiting)
+    assert not left.is_set()

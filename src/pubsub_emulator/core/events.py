@@ -100,3 +100,8 @@ class Events:
         self.resource_changed(kind, name)
         if kind is Kind.SUBSCRIPTION:
             self.wake(name)  # its streams and waiting pulls look at it again
+
+    def missed(self) -> None:
+        """Wake-ups from other processes may have been lost: everything waiting looks again."""
+        for subscription in list(self._waiters):
+            self.wake(subscription)

@@ -27,10 +27,13 @@ log = logging.getLogger("pubsub_emulator.service")
 StreamingPullResponse = t.StreamingPullResponse.pb()
 AckConfirmation = t.StreamingPullResponse.AcknowledgeConfirmation.pb()
 ModAckConfirmation = t.StreamingPullResponse.ModifyAckDeadlineConfirmation.pb()
-# An idle call looks at its subscription again at least this often: the backstop for what
-# no wake-up tells (a lease a unary Pull or another process let run out). Each look is a store
-# read: 2,000 idle streams looking every 30 s cost over 1% of a core, every 60 s half that.
-IDLE_LOOK_S = 60.0
+# An idle call looks at its subscription again at least this often, a backstop only: what
+# makes messages due is told by a wake-up (a publish, nack, seek or change, here or, through
+# the store, in another process; a lost connection to NATS wakes everything) or is already
+# known as the next due time (a lease running out, here or elsewhere: on NATS a subscription
+# with leases out is looked at every second). Each look is a store read, on NATS a JetStream
+# request: 2,000 idle streams looking every 60 s cost ~5% of a core.
+IDLE_LOOK_S = 300.0
 # Google's clients send the first request as the call opens; a call still silent after this
 # long holds a stream for nothing. server.py sets it from `--first-request-timeout`.
 FIRST_REQUEST_TIMEOUT_S = 60.0

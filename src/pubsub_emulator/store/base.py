@@ -342,6 +342,10 @@ class StoreListener(Protocol):
     def changed(self, kind: Kind, name: str) -> None:
         """Another process created, updated or deleted a resource of an announced kind."""
 
+    def missed(self) -> None:
+        """Reports may have been lost (the store's connection dropped and came back): whatever
+        waits for one should look again."""
+
 
 class Store(abc.ABC):
     """Durable state behind the Pub/Sub API, used from one asyncio event loop.

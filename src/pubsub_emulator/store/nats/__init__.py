@@ -71,6 +71,7 @@ class NatsStore(Store):
         self.messages = NatsMessageLog(self._js, self._layout, topics, self._origin,
                                        self._pieces)
         self._js.reconnected.append(self.resources.forget_all)
+        self._js.reconnected.append(self._missed)
         self._listener: StoreListener | None = None
 
     @classmethod
@@ -109,6 +110,12 @@ class NatsStore(Store):
         heard = self.resources.heard(msg.data)  # (drops what is cached of it)
         if heard is not None and self._listener is not None:
             self._listener.changed(*heard)
+
+    def _missed(self) -> None:
+        # Wake-ups and change notices are core NATS: those sent while the connection was down
+        # were lost, and open streams no longer look on their own for long (IDLE_LOOK_S).
+        if self._listener is not None:
+            self._listener.missed()
 
     async def _on_wake(self, msg: Any) -> None:
         origin, _, topic = msg.data.decode().partition("\n")

@@ -117,11 +117,13 @@ class Topics:
         await self.delete_consumer(topic, subscription)
         token = await self.skips.write(consumer, skip)
         self.skips.forget(consumer)
-        if origin:
-            await self._js.publish(self._layout.changes, f"{origin}\n{Kind.SUBSCRIPTION.value}"
-                                   f"\n{subscription}".encode())
+        notice = f"{origin}\n{Kind.SUBSCRIPTION.value}\n{subscription}".encode()
+        if origin:  # before: the others drop their skip set and link before the new consumer
+            await self._js.publish(self._layout.changes, notice)
         await self.create_consumer(topic, subscription,
                                    {**start, "description": skip_description(token)})
+        if origin:  # and after: a stream the first one woke may have looked in between
+            await self._js.publish(self._layout.changes, notice)
 
     # --- subscriptions' topic links -----------------------------------------------------------
     async def topic_of(self, subscription: str, fresh: bool = False) -> str:
