@@ -8,10 +8,11 @@ aiohttp's client, which the pusher used before, sends for the same call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,8 +104,33 @@ async def serve(script: Script, tls: ssl.SSLContext | None = None) -> tuple[asyn
     return server, server.sockets[0].getsockname()[1]
 
 
+@contextlib.asynccontextmanager
+async def scripted(script: Script, limit: int = 4, tls: ssl.SSLContext | None = None,
+                   ) -> AsyncIterator[tuple[PushClient, str]]:
+    """A scripted server and a client (`limit` connections) for it, and the server's base URL;
+    both closed on the way out."""
+    server, port = await serve(script, tls)
+    client = PushClient(None, limit)
+    try:
+        yield client, f"{'https' if tls else 'http'}://{{host}}:{port}"
+    finally:
+        await client.close()
+        server.close()
+
+
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(scenario())
+
+
+async def times_out(post: Awaitable[int], timeout: float) -> None:
+    """`post` fails with the client's TimeoutError, after `timeout` seconds at least: it waited
+    as long as it was told to (an outer deadline of 30 s catches one that waits for ever)."""
+    started = time.monotonic()
+    task = asyncio.ensure_future(post)
+    done, _ = await asyncio.wait({task}, timeout=30)
+    assert task in done, "the client's timeout never fired"
+    assert isinstance(task.exception(), asyncio.TimeoutError), task.exception()
+    assert time.monotonic() - started >= timeout * 0.9
 
 
 # --- the request ----------------------------------------------------------------------------
@@ -118,18 +144,15 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
 def test_requests_are_the_bytes_aiohttp_sent(path, headers):
     async def scenario() -> None:
         script = Script()
-        server, port = await serve(script)
-        url = f"http://127.0.0.1:{port}{path}"
-        body = b'{"message":{}}'
-        session = aiohttp.ClientSession(auto_decompress=False, trust_env=False,
-                                        skip_auto_headers=("Content-Type",))
-        async with session.post(url, data=body, headers=headers, allow_redirects=False) as r:
-            assert r.status == 204
-        await session.close()
-        client = PushClient(None, 4)
-        assert await client.post(url, headers, body, 5) == 204
-        await client.close()
-        server.close()
+        async with scripted(script) as (client, base):
+            url = base.format(host="127.0.0.1") + path
+            body = b'{"message":{}}'
+            async with aiohttp.ClientSession(auto_decompress=False, trust_env=False,
+                                             skip_auto_headers=("Content-Type",)) as session:
+                async with session.post(url, data=body, headers=headers,
+                                        allow_redirects=False) as r:
+                    assert r.status == 204
+            assert await client.post(url, headers, body, 5) == 204
         assert script.requests[1] == script.requests[0]
 
     run(scenario)
@@ -138,13 +161,10 @@ def test_requests_are_the_bytes_aiohttp_sent(path, headers):
 def test_a_header_with_a_line_break_is_refused_before_connecting():
     async def scenario() -> None:
         script = Script()
-        server, port = await serve(script)
-        client = PushClient(None, 4)
-        for headers in ({"x-a": "one\r\nInjected: yes"}, {"x-a\n": "v"}, {"x-a": "v\r"}):
-            with pytest.raises(ValueError, match="carriage return"):
-                await client.post(f"http://127.0.0.1:{port}/", headers, b"", 5)
-        await client.close()
-        server.close()
+        async with scripted(script) as (client, base):
+            for headers in ({"x-a": "one\r\nInjected: yes"}, {"x-a\n": "v"}, {"x-a": "v\r"}):
+                with pytest.raises(ValueError, match="carriage return"):
+                    await client.post(base.format(host="127.0.0.1") + "/", headers, b"", 5)
         assert script.connections == 0
 
     run(scenario)
@@ -153,15 +173,12 @@ def test_a_header_with_a_line_break_is_refused_before_connecting():
 def test_credentials_in_the_url_are_sent_as_basic_auth_unless_a_token_is_too():
     async def scenario() -> None:
         script = Script()
-        server, port = await serve(script)
-        client = PushClient(None, 4)
-        url = f"http://user:pa%20ss@127.0.0.1:{port}/p"
-        assert await client.post(url, HEADERS, b"x", 5) == 204
-        assert b"\r\nAuthorization: Basic dXNlcjpwYSBzcw==\r\n" in script.requests[0]
-        with pytest.raises(ValueError, match="Cannot combine AUTHORIZATION"):
-            await client.post(url, {**HEADERS, "Authorization": "Bearer t"}, b"x", 5)
-        await client.close()
-        server.close()
+        async with scripted(script) as (client, base):
+            url = base.format(host="user:pa%20ss@127.0.0.1") + "/p"
+            assert await client.post(url, HEADERS, b"x", 5) == 204
+            assert b"\r\nAuthorization: Basic dXNlcjpwYSBzcw==\r\n" in script.requests[0]
+            with pytest.raises(ValueError, match="Cannot combine AUTHORIZATION"):
+                await client.post(url, {**HEADERS, "Authorization": "Bearer t"}, b"x", 5)
 
     run(scenario)
 
@@ -197,13 +214,10 @@ def test_urls_the_client_cannot_use_are_errors(url):
 def test_the_status_and_whether_the_connection_is_kept(reply, status, reused):
     async def scenario() -> None:
         script = Script(answer=lambda _i: reply)
-        server, port = await serve(script)
-        client = PushClient(None, 4)
-        url = f"http://127.0.0.1:{port}/"
-        assert [await client.post(url, HEADERS, b"x", 5) for _ in range(3)] == [status] * 3
-        assert script.connections == (1 if reused else 3)
-        await client.close()
-        server.close()
+        async with scripted(script) as (client, base):
+            url = base.format(host="127.0.0.1") + "/"
+            assert [await client.post(url, HEADERS, b"x", 5) for _ in range(3)] == [status] * 3
+            assert script.connections == (1 if reused else 3)
 
     run(scenario)
 
@@ -222,13 +236,10 @@ def test_an_answer_split_across_reads_is_put_together():
 def test_no_http_answer_is_an_error_and_closes_the_connection():
     async def scenario() -> None:
         script = Script(answer=lambda _i: b"garbage\r\n\r\n")
-        server, port = await serve(script)
-        client = PushClient(None, 4)
-        with pytest.raises(PushProtocolError, match="not an HTTP/1.x status line"):
-            await client.post(f"http://127.0.0.1:{port}/", HEADERS, b"x", 5)
-        await until(lambda: script.closed == 1, "the connection closed")
-        await client.close()
-        server.close()
+        async with scripted(script) as (client, base):
+            with pytest.raises(PushProtocolError, match="not an HTTP/1.x status line"):
+                await client.post(base.format(host="127.0.0.1") + "/", HEADERS, b"x", 5)
+            await until(lambda: script.closed == 1, "the connection closed")
 
     run(scenario)
 
@@ -236,15 +247,12 @@ def test_no_http_answer_is_an_error_and_closes_the_connection():
 def test_a_connection_the_server_closed_while_idle_is_replaced():
     async def scenario() -> None:
         script = Script(close_after_reply=True)  # keep-alive announced, then closed anyway
-        server, port = await serve(script)
-        client = PushClient(None, 4)
-        url = f"http://127.0.0.1:{port}/"
-        assert await client.post(url, HEADERS, b"x", 5) == 204
-        await until(lambda: client.connections == 0, "the client to see the server's close")
-        assert await client.post(url, HEADERS, b"x", 5) == 204
-        assert script.connections == 2
-        await client.close()
-        server.close()
+        async with scripted(script) as (client, base):
+            url = base.format(host="127.0.0.1") + "/"
+            assert await client.post(url, HEADERS, b"x", 5) == 204
+            await until(lambda: client.connections == 0, "the client to see the server's close")
+            assert await client.post(url, HEADERS, b"x", 5) == 204
+            assert script.connections == 2
 
     run(scenario)
 
@@ -252,26 +260,19 @@ def test_a_connection_the_server_closed_while_idle_is_replaced():
 def test_no_answer_within_the_timeout_is_a_timeout_and_closes_the_connection():
     async def scenario() -> None:
         script = Script(answer=lambda i: None if i == 0 else NO_CONTENT)
-        server, port = await serve(script)
-        client = PushClient(None, 4)
-        url = f"http://127.0.0.1:{port}/"
-        started = time.monotonic()
-        with pytest.raises(asyncio.TimeoutError):
-            await client.post(url, HEADERS, b"x", 0.3)
-        assert 0.25 <= time.monotonic() - started < 2
-        await until(lambda: script.closed == 1, "the timed-out connection closed")
-        assert await client.post(url, HEADERS, b"x", 5) == 204  # on a new connection
-        # A shorter timeout after a longer one is still kept.
-        script.answer = lambda _i: None
-        slow = asyncio.ensure_future(client.post(url, HEADERS, b"x", 30))
-        await until(lambda: len(script.requests) == 3, "the slow request sent")
-        started = time.monotonic()
-        with pytest.raises(asyncio.TimeoutError):
-            await client.post(url, HEADERS, b"x", 0.3)
-        assert time.monotonic() - started < 2
-        slow.cancel()
-        await client.close()
-        server.close()
+        async with scripted(script) as (client, base):
+            url = base.format(host="127.0.0.1") + "/"
+            await times_out(client.post(url, HEADERS, b"x", 0.3), 0.3)
+            await until(lambda: script.closed == 1, "the timed-out connection closed")
+            assert await client.post(url, HEADERS, b"x", 5) == 204  # on a new connection
+            # A shorter timeout after a longer one is still kept: the 0.3 s one times out
+            # while the 300 s one is still waiting.
+            script.answer = lambda _i: None
+            slow = asyncio.ensure_future(client.post(url, HEADERS, b"x", 300))
+            await until(lambda: len(script.requests) == 3, "the slow request sent")
+            await times_out(client.post(url, HEADERS, b"x", 0.3), 0.3)
+            assert not slow.done()
+            slow.cancel()
 
     run(scenario)
 
@@ -292,14 +293,12 @@ def test_a_refused_connection_is_a_connect_error():
 def test_connections_stay_within_the_limit():
     async def scenario() -> None:
         script = Script(delay=0.05)
-        server, port = await serve(script)
-        client = PushClient(None, 2)
-        url = f"http://127.0.0.1:{port}/"
-        statuses = await asyncio.gather(*(client.post(url, HEADERS, b"x", 5) for _ in range(8)))
-        assert statuses == [204] * 8
-        assert script.most_open == 2 and script.connections == 2
-        await client.close()
-        server.close()
+        async with scripted(script, limit=2) as (client, base):
+            url = base.format(host="127.0.0.1") + "/"
+            statuses = await asyncio.gather(*(client.post(url, HEADERS, b"x", 5)
+                                              for _ in range(8)))
+            assert statuses == [204] * 8
+            assert script.most_open == 2 and script.connections == 2
 
     run(scenario)
 
@@ -309,12 +308,9 @@ def test_idle_connections_are_closed_after_the_keepalive(monkeypatch):
 
     async def scenario() -> None:
         script = Script()
-        server, port = await serve(script)
-        client = PushClient(None, 4)
-        assert await client.post(f"http://127.0.0.1:{port}/", HEADERS, b"x", 5) == 204
-        await until(lambda: script.closed == 1, "the idle connection closed")
-        await client.close()
-        server.close()
+        async with scripted(script) as (client, base):
+            assert await client.post(base.format(host="127.0.0.1") + "/", HEADERS, b"x", 5) == 204
+            await until(lambda: script.closed == 1, "the idle connection closed")
 
     run(scenario)
 
@@ -367,18 +363,15 @@ def test_https_verifies_the_certificate(tmp_path, monkeypatch):
 
     async def scenario(trusted: bool) -> None:
         script = Script()
-        server, port = await serve(script, server_context(files.cert, files.key))
-        client = PushClient(None, 4)
-        url = f"https://localhost:{port}/push"
-        if trusted:
-            assert await client.post(url, HEADERS, b"x", 5) == 204
-            assert len(script.requests) == 1
-        else:
-            with pytest.raises(PushConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-                await client.post(url, HEADERS, b"x", 5)
-            assert script.requests == []
-        await client.close()
-        server.close()
+        async with scripted(script, tls=server_context(files.cert, files.key)) as (client, base):
+            url = base.format(host="localhost") + "/push"
+            if trusted:
+                assert await client.post(url, HEADERS, b"x", 5) == 204
+                assert len(script.requests) == 1
+            else:
+                with pytest.raises(PushConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                    await client.post(url, HEADERS, b"x", 5)
+                assert script.requests == []
 
     verified_context.cache_clear()
     try:
@@ -393,24 +386,18 @@ def test_https_verifies_the_certificate(tmp_path, monkeypatch):
 def test_post_now_sends_on_an_idle_connection_only_and_keeps_the_deadline():
     async def scenario() -> None:
         script = Script(answer=lambda i: None if i == 2 else NO_CONTENT)
-        server, port = await serve(script)
-        client = PushClient(None, 4)
-        url = f"http://127.0.0.1:{port}/"
-        assert not client.has_idle(url)
-        assert client.post_now(url, HEADERS, b"x", 5) is None  # nothing idle: post() it is
-        assert await client.post(url, HEADERS, b"x", 5) == 204
-        assert client.has_idle(url)
-        answer = client.post_now(url, HEADERS, b"x", 5)
-        assert answer is not None and await answer == 204
-        started = time.monotonic()
-        silent = client.post_now(url, HEADERS, b"x", 0.3)  # the server never answers this one
-        assert silent is not None
-        with pytest.raises(asyncio.TimeoutError):
-            await silent
-        assert 0.25 <= time.monotonic() - started < 2
-        await until(lambda: script.closed == 1, "the timed-out connection closed")
-        assert script.connections == 1 and len(script.requests) == 3
-        await client.close()
-        server.close()
+        async with scripted(script) as (client, base):
+            url = base.format(host="127.0.0.1") + "/"
+            assert not client.has_idle(url)
+            assert client.post_now(url, HEADERS, b"x", 5) is None  # nothing idle: post() it is
+            assert await client.post(url, HEADERS, b"x", 5) == 204
+            assert client.has_idle(url)
+            answer = client.post_now(url, HEADERS, b"x", 5)
+            assert answer is not None and await answer == 204
+            silent = client.post_now(url, HEADERS, b"x", 0.3)  # the server never answers it
+            assert silent is not None
+            await times_out(silent, 0.3)
+            await until(lambda: script.closed == 1, "the timed-out connection closed")
+            assert script.connections == 1 and len(script.requests) == 3
 
     run(scenario)
