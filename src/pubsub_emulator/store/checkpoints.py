@@ -12,10 +12,10 @@ works, and a PASSIVE checkpoint never blocks the writer), as soon as something w
 (PRAGMA data_version) and at most every `CHECK_EVERY_S`. It backs off to `IDLE_CHECK_EVERY_S`
 while nothing is written, so an idle store costs a few wake-ups a second.
 
-The store's connection keeps its own automatic checkpoint as a backstop, at `BACKSTOP_PAGES`:
-only a WAL the thread has fully copied can start over from its beginning (SQLite restarts it
-in the next write, from the writing connection), and the backstop is that write; it finds
-nothing left to copy when the thread kept up, so it costs no copy and no fsync.
+The WAL starts over from its beginning at the first write after a complete checkpoint,
+whoever ran it. The store's connection keeps its own automatic checkpoint as a backstop, at
+`BACKSTOP_PAGES`, for when the thread falls behind (a burst of writes, a busy core): it then
+copies what is left, on the event loop; when the thread kept up it finds nothing to copy.
 """
 
 from __future__ import annotations
