@@ -15,13 +15,18 @@ import sqlite3
 import threading
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 
 from pubsub_emulator.store import Kind, RetentionRules
+from pubsub_emulator.store import sqlite as sqlite_store
 from pubsub_emulator.store.checkpoints import BACKSTOP_PAGES
 from pubsub_emulator.store.sqlite import (
     BUSY_REST_RATIO,
     CHUNK,
+    LONG_RUN_S,
     REST_RATIO,
+    RUN_BREAK_S,
+    Pacer,
     SqliteStore,
     next_rest_ratio,
 )
@@ -138,3 +143,33 @@ def test_background_steps_rest_longer_while_calls_keep_coming() -> None:
     assert seen[0] == 2 * REST_RATIO
     assert seen == sorted(seen) and seen[-1] == BUSY_REST_RATIO
     assert next_rest_ratio(BUSY_REST_RATIO, busy=False) == REST_RATIO  # quiet again: back
+    # Work that has gone on for LONG_RUN_S keeps a quarter of the loop, busy or not: under a
+    # sustained flow the sweep keeps up with what is acked.
+    assert next_rest_ratio(BUSY_REST_RATIO, busy=True, long_run=True) == REST_RATIO
+
+
+def test_a_long_run_of_busy_steps_rests_a_quarter_again_and_a_break_starts_over(monkeypatch):
+    clock = [1000.0]  # the pacer's perf_counter; a step takes 1 ms of it, a rest 0.5 s
+    monkeypatch.setattr(sqlite_store, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    pacer = Pacer()
+
+    async def steps(count: int) -> list[float]:
+        ratios = []
+        for _ in range(count):
+            started = clock[0]
+            clock[0] += 0.001
+            pacer.served()  # a call came during the step
+            await pacer.rest_after(started)  # (sleeps ratio x 1 ms for real)
+            ratios.append(pacer.ratio)
+            clock[0] += 0.5
+        return ratios
+
+    async def scenario() -> None:
+        steps_in_long_run = int(LONG_RUN_S / 0.501) + 1
+        ratios = await steps(steps_in_long_run + 5)
+        assert ratios[0] == 2 * REST_RATIO and BUSY_REST_RATIO in ratios
+        assert ratios[-5:] == [REST_RATIO] * 5  # the run went on for LONG_RUN_S
+        clock[0] += RUN_BREAK_S  # a break: the next steps are a new run
+        assert (await steps(3))[-1] == BUSY_REST_RATIO
+
+    asyncio.run(scenario())

@@ -111,14 +111,21 @@ MESSAGE_CHUNK = 100
 # sweep dropping 200,000 acked 1 KiB messages and giving their space back is ~2 s of steps:
 # back to back they held one-message Publishes up for 400 ms; at a quarter of the loop they
 # still overloaded a server serving 1,000 of them a second (p50 450 ms). Under load the work
-# takes longer, and is never starved.
+# takes longer, and is never starved: once it has gone on for LONG_RUN_S without a break it
+# rests REST_RATIO again, busy or not, so that under a sustained flow (tens of thousands of
+# messages acked a second) the sweep keeps up with what is acked and the file does not grow.
 REST_RATIO = 3.0
 BUSY_REST_RATIO = 20.0
+LONG_RUN_S = 30.0
+RUN_BREAK_S = 1.0  # a pause this long between two steps ends a run
 
 
-def next_rest_ratio(ratio: float, busy: bool) -> float:
-    """The rest ratio after a step, from the last one and whether calls came meanwhile."""
-    return min(2 * ratio, BUSY_REST_RATIO) if busy else REST_RATIO
+def next_rest_ratio(ratio: float, busy: bool, long_run: bool = False) -> float:
+    """The rest ratio after a step, from the last one, whether calls came meanwhile and
+    whether the background work has gone on for LONG_RUN_S."""
+    if long_run or not busy:
+        return REST_RATIO
+    return min(2 * ratio, BUSY_REST_RATIO)
 
 
 class Pacer:
@@ -127,17 +134,21 @@ class Pacer:
     def __init__(self) -> None:
         self.calls = 0
         self._seen = 0
-        self._ratio = REST_RATIO
+        self.ratio = REST_RATIO  # the rest after the last step, in steps' lengths
+        self._run_started = self._last_rest_ended = -RUN_BREAK_S
 
     def served(self) -> None:
         self.calls += 1
 
     async def rest_after(self, step_started: float) -> None:
         """Yield to the event loop after a step begun at `step_started` (perf_counter())."""
-        took = time.perf_counter() - step_started
+        now = time.perf_counter()
+        if step_started - self._last_rest_ended >= RUN_BREAK_S:
+            self._run_started = step_started  # a new run of steps
         busy, self._seen = self.calls != self._seen, self.calls
-        self._ratio = next_rest_ratio(self._ratio, busy)
-        await asyncio.sleep(self._ratio * took)
+        self.ratio = next_rest_ratio(self.ratio, busy, now - self._run_started >= LONG_RUN_S)
+        await asyncio.sleep(self.ratio * (now - step_started))
+        self._last_rest_ended = time.perf_counter()
 
 
 # Ids recorded ahead of those handed out: the mark is written once per this many ids, not on
