@@ -106,13 +106,13 @@ async def serve(script: Script, tls: ssl.SSLContext | None = None) -> tuple[asyn
 
 @contextlib.asynccontextmanager
 async def scripted(script: Script, limit: int = 4, tls: ssl.SSLContext | None = None,
-                   ) -> AsyncIterator[tuple[PushClient, str]]:
-    """A scripted server and a client (`limit` connections) for it, and the server's base URL;
+                   ) -> AsyncIterator[tuple[PushClient, int]]:
+    """A scripted server and a client (`limit` connections) for it, and the server's port;
     both closed on the way out."""
     server, port = await serve(script, tls)
     client = PushClient(None, limit)
     try:
-        yield client, f"{'https' if tls else 'http'}://{{host}}:{port}"
+        yield client, port
     finally:
         await client.close()
         server.close()
@@ -144,8 +144,8 @@ async def times_out(post: Awaitable[int], timeout: float) -> None:
 def test_requests_are_the_bytes_aiohttp_sent(path, headers):
     async def scenario() -> None:
         script = Script()
-        async with scripted(script) as (client, base):
-            url = base.format(host="127.0.0.1") + path
+        async with scripted(script) as (client, port):
+            url = f"http://127.0.0.1:{port}{path}"
             body = b'{"message":{}}'
             async with aiohttp.ClientSession(auto_decompress=False, trust_env=False,
                                              skip_auto_headers=("Content-Type",)) as session:
@@ -161,10 +161,10 @@ def test_requests_are_the_bytes_aiohttp_sent(path, headers):
 def test_a_header_with_a_line_break_is_refused_before_connecting():
     async def scenario() -> None:
         script = Script()
-        async with scripted(script) as (client, base):
+        async with scripted(script) as (client, port):
             for headers in ({"x-a": "one\r\nInjected: yes"}, {"x-a\n": "v"}, {"x-a": "v\r"}):
                 with pytest.raises(ValueError, match="carriage return"):
-                    await client.post(base.format(host="127.0.0.1") + "/", headers, b"", 5)
+                    await client.post(f"http://127.0.0.1:{port}/", headers, b"", 5)
         assert script.connections == 0
 
     run(scenario)
@@ -173,8 +173,8 @@ def test_a_header_with_a_line_break_is_refused_before_connecting():
 def test_credentials_in_the_url_are_sent_as_basic_auth_unless_a_token_is_too():
     async def scenario() -> None:
         script = Script()
-        async with scripted(script) as (client, base):
-            url = base.format(host="user:pa%20ss@127.0.0.1") + "/p"
+        async with scripted(script) as (client, port):
+            url = f"http://user:pa%20ss@127.0.0.1:{port}/p"
             assert await client.post(url, HEADERS, b"x", 5) == 204
             assert b"\r\nAuthorization: Basic dXNlcjpwYSBzcw==\r\n" in script.requests[0]
             with pytest.raises(ValueError, match="Cannot combine AUTHORIZATION"):
@@ -214,8 +214,8 @@ def test_urls_the_client_cannot_use_are_errors(url):
 def test_the_status_and_whether_the_connection_is_kept(reply, status, reused):
     async def scenario() -> None:
         script = Script(answer=lambda _i: reply)
-        async with scripted(script) as (client, base):
-            url = base.format(host="127.0.0.1") + "/"
+        async with scripted(script) as (client, port):
+            url = f"http://127.0.0.1:{port}/"
             assert [await client.post(url, HEADERS, b"x", 5) for _ in range(3)] == [status] * 3
             assert script.connections == (1 if reused else 3)
 
@@ -236,9 +236,9 @@ def test_an_answer_split_across_reads_is_put_together():
 def test_no_http_answer_is_an_error_and_closes_the_connection():
     async def scenario() -> None:
         script = Script(answer=lambda _i: b"garbage\r\n\r\n")
-        async with scripted(script) as (client, base):
+        async with scripted(script) as (client, port):
             with pytest.raises(PushProtocolError, match="not an HTTP/1.x status line"):
-                await client.post(base.format(host="127.0.0.1") + "/", HEADERS, b"x", 5)
+                await client.post(f"http://127.0.0.1:{port}/", HEADERS, b"x", 5)
             await until(lambda: script.closed == 1, "the connection closed")
 
     run(scenario)
@@ -247,8 +247,8 @@ def test_no_http_answer_is_an_error_and_closes_the_connection():
 def test_a_connection_the_server_closed_while_idle_is_replaced():
     async def scenario() -> None:
         script = Script(close_after_reply=True)  # keep-alive announced, then closed anyway
-        async with scripted(script) as (client, base):
-            url = base.format(host="127.0.0.1") + "/"
+        async with scripted(script) as (client, port):
+            url = f"http://127.0.0.1:{port}/"
             assert await client.post(url, HEADERS, b"x", 5) == 204
             await until(lambda: client.connections == 0, "the client to see the server's close")
             assert await client.post(url, HEADERS, b"x", 5) == 204
@@ -260,8 +260,8 @@ def test_a_connection_the_server_closed_while_idle_is_replaced():
 def test_no_answer_within_the_timeout_is_a_timeout_and_closes_the_connection():
     async def scenario() -> None:
         script = Script(answer=lambda i: None if i == 0 else NO_CONTENT)
-        async with scripted(script) as (client, base):
-            url = base.format(host="127.0.0.1") + "/"
+        async with scripted(script) as (client, port):
+            url = f"http://127.0.0.1:{port}/"
             await times_out(client.post(url, HEADERS, b"x", 0.3), 0.3)
             await until(lambda: script.closed == 1, "the timed-out connection closed")
             assert await client.post(url, HEADERS, b"x", 5) == 204  # on a new connection
@@ -293,8 +293,8 @@ def test_a_refused_connection_is_a_connect_error():
 def test_connections_stay_within_the_limit():
     async def scenario() -> None:
         script = Script(delay=0.05)
-        async with scripted(script, limit=2) as (client, base):
-            url = base.format(host="127.0.0.1") + "/"
+        async with scripted(script, limit=2) as (client, port):
+            url = f"http://127.0.0.1:{port}/"
             statuses = await asyncio.gather(*(client.post(url, HEADERS, b"x", 5)
                                               for _ in range(8)))
             assert statuses == [204] * 8
@@ -308,8 +308,8 @@ def test_idle_connections_are_closed_after_the_keepalive(monkeypatch):
 
     async def scenario() -> None:
         script = Script()
-        async with scripted(script) as (client, base):
-            assert await client.post(base.format(host="127.0.0.1") + "/", HEADERS, b"x", 5) == 204
+        async with scripted(script) as (client, port):
+            assert await client.post(f"http://127.0.0.1:{port}/", HEADERS, b"x", 5) == 204
             await until(lambda: script.closed == 1, "the idle connection closed")
 
     run(scenario)
@@ -363,8 +363,8 @@ def test_https_verifies_the_certificate(tmp_path, monkeypatch):
 
     async def scenario(trusted: bool) -> None:
         script = Script()
-        async with scripted(script, tls=server_context(files.cert, files.key)) as (client, base):
-            url = base.format(host="localhost") + "/push"
+        async with scripted(script, tls=server_context(files.cert, files.key)) as (client, port):
+            url = f"https://localhost:{port}/push"
             if trusted:
                 assert await client.post(url, HEADERS, b"x", 5) == 204
                 assert len(script.requests) == 1
@@ -386,8 +386,8 @@ def test_https_verifies_the_certificate(tmp_path, monkeypatch):
 def test_post_now_sends_on_an_idle_connection_only_and_keeps_the_deadline():
     async def scenario() -> None:
         script = Script(answer=lambda i: None if i == 2 else NO_CONTENT)
-        async with scripted(script) as (client, base):
-            url = base.format(host="127.0.0.1") + "/"
+        async with scripted(script) as (client, port):
+            url = f"http://127.0.0.1:{port}/"
             assert not client.has_idle(url)
             assert client.post_now(url, HEADERS, b"x", 5) is None  # nothing idle: post() it is
             assert await client.post(url, HEADERS, b"x", 5) == 204
