@@ -46,6 +46,7 @@ class WalCheckpointer:
         self._check_every_s = check_every_s
         self._idle_check_every_s = idle_check_every_s
         self._stop = threading.Event()
+        self.looks = 0  # times it looked whether anything was committed
         self.checkpoints = 0  # checkpoints run so far
         self._thread = threading.Thread(target=self._run, name="sqlite-wal-checkpoint",
                                         daemon=True)
@@ -56,6 +57,7 @@ class WalCheckpointer:
         while not self._stop.wait(wait):
             try:
                 version = self._db.execute("PRAGMA data_version").fetchone()[0]
+                self.looks += 1
                 if version == seen:  # nothing committed since the last look: look less often
                     wait = min(wait * 2, self._idle_check_every_s)
                     continue
