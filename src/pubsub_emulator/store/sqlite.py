@@ -250,9 +250,9 @@ class Reclaimer:
     a deleted subscription cannot be mistaken for a later one's.
     """
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, pacer: Pacer) -> None:
         self._db = db
-        self.pacer = Pacer()  # the store's one: the sweep's steps rest by it too
+        self._pacer = pacer
         self._subscriptions: set[int] = set()
         self._snapshots: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -319,7 +319,7 @@ class Reclaimer:
                     self._reclaim_subscription(next(iter(self._subscriptions)))
                 else:
                     self._reclaim_snapshot(next(iter(self._snapshots)))
-                await self.pacer.rest_after(started)
+                await self._pacer.rest_after(started)
             if self._compaction_due():
                 await self._compact()
         except sqlite3.Error:  # the next delete or sweep starts it again
@@ -363,7 +363,7 @@ class Reclaimer:
             if left >= free:  # not in incremental mode (an in-memory database): nothing to do
                 break
             free = left
-            await self.pacer.rest_after(started)
+            await self._pacer.rest_after(started)
         # The file shrinks when the checkpoint copies the vacuumed pages into it; TRUNCATE
         # also cuts the WAL to zero bytes. It is busy while the checkpointer thread runs one
         # (a few ms): ask again, a while.
@@ -508,12 +508,13 @@ class SqliteResources(ResourceTable):
 class SqliteMessages(MessageLog):
     short_pull_drains = True  # (a pull reads every available row up to its limits)
 
-    def __init__(self, db: sqlite3.Connection, fanout: Fanout, reclaimer: Reclaimer) -> None:
+    def __init__(self, db: sqlite3.Connection, fanout: Fanout, reclaimer: Reclaimer,
+                 pacer: Pacer) -> None:
         self._db = db
         self._fanout = fanout
         self._ids = IdCounter(db)
-        self._sweep = RetentionSweep(db, fanout, self._ids, reclaimer)
-        self._served = reclaimer.pacer.served
+        self._sweep = RetentionSweep(db, fanout, self._ids, reclaimer, pacer)
+        self._served = pacer.served  # every call counts: background steps rest longer
 
     async def publish(self, topic: str, messages: Sequence[bytes], now_ms: int,
                       skip: Mapping[str, set[int]] | None = None,
@@ -797,12 +798,12 @@ class RetentionSweep:
     """
 
     def __init__(self, db: sqlite3.Connection, fanout: Fanout, ids: IdCounter,
-                 reclaimer: Reclaimer) -> None:
+                 reclaimer: Reclaimer, pacer: Pacer) -> None:
         self._db = db
         self._fanout = fanout
         self._ids = ids
         self._reclaimer = reclaimer
-        self._pacer = reclaimer.pacer
+        self._pacer = pacer
 
     async def run(self, now_ms: int, rules: RetentionRules) -> int:
         # Subscriptions drop what is older than their retention, acked-and-kept or not.
@@ -909,10 +910,13 @@ class SqliteStore(Store):
             self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
             self.checkpointer = WalCheckpointer(str(path))
         fanout = Fanout(self._db)
+        # The store's calls and its background work (reclaiming, the retention sweep) share
+        # one pacer: the calls it serves make the background steps rest longer.
+        pacer = Pacer()
         # Reclaims what a delete left behind, in the background; its `idle()` waits for it.
-        self.reclaimer = Reclaimer(self._db)
+        self.reclaimer = Reclaimer(self._db, pacer)
         self.resources = SqliteResources(self._db, fanout, self.reclaimer)
-        self.messages = SqliteMessages(self._db, fanout, self.reclaimer)
+        self.messages = SqliteMessages(self._db, fanout, self.reclaimer, pacer)
 
     async def close(self) -> None:
         await self.reclaimer.stop()
