@@ -134,6 +134,34 @@ def test_publish_assigns_unique_ids_and_fans_out(store):
         assert got[0].delivery_attempt == 1
 
 
+def test_publish_leased_leases_what_it_returns_and_leaves_the_rest_available(store):
+    """What a store hands back from publish_leased is leased to its caller (first attempt,
+    until the deadline given, acked by its ack ids); what it does not hand back (a store may
+    decline) and every other subscription's copies are available as after publish."""
+    other = "projects/p/subscriptions/other"
+    store.resources.create(Kind.SUBSCRIPTION, other, b"sub", topic=T)
+    published = now()
+    ids, handed = store.messages.publish_leased(T, [msg(b"a"), msg(b"b")], published,
+                                                {S: published + LEASE_MS})
+    assert len(set(ids)) == 2 and set(handed) <= {S}
+    got = store.messages.pull(other, 10, 10_000, published)
+    assert [data_of(d) for d in got] == [b"a", b"b"]
+    if S not in handed:
+        assert [data_of(d) for d in pull_until(store, 2)] == [b"a", b"b"]
+        return
+    deliveries = handed[S]
+    assert [data_of(d) for d in deliveries] == [b"a", b"b"]
+    assert [d.delivery_attempt for d in deliveries] == [1, 1]
+    full = types.PubsubMessage.pb().FromString(deliveries[0].message)
+    assert full.message_id == ids[0] and full.publish_time.ToMilliseconds() == published
+    assert store.messages.pull(S, 10, LEASE_MS, published) == []  # leased
+    store.messages.acknowledge(S, [deliveries[0].ack_id])
+    # The one not acked comes back when its lease runs out, as a second attempt.
+    again = pull_until(store, 1)
+    assert [data_of(d) for d in again] == [b"b"] and again[0].delivery_attempt == 2
+    assert store.messages.pull(S, 10, LEASE_MS, now()) == []
+
+
 def test_only_messages_after_subscription_creation(store):
     store.messages.publish(T, [msg(b"before")], 1000)
     late = "projects/p/subscriptions/late"

@@ -520,6 +520,29 @@ class SqliteMessages(MessageLog):
                       skip: Mapping[str, set[int]] | None = None,
                       ordering_keys: Sequence[str] | None = None,
                       retain: bool = False) -> list[str]:
+        ids, _ = self._append(topic, messages, now_ms, skip, ordering_keys, retain, {})
+        return ids
+
+    async def publish_leased(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                             leases: Mapping[str, int], retain: bool = False
+                             ) -> tuple[list[str], dict[str, list[Delivery]]]:
+        sub_ids = self._fanout.ids
+        names = {sub_ids[name]: name for name in leases if name in sub_ids}
+        leased = {sub_id: leases[name] for sub_id, name in names.items()}
+        ids, rows = self._append(topic, messages, now_ms, None, None, retain, leased)
+        handed: dict[str, list[Delivery]] = {}
+        for sub_id in self._fanout.by_topic.get(topic, []) if rows else ():
+            if sub_id in leased:  # (what pull would have made of the row: attempt 1)
+                handed[names[sub_id]] = [
+                    Delivery(f"{sub_id}-{seq}-1", message, 1, size, now_ms)
+                    for seq, _, size, _, _, message in rows]
+        return ids, handed
+
+    def _append(self, topic: str, messages: Sequence[bytes], now_ms: int,
+                skip: Mapping[str, set[int]] | None, ordering_keys: Sequence[str] | None,
+                retain: bool, leased: Mapping[int, int]) -> tuple[list[str], list[tuple]]:
+        """Store the messages and a delivery row for each subscription of the topic (leased
+        until leased[sub_id] for those named there); the ids and the message rows stored."""
         self._served()
         seqs = self._ids.take(len(messages))
         first = seqs.start
@@ -527,7 +550,7 @@ class SqliteMessages(MessageLog):
         subscribers = self._fanout.by_topic.get(topic, [])
         if not subscribers and not retain:
             # Like Cloud Pub/Sub: with no subscription and no retention nothing keeps them.
-            return ids
+            return ids, []
         keys = ordering_keys or [""] * len(messages)
         time_field = protowire.publish_stamp(now_ms)  # (the same for every message here)
         rows = [(seq, topic, len(raw), now_ms, key, protowire.stamped(raw, id_, time_field))
@@ -540,10 +563,12 @@ class SqliteMessages(MessageLog):
             db.executemany("INSERT INTO messages (seq, topic, size, published_at, okey, message) "
                            "VALUES (?,?,?,?,?,?)", rows)
             db.executemany(
-                "INSERT INTO deliveries (sub_id, seq, next_at, okey) VALUES (?,?,?,?)",
-                [(sub_id, seq, now_ms, key) for sub_id in subscribers
+                "INSERT INTO deliveries (sub_id, seq, next_at, okey, attempts) "
+                "VALUES (?,?,?,?,?)",
+                [(sub_id, seq, leased[sub_id], key, 1) if sub_id in leased
+                 else (sub_id, seq, now_ms, key, 0) for sub_id in subscribers
                  for seq, key in zip(seqs, keys, strict=True) if (sub_id, seq) not in skipped])
-        return ids
+        return ids, rows
 
     async def pull(self, subscription: str, max_messages: int, lease_ms: int, now_ms: int,
                    max_bytes: int = 0, policy: DeliveryPolicy = DEFAULT_POLICY) -> list[Delivery]:
