@@ -13,7 +13,7 @@ Pull, StreamingPull and native push all deliver through this one public API:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .. import protowire
@@ -43,6 +43,27 @@ class LeaseHolder(Protocol):
     def release_all(self) -> None: ...
 
 
+class Receiver(LeaseHolder, Protocol):
+    """An open StreamingPull that takes messages handed to it as they are published."""
+
+    subscription: str
+    topic: str
+    lease_ms: int
+
+    def can_take(self, count: int, size: int) -> bool:
+        """Whether it takes `count` messages of `size` bytes in all now (its window has room,
+        nothing handed is waiting to go out, the subscription's policy allows it)."""
+        ...
+
+    def take(self, deliveries: list[Delivery], until_ms: int) -> None:
+        """Hold these leases and send the messages."""
+        ...
+
+    def refresh(self) -> None:
+        """The subscription changed: take nothing until it has been read again."""
+        ...
+
+
 class DeliveryEngine:
     def __init__(self, store: Store, catalog: Catalog, events: Events, activity: Activity,
                  clock: Callable[[], int], observer: Observer = NO_OBSERVER) -> None:
@@ -56,6 +77,9 @@ class DeliveryEngine:
         self._activity = activity
         self._clock = clock
         self._holders: dict[str, set[LeaseHolder]] = {}
+        # Open StreamingPulls by topic and subscription, for publishes to hand messages to.
+        self._receivers: dict[str, dict[str, list[Receiver]]] = {}
+        events.on_change(self._changed)
         # Pulls that leased something, acks and modacks so far: the sweeper's sign that
         # messages moved (an idle stream's periodic look that finds nothing does not count).
         self.work = 0
@@ -70,6 +94,57 @@ class DeliveryEngine:
             holders.discard(holder)
             if not holders:
                 self._holders.pop(subscription, None)
+        topic = getattr(holder, "topic", None)
+        by_sub = self._receivers.get(topic) if topic is not None else None
+        if by_sub is not None and holder in (calls := by_sub.get(subscription, [])):
+            calls.remove(holder)  # type: ignore[arg-type]
+            if not calls:
+                del by_sub[subscription]
+                if not by_sub:
+                    del self._receivers[topic]  # type: ignore[arg-type]
+
+    # --- handing published messages to open streams ----------------------------------------
+    def receive_handed(self, receiver: Receiver) -> None:
+        """`receiver` (held already) takes messages published to its topic from now on."""
+        self._receivers.setdefault(receiver.topic, {}).setdefault(
+            receiver.subscription, []).append(receiver)
+
+    def _changed(self, kind: Kind, name: str) -> None:
+        """A subscription changed (a policy that rules handing out may be new): its streams
+        take nothing more until they have looked at it again."""
+        if kind is Kind.SUBSCRIPTION:
+            for by_subscription in self._receivers.values():
+                for call in by_subscription.get(name, ()):
+                    call.refresh()
+
+    def claim(self, topic: str, count: int, size: int) -> dict[str, Receiver]:
+        """For each subscription of `topic` with an open stream that takes `count` messages of
+        `size` bytes now: one such stream."""
+        claims: dict[str, Receiver] = {}
+        for subscription, calls in self._receivers.get(topic, {}).items():
+            for call in calls:
+                if call.can_take(count, size):
+                    claims[subscription] = call
+                    break
+        return claims
+
+    async def hand(self, claims: Mapping[str, Receiver], handed: Mapping[str, list[Delivery]],
+                   now_ms: int) -> None:
+        """Give what the store leased at publish (store.publish_leased) to the streams that
+        claimed it: as a pull turn of theirs would have, had it read the messages back."""
+        for subscription, deliveries in handed.items():
+            call = claims[subscription]
+            if call not in self._receivers.get(call.topic, {}).get(subscription, ()):
+                # The stream closed while the store wrote (a store that suspends there):
+                # the messages are available again at once.
+                await self.modify(subscription, [d.ack_id for d in deliveries], 0,
+                                  strict=False)
+                continue
+            call.take(deliveries, now_ms + call.lease_ms)
+            self.work += 1
+            self.observer.delivered(subscription, len(deliveries), [0] * len(deliveries))
+        for subscription in handed:
+            await self._activity.touch(subscription)
 
     def has_holders(self, subscription: str) -> bool:
         """Whether a StreamingPull is open on the subscription here."""

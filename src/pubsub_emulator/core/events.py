@@ -10,7 +10,7 @@ change, made here or, through the store's listener, by another process sharing t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from ..store import Kind
 
@@ -33,10 +33,11 @@ class Events:
         self.stirred = 0
 
     # --- wake-ups ------------------------------------------------------------------------------
-    def watch(self, subscription: str, topic: str) -> asyncio.Event:
-        """An event set whenever the subscription (attached to `topic`) may have messages to
-        deliver."""
-        event = asyncio.Event()
+    def watch(self, subscription: str, topic: str, event: asyncio.Event | None = None
+              ) -> asyncio.Event:
+        """An event (`event`, or a new one) set whenever the subscription (attached to
+        `topic`) may have messages to deliver."""
+        event = event or asyncio.Event()
         self._waiters.setdefault(subscription, set()).add(event)
         previous = self._topic_of.get(subscription)
         if previous != topic:  # (a subscription whose topic was deleted is re-watched)
@@ -68,11 +69,13 @@ class Events:
         for event in self._waiters.get(subscription, ()):
             event.set()
 
-    def wake_topic(self, topic: str) -> None:
-        """Messages were published to `topic`: wake the subscriptions attached to it."""
+    def wake_topic(self, topic: str, served: Container[str] = ()) -> None:
+        """Messages were published to `topic`: wake the subscriptions attached to it, but
+        those `served` already (their copies were handed to a stream of theirs)."""
         self.stirred += 1
         for subscription in self._watched_by_topic.get(topic, ()):
-            self.wake(subscription)
+            if subscription not in served:
+                self.wake(subscription)
 
     def watched(self, subscription: str) -> bool:
         """Whether anything here waits on the subscription (an open stream, a pull, a pusher)."""

@@ -164,10 +164,10 @@ class PubSubService:
         self.subscriptions = Subscriptions(store, self.catalog, self.events, activity,
                                            PushAccounts(store.resources,
                                                         act_as or self.authorizer.act_as))
-        self.publishing = Publishing(store, self.catalog, self.events, self.schemas, clock,
-                                     self.observer)
         self.engine = DeliveryEngine(store, self.catalog, self.events, activity, clock,
                                      self.observer)
+        self.publishing = Publishing(store, self.catalog, self.events, self.schemas, clock,
+                                     self.observer, self.engine)
         self.pulls = PullRpcs(self.engine, self.catalog, self.events, clock)
         self.snapshots = Snapshots(store, self.catalog, self.events, self.engine, clock)
         self.streaming = StreamingPull(self.engine, self.events, clock)

@@ -15,7 +15,7 @@ from typing import Any
 from google.pubsub_v1 import types as t
 
 from .. import protowire
-from ..store import DeliveryPolicy
+from ..store import Delivery, DeliveryPolicy
 from . import limits
 from .delivery import DeliveryEngine
 from .errors import ApiError, Status, invalid_argument
@@ -39,13 +39,47 @@ IDLE_LOOK_S = 300.0
 FIRST_REQUEST_TIMEOUT_S = 60.0
 
 
+class Wakeup(asyncio.Event):
+    """A call's wake-up. `set()` (a publish not handed to it, an ack that opens its window, a
+    nack, a seek, a change) asks for a look at the store; `handed()` says only that messages
+    were handed to the call, to send as they are (no look needed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.look = True
+
+    def set(self) -> None:
+        self.look = True
+        super().set()
+
+    def handed(self) -> None:
+        super().set()
+
+
+def takes_handed(sub: Any) -> bool:
+    """Whether messages published to the subscription's topic may be handed to its streams
+    (Publishing, DeliveryEngine.claim): plain subscriptions. Filters, ordering, exactly-once,
+    dead-lettering and retry policies have their messages read back from the store."""
+    return not (sub.filter or sub.detached or sub.enable_message_ordering
+                or sub.enable_exactly_once_delivery or sub.HasField("dead_letter_policy")
+                or sub.HasField("retry_policy"))
+
+
 class OpenPull:
     """One open StreamingPull call: its lease window and the leases it holds."""
 
     def __init__(self, sub: Any, lease_ms: int, max_messages: int, max_bytes: int,
-                 wakeup: asyncio.Event) -> None:
+                 wakeup: Wakeup) -> None:
         self.subscription: str = sub.name
+        self.topic: str = sub.topic
         self.lease_ms = lease_ms
+        # Messages handed to the call at publish (encoded ReceivedMessages) and their ack
+        # ids, until sent; whether the subscription allows it, as of the call's last look.
+        self.inbox: list[bytes] = []
+        self.inbox_ids: list[str] = []
+        self.takes_handed = takes_handed(sub)
+        # When the subscription's next message is due, as of the call's last look at the store.
+        self.due_ms: int | None = None
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.wakeup = wakeup
@@ -85,7 +119,32 @@ class OpenPull:
                 or (0 < self.max_bytes <= self.outstanding_bytes))
 
     def release_all(self) -> None:
+        self.inbox, self.inbox_ids = [], []  # (a seek made them available again)
         self.release(list(self.outstanding))
+
+    # Receiver (DeliveryEngine.claim)
+    def can_take(self, count: int, size: int) -> bool:
+        if not self.takes_handed or self.inbox:
+            return False
+        room, room_bytes = self.window()
+        return count <= room and size <= room_bytes
+
+    def take(self, deliveries: list[Delivery], until_ms: int) -> None:
+        self.inbox = [protowire.received_message(d.ack_id, d.message, 0) for d in deliveries]
+        self.inbox_ids = [d.ack_id for d in deliveries]
+        self.hold([(d.ack_id, d.size) for d in deliveries], until_ms)
+        self.wakeup.handed()
+
+    def refresh(self) -> None:
+        """The subscription changed: nothing more is handed to the call until it looks."""
+        self.takes_handed = False
+        self.wakeup.set()
+
+    def sent(self) -> bytes:
+        """The response of what was handed, now on its way (the inbox empties)."""
+        response = protowire.streaming_pull_response(self.inbox, self.properties)
+        self.inbox, self.inbox_ids = [], []
+        return response
 
     def extend(self, ack_ids: Sequence[str], until_ms: int) -> None:
         for ack_id in ack_ids:
@@ -160,6 +219,9 @@ class StreamingPull:
             reader.cancel()
             self._engine.let_go(call.subscription, call)
             self._events.unwatch(call.subscription, call.wakeup)
+            if call.inbox_ids:  # handed but never sent: available again at once
+                asyncio.ensure_future(self._engine.modify(call.subscription, call.inbox_ids, 0,
+                                                          strict=False))
             log.debug("StreamingPull closed on %s", call.subscription)
 
     async def _first(self, requests: AsyncIterator[Any]) -> Any:
@@ -185,10 +247,12 @@ class StreamingPull:
             raise invalid_argument(
                 f"Invalid stream_ack_deadline_seconds: {first.stream_ack_deadline_seconds}. It "
                 f"must be between {limits.MIN_ACK_DEADLINE_S} and {limits.MAX_ACK_DEADLINE_S}.")
+        wakeup = Wakeup()
+        self._events.watch(sub.name, sub.topic, wakeup)
         call = OpenPull(sub, first.stream_ack_deadline_seconds * 1000,
-                        first.max_outstanding_messages, first.max_outstanding_bytes,
-                        self._events.watch(sub.name, sub.topic))
+                        first.max_outstanding_messages, first.max_outstanding_bytes, wakeup)
         self._engine.hold(sub.name, call)
+        self._engine.receive_handed(call)
         return call
 
     async def _read(self, call: OpenPull, request: Any, requests: AsyncIterator[Any],
@@ -209,8 +273,19 @@ class StreamingPull:
         while not closed.is_set():
             while call.confirmations:
                 yield call.confirmations.pop(0)
+            if call.inbox:
+                yield call.sent()
+                if not call.wakeup.look:
+                    # Only handed messages woke the call: there is nothing to look for. (A
+                    # wake-up that asks for a look, or more handed, may come while the
+                    # response goes out: then the event is set and `look` or the inbox says.)
+                    call.wakeup.clear()
+                    if not call.inbox and not call.confirmations:
+                        await self._sleep(call, call.window()[0] > 0, due_known=True)
+                    continue
             # Cleared before looking, so a wake-up that comes while the store is read (a NATS
             # store suspends there; a publish lands meanwhile) is kept for the sleep below.
+            call.wakeup.look = False
             call.wakeup.clear()
             now = self._clock()
             expired = call.expire(now)
@@ -218,6 +293,7 @@ class StreamingPull:
                 self._engine.observer.expired(call.subscription, expired)
             sub = await self._engine.deliverable(call.subscription)
             call.policy = delivery_policy(sub)
+            call.takes_handed = takes_handed(sub)
             count, size = call.window()
             if count > 0:
                 received, leased = await self._engine.receive_encoded(sub, count, call.lease_ms,
@@ -233,7 +309,7 @@ class StreamingPull:
                     # behind are due now: the sleep ends at once.
             await self._sleep(call, count > 0)
 
-    async def _sleep(self, call: OpenPull, has_room: bool) -> None:
+    async def _sleep(self, call: OpenPull, has_room: bool, due_known: bool = False) -> None:
         """Until woken, the next message is due, or a held lease runs out. With none of
         these, the call looks at its subscription every IDLE_LOOK_S (a backstop for what no
         wake-up tells, such as a lease another puller let run out): a look that finds nothing
@@ -241,7 +317,12 @@ class StreamingPull:
         one store read each per IDLE_LOOK_S)."""
         while True:
             timeout, idle = IDLE_LOOK_S, True
-            due = await self._engine.next_due_ms(call.subscription)
+            # (after handed messages only, the due time of the last look still holds: what
+            # was handed is leased, and anything else that makes messages due wakes the call)
+            if not due_known:
+                call.due_ms = await self._engine.next_due_ms(call.subscription)
+            due_known = False
+            due = call.due_ms
             if due is not None and has_room:
                 timeout, idle = min(timeout, max(0.001, (due - self._clock()) / 1000)), False
             soonest = call.soonest_expiry()
