@@ -47,14 +47,15 @@ class Publishing:
         # leased in the same commit: no second commit and no read back per delivery (half the
         # store's work of a message delivered at once). Filters and ordering keys go the way
         # of every other message: stored, then read by whoever is woken.
-        claims = (self._engine.claim(request.topic, len(raws), size)
-                  if self._engine is not None and not filters and not any(keys) else None)
-        if claims:
+        engine = self._engine
+        claims = (engine.claim(request.topic, len(raws), size)
+                  if engine is not None and not filters and not any(keys) else {})
+        if engine is not None and claims:
             now = self._clock()
             ids, handed = await self._log.publish_leased(
                 request.topic, raws, now, {name: now + call.lease_ms
                                            for name, call in claims.items()}, retain=retain)
-            await self._engine.hand(claims, handed, now)  # type: ignore[union-attr]
+            await engine.hand(claims, handed, now)
         else:
             handed = {}
             ids = await self._log.publish(request.topic, raws, self._clock(), skip,

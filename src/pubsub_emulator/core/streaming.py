@@ -200,6 +200,7 @@ class StreamingPull:
         self._events = events
         self._clock = clock
         self.first_request_timeout = FIRST_REQUEST_TIMEOUT_S  # seconds; 0: wait forever
+        self._nacks: set[asyncio.Future[Any]] = set()  # of what closing calls never sent
 
     async def __call__(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         first = await self._first(requests)
@@ -220,8 +221,10 @@ class StreamingPull:
             self._engine.let_go(call.subscription, call)
             self._events.unwatch(call.subscription, call.wakeup)
             if call.inbox_ids:  # handed but never sent: available again at once
-                asyncio.ensure_future(self._engine.modify(call.subscription, call.inbox_ids, 0,
-                                                          strict=False))
+                nack = asyncio.ensure_future(self._engine.modify(
+                    call.subscription, call.inbox_ids, 0, strict=False))
+                self._nacks.add(nack)  # (a task nothing refers to may be collected unfinished)
+                nack.add_done_callback(self._nacks.discard)
             log.debug("StreamingPull closed on %s", call.subscription)
 
     async def _first(self, requests: AsyncIterator[Any]) -> Any:
