@@ -79,6 +79,7 @@ class DeliveryEngine:
         self._holders: dict[str, set[LeaseHolder]] = {}
         # Open StreamingPulls by topic and subscription, for publishes to hand messages to.
         self._receivers: dict[str, dict[str, list[Receiver]]] = {}
+        self._receiving: dict[LeaseHolder, str] = {}  # each receiver's topic, as registered
         events.on_change(self._changed)
         # Pulls that leased something, acks and modacks so far: the sweeper's sign that
         # messages moved (an idle stream's periodic look that finds nothing does not count).
@@ -94,18 +95,20 @@ class DeliveryEngine:
             holders.discard(holder)
             if not holders:
                 self._holders.pop(subscription, None)
-        topic = getattr(holder, "topic", None)
-        by_sub = self._receivers.get(topic) if topic is not None else None
-        if by_sub is not None and holder in (calls := by_sub.get(subscription, [])):
+        topic = self._receiving.pop(holder, None)
+        if topic is not None:
+            by_subscription = self._receivers[topic]
+            calls = by_subscription[subscription]
             calls.remove(holder)  # type: ignore[arg-type]
             if not calls:
-                del by_sub[subscription]
-                if not by_sub:
-                    del self._receivers[topic]  # type: ignore[arg-type]
+                del by_subscription[subscription]
+                if not by_subscription:
+                    del self._receivers[topic]
 
     # --- handing published messages to open streams ----------------------------------------
     def receive_handed(self, receiver: Receiver) -> None:
         """`receiver` (held already) takes messages published to its topic from now on."""
+        self._receiving[receiver] = receiver.topic
         self._receivers.setdefault(receiver.topic, {}).setdefault(
             receiver.subscription, []).append(receiver)
 
@@ -134,7 +137,7 @@ class DeliveryEngine:
         claimed it: as a pull turn of theirs would have, had it read the messages back."""
         for subscription, deliveries in handed.items():
             call = claims[subscription]
-            if call not in self._receivers.get(call.topic, {}).get(subscription, ()):
+            if call not in self._receiving:
                 # The stream closed while the store wrote (a store that suspends there):
                 # the messages are available again at once.
                 await self.modify(subscription, [d.ack_id for d in deliveries], 0,

@@ -73,10 +73,9 @@ class OpenPull:
         self.subscription: str = sub.name
         self.topic: str = sub.topic
         self.lease_ms = lease_ms
-        # Messages handed to the call at publish (encoded ReceivedMessages) and their ack
-        # ids, until sent; whether the subscription allows it, as of the call's last look.
-        self.inbox: list[bytes] = []
-        self.inbox_ids: list[str] = []
+        # Messages handed to the call at publish, until sent; whether the subscription
+        # allows handing, as of the call's last look at it.
+        self.inbox: list[Delivery] = []
         self.takes_handed = takes_handed(sub)
         # When the subscription's next message is due, as of the call's last look at the store.
         self.due_ms: int | None = None
@@ -119,7 +118,7 @@ class OpenPull:
                 or (0 < self.max_bytes <= self.outstanding_bytes))
 
     def release_all(self) -> None:
-        self.inbox, self.inbox_ids = [], []  # (a seek made them available again)
+        self.inbox = []  # (a seek made them available again)
         self.release(list(self.outstanding))
 
     # Receiver (DeliveryEngine.claim)
@@ -130,8 +129,7 @@ class OpenPull:
         return count <= room and size <= room_bytes
 
     def take(self, deliveries: list[Delivery], until_ms: int) -> None:
-        self.inbox = [protowire.received_message(d.ack_id, d.message, 0) for d in deliveries]
-        self.inbox_ids = [d.ack_id for d in deliveries]
+        self.inbox = deliveries
         self.hold([(d.ack_id, d.size) for d in deliveries], until_ms)
         self.wakeup.handed()
 
@@ -142,8 +140,10 @@ class OpenPull:
 
     def sent(self) -> bytes:
         """The response of what was handed, now on its way (the inbox empties)."""
-        response = protowire.streaming_pull_response(self.inbox, self.properties)
-        self.inbox, self.inbox_ids = [], []
+        response = protowire.streaming_pull_response(
+            [protowire.received_message(d.ack_id, d.message, 0) for d in self.inbox],
+            self.properties)
+        self.inbox = []
         return response
 
     def extend(self, ack_ids: Sequence[str], until_ms: int) -> None:
@@ -220,9 +220,9 @@ class StreamingPull:
             reader.cancel()
             self._engine.let_go(call.subscription, call)
             self._events.unwatch(call.subscription, call.wakeup)
-            if call.inbox_ids:  # handed but never sent: available again at once
+            if call.inbox:  # handed but never sent: available again at once
                 nack = asyncio.ensure_future(self._engine.modify(
-                    call.subscription, call.inbox_ids, 0, strict=False))
+                    call.subscription, [d.ack_id for d in call.inbox], 0, strict=False))
                 self._nacks.add(nack)  # (a task nothing refers to may be collected unfinished)
                 nack.add_done_callback(self._nacks.discard)
             log.debug("StreamingPull closed on %s", call.subscription)

@@ -530,13 +530,11 @@ class SqliteMessages(MessageLog):
         names = {sub_ids[name]: name for name in leases if name in sub_ids}
         leased = {sub_id: leases[name] for sub_id, name in names.items()}
         ids, rows = self._append(topic, messages, now_ms, None, None, retain, leased)
-        handed: dict[str, list[Delivery]] = {}
-        for sub_id in self._fanout.by_topic.get(topic, []) if rows else ():
-            if sub_id in leased:  # (what pull would have made of the row: attempt 1)
-                handed[names[sub_id]] = [
-                    Delivery(f"{sub_id}-{seq}-1", message, 1, size, now_ms)
-                    for seq, _, size, _, _, message in rows]
-        return ids, handed
+        written = set(self._fanout.by_topic.get(topic, ())) if rows else set()
+        # (each what a pull would have made of the row: attempt 1)
+        return ids, {name: [Delivery(f"{sub_id}-{seq}-1", message, 1, size, now_ms)
+                            for seq, _, size, _, _, message in rows]
+                     for sub_id, name in names.items() if sub_id in written}
 
     def _append(self, topic: str, messages: Sequence[bytes], now_ms: int,
                 skip: Mapping[str, set[int]] | None, ordering_keys: Sequence[str] | None,
