@@ -85,6 +85,19 @@ async def open_service(tmp: Path) -> PubSubService:
     return service
 
 
+async def open_stream(tmp: Path) -> tuple[PubSubService, Stream]:
+    """The service, and one stream on SUB that has had its first turn and sleeps."""
+    service = await open_service(tmp)
+    stream = Stream(service)
+    await stream.asleep()
+    return service, stream
+
+
+def the_open_call(service: PubSubService) -> Any:
+    """The OpenPull of the one stream open on SUB (as a publish would claim it)."""
+    return service.engine.claim(TOPIC, 1, 1)[SUB]
+
+
 async def publish(service: PubSubService, *payloads: bytes) -> list[str]:
     response = await service.publishing.publish(t.PublishRequest.pb()(
         topic=TOPIC, messages=[t.PubsubMessage.pb()(data=p) for p in payloads]))
@@ -93,9 +106,7 @@ async def publish(service: PubSubService, *payloads: bytes) -> list[str]:
 
 def test_a_stream_sends_what_is_published_without_reading_the_store(tmp_path) -> None:
     async def scenario() -> None:
-        service = await open_service(tmp_path)
-        stream = Stream(service)
-        await stream.asleep()
+        service, stream = await open_stream(tmp_path)
         reads = stream.reads
         ids = await publish(service, b"one", b"two", b"three")
         received = await stream.received()
@@ -127,9 +138,7 @@ def test_what_a_stream_closed_before_sending_is_available_again_at_once(tmp_path
     """The client goes away between the publish that handed messages to its stream and the
     stream's next turn: the leases are let go, not left to run out (60 s here)."""
     async def scenario() -> list[Any]:
-        service = await open_service(tmp_path)
-        stream = Stream(service)
-        await stream.asleep()
+        service, stream = await open_stream(tmp_path)
         await publish(service, b"handed")
         await stream.close()  # before the stream had a turn to send them
         got: list[Any] = []
@@ -152,9 +161,7 @@ def test_a_subscription_changed_under_an_open_stream_is_read_again_before_more_i
     attempt) applies to the next message: the stream reads it from the store, by the new
     policy, rather than taking it as handed."""
     async def scenario() -> list[Any]:
-        service = await open_service(tmp_path)
-        stream = Stream(service)
-        await stream.asleep()
+        service, stream = await open_stream(tmp_path)
         await publish(service, b"before")
         before = await stream.received()
         assert [m.delivery_attempt for m in before] == [0]  # not shown without the policy
@@ -176,10 +183,8 @@ def test_a_subscription_changed_under_an_open_stream_is_read_again_before_more_i
 
 def test_a_seek_drops_what_was_handed_and_not_yet_sent(tmp_path) -> None:
     async def scenario() -> None:
-        service = await open_service(tmp_path)
-        stream = Stream(service)
-        await stream.asleep()
-        call = service.engine.claim(TOPIC, 1, 1)[SUB]  # the open call
+        service, stream = await open_stream(tmp_path)
+        call = the_open_call(service)
         await publish(service, b"handed")
         assert call.inbox  # not sent yet: the stream has not had its turn
         service.engine.release_everything(SUB)
@@ -193,10 +198,8 @@ def test_a_seek_drops_what_was_handed_and_not_yet_sent(tmp_path) -> None:
 
 def test_a_stream_whose_window_is_full_is_not_handed_anything(tmp_path) -> None:
     async def scenario() -> None:
-        service = await open_service(tmp_path)
-        stream = Stream(service)
-        await stream.asleep()
-        call = service.engine.claim(TOPIC, 1, 1)[SUB]  # the open call
+        service, stream = await open_stream(tmp_path)
+        call = the_open_call(service)
         call.max_messages = 2  # type: ignore[attr-defined]
         assert not service.engine.claim(TOPIC, 3, 30)
         assert set(service.engine.claim(TOPIC, 2, 20)) == {SUB}
