@@ -45,7 +45,7 @@ The load generator: grpc.aio with the protos' upb classes (google.pubsub_v1.type
                distinct message acked (its Acknowledge answered).
   latency      one StreamingPull open; one message per Publish at 1,000 msgs/s for 10 s
                (--latency-rate, --latency-seconds), the send time (perf_counter_ns, same
-               process) in attribute `t`; receive - send, p50 and p99, timed from the first
+               process) in attribute `s`; receive - send, p50 and p99, timed from the first
                Publish to the last message acked (or 10 s after the last Publish: then marked
                `*`, with the Publishes and acks that failed counted). Publishes are sent on
                schedule whatever the answers (an open loop): a server that falls behind shows
@@ -463,60 +463,16 @@ async def load_receive(wire: Wire, spec: dict, window: Window) -> dict:
     return result
 
 
-async def load_latency(wire: Wire, spec: dict, window: Window) -> dict:
-    """One message per Publish at a steady rate, one stream open; receive - send."""
+async def load_paced(wire: Wire, spec: dict, window: Window, batch_max: int,
+                     batch_latency_s: float) -> dict:
+    """Messages published on schedule at spec["rate"], one stream open. A message joins the
+    open batch when it is published; the batch goes out `batch_latency_s` after its first
+    message or at `batch_max` messages (1, 0: each message its own Publish, sent at once).
+    Each message carries its publish time (`t`, when publish() would have been called) and
+    its batch's send time (`s`): receive - send (p50_ms, p99_ms) is the server's and
+    delivery's part; receive - publish (p50_publish_ms, ...) adds the client's batching."""
     t = protos()
-    topic, subscription = await create_topic(wire, "latency")
-    latencies_ms: list[float] = []
-
-    def on_batch(received, now_ns: int) -> None:
-        for m in received:
-            latencies_ms.append((now_ns - int(m.message.attributes["t"])) / 1e6)
-
-    total = int(spec["rate"] * spec["seconds"])
-    receiver = StreamReceiver(wire, subscription, total + 1, spec, on_batch)
-    await receiver.open(1)
-    sends: set[asyncio.Task] = set()
-
-    publish_errors: list[str] = []
-
-    async def send() -> None:
-        try:
-            await wire.call("Publisher/Publish", t.PublishRequest.pb()(topic=topic, messages=[
-                t.PubsubMessage.pb()(data=b"x" * SIZE,
-                                     attributes={"t": str(time.perf_counter_ns())})]))
-        except Exception as e:  # noqa: BLE001 - counted and reported
-            publish_errors.append(f"publish: {short_error(e)}")
-
-    await send()  # warm-up: the stream is open and registered once its first message arrived
-    await wait_for_async(lambda: len(receiver.acked) >= 1, 30)
-    latencies_ms.clear()
-    window.start()
-    began = time.perf_counter()
-    for i in range(total):
-        if (delay := began + i / spec["rate"] - time.perf_counter()) > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(send())
-        sends.add(task)
-        task.add_done_callback(sends.discard)
-    complete = await wait_done(receiver.done, 10)
-    result = window.stop(len(receiver.acked) - 1, complete=complete, sent=total,
-                         received=receiver.received - 1, duplicates=receiver.duplicates,
-                         failed_publishes=len(publish_errors), rpc_errors=len(receiver.errors),
-                         errors=(publish_errors + receiver.errors)[:2],
-                         p50_ms=percentile(latencies_ms, 50), p99_ms=percentile(latencies_ms, 99))
-    await receiver.close()
-    return result
-
-
-async def load_batched(wire: Wire, spec: dict, window: Window) -> dict:
-    """1,000 msgs/s published as the official client publishes them: a message joins the
-    open batch when it is published (on schedule); the batch goes out BATCH_LATENCY_S after
-    its first message or at BATCH messages. Each message carries its publish time (`t`, when
-    publish() would have been called) and its batch's send time (`s`); receive - send is the
-    server's and delivery's part, receive - publish adds the client's batching wait."""
-    t = protos()
-    topic, subscription = await create_topic(wire, "batched")
+    topic, subscription = await create_topic(wire, f"paced-{batch_max}")
     from_send: list[float] = []
     from_publish: list[float] = []
 
@@ -547,8 +503,8 @@ async def load_batched(wire: Wire, spec: dict, window: Window) -> dict:
         sends.add(task)
         task.add_done_callback(sends.discard)
 
-    await send([time.perf_counter_ns()])  # warm-up, as in load_latency
-    await wait_for_async(lambda: len(receiver.acked) >= 1, 30)
+    await send([time.perf_counter_ns()])  # warm-up: the stream is open and registered once
+    await wait_for_async(lambda: len(receiver.acked) >= 1, 30)  # its first message arrived
     from_send.clear()
     from_publish.clear()
     window.start()
@@ -564,10 +520,10 @@ async def load_batched(wire: Wire, spec: dict, window: Window) -> dict:
         now = time.perf_counter()
         while i < total and began + i / spec["rate"] <= now:
             if not batch:
-                due_at = began + i / spec["rate"] + BATCH_LATENCY_S
+                due_at = began + i / spec["rate"] + batch_latency_s
             batch.append(began_ns + round(i * 1e9 / spec["rate"]))
             i += 1
-            if len(batch) == BATCH:
+            if len(batch) == batch_max:
                 flush(batch)
                 batch = []
         if batch and due_at <= now:
@@ -583,6 +539,16 @@ async def load_batched(wire: Wire, spec: dict, window: Window) -> dict:
                          p99_publish_ms=percentile(from_publish, 99))
     await receiver.close()
     return result
+
+
+async def load_latency(wire: Wire, spec: dict, window: Window) -> dict:
+    """One message per Publish, sent as it is published."""
+    return await load_paced(wire, spec, window, 1, 0.0)
+
+
+async def load_batched(wire: Wire, spec: dict, window: Window) -> dict:
+    """Published as the official client publishes: batches of BATCH_LATENCY_S or BATCH."""
+    return await load_paced(wire, spec, window, BATCH, BATCH_LATENCY_S)
 
 
 async def wait_for_async(condition: Callable[[], bool], seconds: float) -> None:
